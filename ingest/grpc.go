@@ -1,0 +1,117 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/gzip" // OTLP exporters may compress with gzip
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+
+	"github.com/hopwatch/hopwatch/internal/tenant"
+)
+
+// rawMessage is a gRPC message kept as its wire bytes. The trace service
+// decodes them itself, so that a malformed request is answered with
+// InvalidArgument and counted, instead of the Internal status gRPC gives
+// to a codec failure.
+type rawMessage struct{ b []byte }
+
+// rawCodec passes rawMessage through untouched and every other message to
+// the standard protobuf codec.
+type rawCodec struct{ proto encoding.CodecV2 }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(*rawMessage); ok {
+		return mem.BufferSlice{mem.SliceBuffer(m.b)}, nil
+	}
+	return c.proto.Marshal(v)
+}
+
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if m, ok := v.(*rawMessage); ok {
+		m.b = data.Materialize()
+		return nil
+	}
+	return c.proto.Unmarshal(data, v)
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// GRPCServerOptions returns the options the gRPC server hosting the
+// receiver must be created with.
+func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(rawCodec{proto: encoding.GetCodecV2("proto")}),
+		grpc.MaxRecvMsgSize(r.opts.MaxRequestBytes),
+	}
+}
+
+// RegisterGRPC registers the OTLP TraceService on s, which must have been
+// created with GRPCServerOptions.
+func (r *Receiver) RegisterGRPC(s *grpc.Server) {
+	s.RegisterService(&traceServiceDesc, r)
+}
+
+// traceServiceDesc is opentelemetry.proto.collector.trace.v1.TraceService,
+// with the request kept raw (see rawMessage).
+var traceServiceDesc = grpc.ServiceDesc{
+	ServiceName: "opentelemetry.proto.collector.trace.v1.TraceService",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Export",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			in := new(rawMessage)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			r := srv.(*Receiver)
+			if interceptor == nil {
+				return r.exportGRPC(ctx, in)
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/opentelemetry.proto.collector.trace.v1.TraceService/Export"}
+			return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+				return r.exportGRPC(ctx, req.(*rawMessage))
+			})
+		},
+	}},
+	Metadata: "opentelemetry/proto/collector/trace/v1/trace_service.proto",
+}
+
+func (r *Receiver) exportGRPC(ctx context.Context, in *rawMessage) (*rawMessage, error) {
+	r.metrics.requests.WithLabelValues(protoGRPC).Inc()
+	tenantID, err := r.resolver.FromGRPC(ctx)
+	if err != nil {
+		r.metrics.requestsRefused.WithLabelValues(protoGRPC, refusedTenant).Inc()
+		code := codes.InvalidArgument
+		if errors.Is(err, tenant.ErrMissing) {
+			code = codes.Unauthenticated
+		}
+		return nil, status.Error(code, err.Error())
+	}
+	td, err := unmarshalProto(in.b)
+	if err != nil {
+		r.metrics.requestsRefused.WithLabelValues(protoGRPC, refusedMalformed).Inc()
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	res, err := r.export(ctx, protoGRPC, tenantID, td)
+	if err != nil {
+		// UNAVAILABLE is retryable for OTLP clients; nothing of the request was kept.
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	resp := ptraceotlp.NewExportResponse()
+	if res.rejected > 0 {
+		resp.PartialSuccess().SetRejectedSpans(res.rejected)
+		resp.PartialSuccess().SetErrorMessage(res.message)
+	}
+	b, err := resp.MarshalProto()
+	if err != nil {
+		return nil, status.Error(codes.Internal, fmt.Sprintf("encode response: %v", err))
+	}
+	return &rawMessage{b: b}, nil
+}

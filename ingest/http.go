@@ -1,0 +1,199 @@
+package ingest
+
+import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/klauspost/compress/zstd"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hopwatch/hopwatch/internal/tenant"
+)
+
+// TracesPath is where OTLP/HTTP exporters post traces.
+const TracesPath = "/v1/traces"
+
+const (
+	contentProto = "application/x-protobuf"
+	contentJSON  = "application/json"
+)
+
+// HTTPHandler returns the OTLP/HTTP handler: POST /v1/traces with a
+// protobuf or JSON body, optionally gzip, deflate or zstd compressed.
+func (r *Receiver) HTTPHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(TracesPath, r.serveTraces)
+	return mux
+}
+
+func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
+	r.metrics.requests.WithLabelValues(protoHTTP).Inc()
+	mediaType, _, _ := mime.ParseMediaType(req.Header.Get("Content-Type"))
+	// Answer errors in the request's encoding where it is one we speak.
+	respType := contentProto
+	if mediaType == contentJSON {
+		respType = contentJSON
+	}
+	fail := func(status int, reason string, err error) {
+		r.metrics.requestsRefused.WithLabelValues(protoHTTP, reason).Inc()
+		writeStatus(w, respType, status, err.Error())
+	}
+
+	if req.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		fail(http.StatusMethodNotAllowed, refusedMethod, fmt.Errorf("method %s not allowed on %s; use POST", req.Method, TracesPath))
+		return
+	}
+	if mediaType != contentProto && mediaType != contentJSON {
+		fail(http.StatusUnsupportedMediaType, refusedMediaType,
+			fmt.Errorf("unsupported Content-Type %q; send %s or %s", req.Header.Get("Content-Type"), contentProto, contentJSON))
+		return
+	}
+	tenantID, err := r.resolver.FromHTTP(req)
+	if err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, tenant.ErrMissing) {
+			status = http.StatusUnauthorized
+		}
+		fail(status, refusedTenant, err)
+		return
+	}
+	body, status, reason, err := r.readBody(req)
+	if err != nil {
+		fail(status, reason, err)
+		return
+	}
+
+	var td ptrace.Traces
+	if mediaType == contentJSON {
+		ereq := ptraceotlp.NewExportRequest()
+		if err := ereq.UnmarshalJSON(body); err != nil {
+			fail(http.StatusBadRequest, refusedMalformed, fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest (%d bytes): %w", len(body), err))
+			return
+		}
+		td = ereq.Traces()
+	} else if td, err = unmarshalProto(body); err != nil {
+		fail(http.StatusBadRequest, refusedMalformed, err)
+		return
+	}
+
+	res, err := r.export(req.Context(), protoHTTP, tenantID, td)
+	if err != nil {
+		// 503 with Retry-After: OTLP exporters retry it; nothing was kept.
+		w.Header().Set("Retry-After", "1")
+		writeStatus(w, respType, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	resp := ptraceotlp.NewExportResponse()
+	if res.rejected > 0 {
+		resp.PartialSuccess().SetRejectedSpans(res.rejected)
+		resp.PartialSuccess().SetErrorMessage(res.message)
+	}
+	var out []byte
+	if respType == contentJSON {
+		out, err = resp.MarshalJSON()
+	} else {
+		out, err = resp.MarshalProto()
+	}
+	if err != nil {
+		writeStatus(w, respType, http.StatusInternalServerError, "encode response: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", respType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(out)
+}
+
+// readBody reads the (decompressed) body, refusing more than MaxRequestBytes
+// before or after decompression.
+func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason string, err error) {
+	limit := int64(r.opts.MaxRequestBytes)
+	if req.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, refusedTooLarge,
+			fmt.Errorf("request body is %d bytes, more than the limit of %d (--otlp.max-request-bytes)", req.ContentLength, limit)
+	}
+	var src io.Reader = http.MaxBytesReader(nil, req.Body, limit)
+	switch enc := req.Header.Get("Content-Encoding"); enc {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(src)
+		if err != nil {
+			return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("bad gzip body: %w", err)
+		}
+		defer zr.Close()
+		src = zr
+	case "deflate":
+		zr := flate.NewReader(src)
+		defer zr.Close()
+		src = zr
+	case "zstd":
+		zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)))
+		if err != nil {
+			return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("bad zstd body: %w", err)
+		}
+		defer zr.Close()
+		src = zr
+	default:
+		return nil, http.StatusUnsupportedMediaType, refusedEncoding,
+			fmt.Errorf("unsupported Content-Encoding %q; send gzip, deflate, zstd or none", enc)
+	}
+	var buf bytes.Buffer
+	if req.ContentLength > 0 {
+		buf.Grow(int(req.ContentLength))
+	}
+	// Read one byte past the limit to tell "exactly the limit" from "more".
+	n, err := buf.ReadFrom(io.LimitReader(src, limit+1))
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr) || n > limit:
+		return nil, http.StatusRequestEntityTooLarge, refusedTooLarge,
+			fmt.Errorf("request body is more than the limit of %d bytes (--otlp.max-request-bytes)", limit)
+	case err != nil:
+		return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("read body: %w", err)
+	}
+	return buf.Bytes(), 0, "", nil
+}
+
+// writeStatus writes an OTLP error response: a google.rpc.Status in the
+// request's encoding, as the OTLP/HTTP specification asks.
+func writeStatus(w http.ResponseWriter, contentType string, httpStatus int, msg string) {
+	st := &spb.Status{Code: int32(grpcCode(httpStatus)), Message: msg}
+	var out []byte
+	if contentType == contentJSON {
+		out, _ = protojson.Marshal(st)
+	} else {
+		out, _ = proto.Marshal(st)
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	w.WriteHeader(httpStatus)
+	_, _ = w.Write(out)
+}
+
+func grpcCode(httpStatus int) codes.Code {
+	switch httpStatus {
+	case http.StatusBadRequest, http.StatusUnsupportedMediaType, http.StatusMethodNotAllowed:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
+		return codes.ResourceExhausted
+	case http.StatusServiceUnavailable:
+		return codes.Unavailable
+	default:
+		return codes.Internal
+	}
+}

@@ -1,0 +1,216 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
+
+	"github.com/hopwatch/hopwatch/internal/tenant"
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// Appender stores accepted samples. Append returns only once the batch is
+// durable: the receiver acknowledges the request when Append returns nil.
+type Appender interface {
+	Append(ctx context.Context, tenant string, b *sample.Batch) error
+}
+
+// Options configures a Receiver.
+type Options struct {
+	// MultitenancyEnabled takes the tenant from X-Scope-OrgID.
+	MultitenancyEnabled bool
+	// MaxRequestBytes bounds a request body after decompression.
+	MaxRequestBytes int
+	// Dimensions are attribute names added as labels to every series.
+	Dimensions []string
+}
+
+// DefaultOptions returns the options hopwatch runs with when none are given.
+func DefaultOptions() Options {
+	return Options{MaxRequestBytes: 16 << 20}
+}
+
+// Validate reports every problem with the options.
+func (o Options) Validate() error {
+	var errs []error
+	if o.MaxRequestBytes <= 0 {
+		errs = append(errs, fmt.Errorf("MaxRequestBytes must be positive, got %d", o.MaxRequestBytes))
+	}
+	seen := map[string]string{}
+	for _, a := range o.Dimensions {
+		if a == "" {
+			errs = append(errs, errors.New("Dimensions: empty attribute name"))
+			continue
+		}
+		l := NewDimension(a).Label
+		if prev, ok := seen[l]; ok {
+			errs = append(errs, fmt.Errorf("Dimensions: attributes %q and %q both become label %q", prev, a, l))
+		}
+		seen[l] = a
+	}
+	return errors.Join(errs...)
+}
+
+// Protocols, as metric label values.
+const (
+	protoGRPC = "grpc"
+	protoHTTP = "http"
+)
+
+// Reasons a whole request is refused, as metric label values.
+const (
+	refusedMalformed   = "malformed"
+	refusedMediaType   = "unsupported_media_type"
+	refusedEncoding    = "unsupported_encoding"
+	refusedTooLarge    = "too_large"
+	refusedTenant      = "invalid_tenant"
+	refusedMethod      = "method_not_allowed"
+	refusedUnavailable = "unavailable"
+)
+
+type receiverMetrics struct {
+	requests        *prometheus.CounterVec // protocol
+	requestsRefused *prometheus.CounterVec // protocol, reason
+	spansReceived   *prometheus.CounterVec // protocol
+	spansAccepted   *prometheus.CounterVec // protocol
+	spansRefused    *prometheus.CounterVec // protocol, reason
+	discarded       *prometheus.CounterVec // tenant, reason
+}
+
+func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
+	f := promauto.With(reg)
+	return &receiverMetrics{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_otlp_requests_total",
+			Help: "OTLP export requests received.",
+		}, []string{"protocol"}),
+		requestsRefused: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_otlp_requests_refused_total",
+			Help: "OTLP export requests refused as a whole, by reason.",
+		}, []string{"protocol", "reason"}),
+		spansReceived: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_otlp_spans_received_total",
+			Help: "Spans in decoded OTLP export requests.",
+		}, []string{"protocol"}),
+		spansAccepted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_otlp_spans_accepted_total",
+			Help: "Spans accepted and durably stored.",
+		}, []string{"protocol"}),
+		spansRefused: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_otlp_spans_refused_total",
+			Help: "Spans refused, by reason.",
+		}, []string{"protocol", "reason"}),
+		discarded: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_discarded_samples_total",
+			Help: "Latency samples not stored, by tenant and reason.",
+		}, []string{"tenant", "reason"}),
+	}
+}
+
+// Receiver accepts OTLP trace exports over gRPC and HTTP.
+type Receiver struct {
+	opts     Options
+	app      Appender
+	resolver tenant.Resolver
+	dims     []Dimension
+	metrics  *receiverMetrics
+	logger   *slog.Logger
+	work     sync.Pool // *work
+}
+
+// work is the per-request scratch space, pooled so that steady-state
+// requests reuse decoders, batches and request objects.
+type work struct {
+	dec   *Decoder
+	batch sample.Batch
+}
+
+// New returns a receiver that appends to app.
+func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Logger) (*Receiver, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("hopwatch/ingest: invalid options: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Receiver{
+		opts:     opts,
+		app:      app,
+		resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled},
+		metrics:  newReceiverMetrics(reg),
+		logger:   logger,
+	}
+	for _, a := range opts.Dimensions {
+		r.dims = append(r.dims, NewDimension(a))
+	}
+	r.work.New = func() any { return &work{dec: NewDecoder(r.dims)} }
+	return r, nil
+}
+
+// exportResult is the outcome of one export, independent of the transport.
+type exportResult struct {
+	rejected int64
+	message  string
+}
+
+// errUnavailable wraps a storage failure: the client should retry.
+type errUnavailable struct{ err error }
+
+func (e errUnavailable) Error() string {
+	return "hopwatch/ingest: storage unavailable: " + e.err.Error()
+}
+func (e errUnavailable) Unwrap() error { return e.err }
+
+// export decodes td and appends its samples for tenantID.
+func (r *Receiver) export(ctx context.Context, protocol, tenantID string, td ptrace.Traces) (exportResult, error) {
+	w := r.work.Get().(*work)
+	defer r.work.Put(w)
+	w.batch.Reset()
+
+	var ref Refusals
+	total := w.dec.Decode(td, &w.batch, &ref)
+	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
+
+	if len(w.batch.Samples) > 0 {
+		if err := r.app.Append(ctx, tenantID, &w.batch); err != nil {
+			r.metrics.requestsRefused.WithLabelValues(protocol, refusedUnavailable).Inc()
+			r.logger.Warn("append failed", "tenant", tenantID, "spans", len(w.batch.Samples), "err", err)
+			return exportResult{}, errUnavailable{err}
+		}
+		r.metrics.spansAccepted.WithLabelValues(protocol).Add(float64(len(w.batch.Samples)))
+	}
+	res := exportResult{}
+	if n := ref.Total(); n > 0 {
+		for reason, c := range ref {
+			if c > 0 {
+				id := Reason(reason).String()
+				r.metrics.spansRefused.WithLabelValues(protocol, id).Add(float64(c))
+				r.metrics.discarded.WithLabelValues(tenantID, id).Add(float64(c))
+			}
+		}
+		res.rejected = int64(n)
+		res.message = ref.Message(total)
+	}
+	return res, nil
+}
+
+// unmarshalProto decodes an OTLP protobuf request.
+func unmarshalProto(body []byte) (ptrace.Traces, error) {
+	req := ptraceotlp.NewExportRequest()
+	if err := req.UnmarshalProto(body); err != nil {
+		return ptrace.Traces{}, fmt.Errorf("malformed OTLP protobuf ExportTraceServiceRequest (%d bytes): %w", len(body), err)
+	}
+	return req.Traces(), nil
+}
+
+// DeleteTenantMetrics drops the per-tenant series of a tenant that is gone.
+func (r *Receiver) DeleteTenantMetrics(tenantID string) {
+	r.metrics.discarded.DeletePartialMatch(prometheus.Labels{"tenant": tenantID})
+}
