@@ -1,0 +1,237 @@
+package agg
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"math"
+	"os"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/fileutil"
+)
+
+// A checkpoint is the whole aggregate state of a tenant at a cut of its WAL:
+// it holds every sample of the segments before FirstSegment and none after.
+// Replay loads it and reads the WAL from FirstSegment on.
+//
+//	magic "HWAGGCP1"
+//	first segment, next ref, last flush ms (varint)
+//	classic bounds: count, float64 bits each; native schema + 1 (0: off)
+//	series count, then per series:
+//	  ref, key, labels, created (byte), count, sumHi, sumLo,
+//	  classic counts (count, values), native (present byte; count,
+//	  zero count, sum bits, offset (varint), bucket count, values)
+//	CRC32 (Castagnoli) of all of the above, big endian
+const checkpointMagic = "HWAGGCP1"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checkpoint cuts the WAL, writes the state as of the cut and deletes the
+// segments before it.
+func (t *tenantStore) checkpoint(now time.Time) error {
+	t.mtx.Lock()
+	seg, err := t.wal.NextSegment()
+	if err != nil {
+		t.mtx.Unlock()
+		return fmt.Errorf("hopwatch/agg: tenant %s: cut WAL segment: %w", t.id, err)
+	}
+	buf := t.encodeCheckpoint(seg)
+	t.lastCheckpoint = now
+	t.mtx.Unlock()
+
+	tmp := t.checkpointPath() + ".tmp"
+	if err := writeFileSync(tmp, buf); err != nil {
+		return fmt.Errorf("hopwatch/agg: tenant %s: write checkpoint: %w", t.id, err)
+	}
+	if err := fileutil.Replace(tmp, t.checkpointPath()); err != nil {
+		return fmt.Errorf("hopwatch/agg: tenant %s: install checkpoint: %w", t.id, err)
+	}
+	if err := t.wal.Truncate(seg); err != nil {
+		return fmt.Errorf("hopwatch/agg: tenant %s: truncate WAL before segment %d: %w", t.id, seg, err)
+	}
+	t.store.metrics.checkpoints.Inc()
+	t.logger.Debug("checkpoint written", "first_segment", seg, "bytes", len(buf))
+	return nil
+}
+
+func writeFileSync(name string, b []byte) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// encodeCheckpoint serializes the state; the caller holds t.mtx.
+func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
+	lay := &t.store.layout
+	b := []byte(checkpointMagic)
+	b = binary.AppendUvarint(b, uint64(firstSegment))
+	b = binary.AppendUvarint(b, t.nextRef)
+	b = binary.AppendVarint(b, t.lastFlushMs)
+	if lay.classic {
+		b = binary.AppendUvarint(b, uint64(len(lay.boundsSec)))
+		for _, v := range lay.boundsSec {
+			b = binary.BigEndian.AppendUint64(b, math.Float64bits(v))
+		}
+	} else {
+		b = binary.AppendUvarint(b, 0)
+	}
+	if lay.native {
+		b = binary.AppendUvarint(b, uint64(lay.nbounds.Schema()+1-minSchemaOffset))
+	} else {
+		b = binary.AppendUvarint(b, 0)
+	}
+	b = binary.AppendUvarint(b, uint64(len(t.series)))
+	for _, s := range t.series {
+		b = binary.AppendUvarint(b, s.ref)
+		b = appendString(b, s.key)
+		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
+		s.lset.Range(func(l labels.Label) {
+			b = appendString(b, l.Name)
+			b = appendString(b, l.Value)
+		})
+		created := byte(0)
+		if s.created {
+			created = 1
+		}
+		b = append(b, created)
+		b = binary.AppendUvarint(b, s.count)
+		b = binary.AppendUvarint(b, s.sumHi)
+		b = binary.AppendUvarint(b, s.sumLo)
+		b = binary.AppendUvarint(b, uint64(len(s.classic)))
+		for _, c := range s.classic {
+			b = binary.AppendUvarint(b, c)
+		}
+		if s.native == nil {
+			b = append(b, 0)
+			continue
+		}
+		b = append(b, 1)
+		off, counts := s.native.Dense()
+		b = binary.AppendUvarint(b, s.native.Count())
+		b = binary.AppendUvarint(b, s.native.ZeroCount())
+		b = binary.BigEndian.AppendUint64(b, math.Float64bits(s.native.Sum()))
+		b = binary.AppendVarint(b, int64(off))
+		b = binary.AppendUvarint(b, uint64(len(counts)))
+		for _, c := range counts {
+			b = binary.AppendUvarint(b, c)
+		}
+	}
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// minSchemaOffset shifts schemas so that the stored value is positive and 0
+// can mean "native histograms off".
+const minSchemaOffset = -4
+
+// errCorruptCheckpoint is wrapped by every checkpoint decoding error.
+var errCorruptCheckpoint = errors.New("hopwatch/agg: corrupt checkpoint")
+
+// loadCheckpoint restores the state from the checkpoint, if there is one, and
+// returns the first WAL segment to replay.
+func (t *tenantStore) loadCheckpoint() (int, error) {
+	buf, err := os.ReadFile(t.checkpointPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("hopwatch/agg: tenant %s: read checkpoint: %w", t.id, err)
+	}
+	corrupt := func(format string, args ...any) error {
+		return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start this tenant from its WAL alone",
+			errCorruptCheckpoint, t.checkpointPath(), len(buf), fmt.Sprintf(format, args...))
+	}
+	if len(buf) < len(checkpointMagic)+4 || string(buf[:len(checkpointMagic)]) != checkpointMagic {
+		return 0, corrupt("bad magic")
+	}
+	body := buf[:len(buf)-4]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(buf[len(buf)-4:]) {
+		return 0, corrupt("checksum mismatch")
+	}
+	d := decoder{b: body, off: len(checkpointMagic)}
+	first := int(d.uvarint("first segment"))
+	t.nextRef = d.uvarint("next ref")
+	t.lastFlushMs = d.varint("last flush")
+
+	lay := &t.store.layout
+	nb := d.count("bucket count")
+	sameClassic := lay.classic && nb == len(lay.boundsSec)
+	for i := range nb {
+		v := math.Float64frombits(d.uint64be("bucket bound"))
+		if sameClassic && v != lay.boundsSec[i] {
+			sameClassic = false
+		}
+	}
+	if d.err != nil {
+		return 0, corrupt("%v", d.err)
+	}
+	schemaPlus := d.uvarint("schema")
+	sameNative := lay.native && schemaPlus == uint64(lay.nbounds.Schema()+1-minSchemaOffset)
+	if (nb > 0 || lay.classic) && !sameClassic || (schemaPlus > 0 || lay.native) && !sameNative {
+		// The bucket layout changed: the old counts cannot be carried into
+		// the new buckets, so every series restarts from zero, which
+		// rate() and increase() read as a counter reset.
+		t.logger.Warn("histogram layout changed since the last checkpoint; span metrics restart from zero")
+	}
+	reset := !sameClassic && (nb > 0 || lay.classic) || !sameNative && (schemaPlus > 0 || lay.native)
+
+	sb := labels.NewScratchBuilder(8)
+	n := d.count("series count")
+	for range n {
+		ref := d.uvarint("series ref")
+		key := d.string("series key")
+		lset := d.labels(&sb)
+		s := lay.newSeries(ref, key, lset)
+		s.created = d.byte("created") == 1
+		s.count = d.uvarint("count")
+		s.sumHi = d.uvarint("sum")
+		s.sumLo = d.uvarint("sum")
+		nc := d.count("classic count")
+		for i := range nc {
+			c := d.uvarint("classic bucket")
+			if !reset && i < len(s.classic) {
+				s.classic[i] = c
+			}
+		}
+		if d.byte("native flag") == 1 {
+			count := d.uvarint("native count")
+			zero := d.uvarint("native zero count")
+			sum := math.Float64frombits(d.uint64be("native sum"))
+			off := int32(d.varint("native offset"))
+			nn := d.count("native bucket count")
+			counts := make([]uint64, nn)
+			for i := range counts {
+				counts[i] = d.uvarint("native bucket")
+			}
+			if !reset && s.native != nil {
+				s.native.Restore(count, zero, sum, off, counts)
+			}
+		}
+		if d.err != nil {
+			return 0, corrupt("%v", d.err)
+		}
+		if reset {
+			s.count, s.sumHi, s.sumLo = 0, 0, 0
+		}
+		t.series[key] = s
+		t.nextRef = max(t.nextRef, ref+1)
+	}
+	if d.err != nil {
+		return 0, corrupt("%v", d.err)
+	}
+	t.logger.Info("checkpoint loaded", "series", len(t.series), "first_segment", first)
+	return first, nil
+}

@@ -1,0 +1,430 @@
+package agg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/wlog"
+	"github.com/prometheus/prometheus/util/compression"
+
+	"github.com/hopwatch/hopwatch/internal/nativehist"
+	"github.com/hopwatch/hopwatch/internal/tenant"
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// DefaultBuckets are the classic histogram bounds in seconds: Tempo's
+// metrics-generator default (0.002 doubling to 16.384), so dashboards built
+// on Tempo's buckets read the same le values.
+var defaultBuckets = []float64{0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384}
+
+// Options configures a Store.
+type Options struct {
+	// Dir holds one directory per tenant.
+	Dir string
+	// Retention is how long the TSDB keeps aggregate samples.
+	Retention time.Duration
+	// ClassicHistograms writes _bucket/_sum/_count series with ClassicBuckets.
+	ClassicHistograms bool
+	ClassicBuckets    []float64
+	// NativeHistograms writes a native histogram series at NativeSchema.
+	NativeHistograms bool
+	NativeSchema     int32
+	// ExemplarLabel names the trace id label of exemplars.
+	ExemplarLabel string
+	// MaxExemplars is the size of each tenant's in-memory exemplar buffer.
+	MaxExemplars int64
+	// CheckpointInterval is how often the aggregate state is written out so
+	// that older WAL segments can be deleted; it bounds replay time.
+	CheckpointInterval time.Duration
+	// WALSegmentSize is the size of one ingest WAL segment file.
+	WALSegmentSize int
+	// WALFsync fsyncs the WAL before every acknowledgement. Off, an
+	// acknowledged batch survives a crash of the process (it is in the
+	// kernel's page cache) but not of the machine.
+	WALFsync bool
+}
+
+// DefaultOptions returns the options hopwatch runs with when none are given.
+func DefaultOptions() Options {
+	return Options{
+		Dir:                "data",
+		Retention:          15 * 24 * time.Hour,
+		ClassicHistograms:  true,
+		ClassicBuckets:     slices.Clone(defaultBuckets),
+		NativeHistograms:   true,
+		NativeSchema:       5,
+		ExemplarLabel:      "trace_id",
+		MaxExemplars:       100_000,
+		CheckpointInterval: 5 * time.Minute,
+		WALSegmentSize:     32 << 20,
+	}
+}
+
+// Validate reports every problem with the options, naming the field.
+func (o Options) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if o.Dir == "" {
+		add("Dir must be set")
+	}
+	if o.Retention <= 0 {
+		add("Retention must be positive, got %s", o.Retention)
+	}
+	if !o.ClassicHistograms && !o.NativeHistograms {
+		add("at least one of ClassicHistograms and NativeHistograms must be on")
+	}
+	if o.ClassicHistograms {
+		if len(o.ClassicBuckets) == 0 {
+			add("ClassicBuckets must not be empty")
+		}
+		for i, b := range o.ClassicBuckets {
+			if !(b > 0) || math.IsInf(b, 0) {
+				add("ClassicBuckets[%d] = %g: bounds must be positive and finite", i, b)
+			}
+			if i > 0 && b <= o.ClassicBuckets[i-1] {
+				add("ClassicBuckets[%d] = %g: bounds must increase", i, b)
+			}
+		}
+	}
+	if o.NativeSchema < nativehist.MinSchema || o.NativeSchema > nativehist.MaxSchema {
+		add("NativeSchema %d outside [%d, %d]", o.NativeSchema, nativehist.MinSchema, nativehist.MaxSchema)
+	}
+	if !model.LabelName(o.ExemplarLabel).IsValidLegacy() {
+		add("ExemplarLabel %q is not a valid label name", o.ExemplarLabel)
+	}
+	if o.MaxExemplars < 0 {
+		add("MaxExemplars must not be negative, got %d", o.MaxExemplars)
+	}
+	if o.CheckpointInterval <= 0 {
+		add("CheckpointInterval must be positive, got %s", o.CheckpointInterval)
+	}
+	if o.WALSegmentSize < 64<<10 || o.WALSegmentSize%(32<<10) != 0 {
+		add("WALSegmentSize must be a multiple of 32KiB and at least 64KiB, got %d", o.WALSegmentSize)
+	}
+	return errors.Join(errs...)
+}
+
+type storeMetrics struct {
+	flushDuration    prometheus.Histogram
+	flushSamples     prometheus.Counter
+	flushFailures    prometheus.Counter
+	flushRefused     prometheus.Counter
+	samplesAppended  prometheus.Counter
+	walWriteDuration prometheus.Histogram
+	checkpoints      prometheus.Counter
+	checkpointFailed prometheus.Counter
+	walRepairs       prometheus.Counter
+	activeSeries     *prometheus.GaugeVec
+	tenants          prometheus.Gauge
+}
+
+func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
+	f := promauto.With(reg)
+	return &storeMetrics{
+		flushDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:                        "hopwatch_agg_flush_duration_seconds",
+			Help:                        "Time to flush the in-memory aggregates of all tenants to the TSDB.",
+			Buckets:                     prometheus.ExponentialBuckets(0.0005, 4, 9),
+			NativeHistogramBucketFactor: 1.1,
+		}),
+		flushSamples: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_flushed_samples_total",
+			Help: "Samples appended to the TSDB by flushes.",
+		}),
+		flushFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_flush_failures_total",
+			Help: "Tenant flushes that failed to commit.",
+		}),
+		flushRefused: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_flush_refused_samples_total",
+			Help: "Samples the TSDB refused during a flush.",
+		}),
+		samplesAppended: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_samples_appended_total",
+			Help: "Latency samples written to the ingest WAL and aggregated.",
+		}),
+		walWriteDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:                        "hopwatch_ingest_wal_write_duration_seconds",
+			Help:                        "Time to write (and, with --storage.wal.fsync, fsync) one batch to the ingest WAL.",
+			Buckets:                     prometheus.ExponentialBuckets(1e-6, 4, 10),
+			NativeHistogramBucketFactor: 1.1,
+		}),
+		checkpoints: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_checkpoints_total",
+			Help: "Checkpoints of the aggregate state written.",
+		}),
+		checkpointFailed: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_checkpoint_failures_total",
+			Help: "Checkpoints that failed.",
+		}),
+		walRepairs: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_ingest_wal_repairs_total",
+			Help: "Corrupt ingest WAL tails truncated at the last good record on replay.",
+		}),
+		activeSeries: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopwatch_agg_active_series",
+			Help: "Span series held in memory, by tenant.",
+		}, []string{"tenant"}),
+		tenants: f.NewGauge(prometheus.GaugeOpts{
+			Name: "hopwatch_tenants",
+			Help: "Tenants with open storage.",
+		}),
+	}
+}
+
+// Store is the aggregate tier of all tenants.
+type Store struct {
+	opts    Options
+	reg     prometheus.Registerer
+	logger  *slog.Logger
+	metrics *storeMetrics
+	layout  layout
+
+	mtx     sync.RWMutex
+	tenants map[string]*tenantStore
+	closed  bool
+}
+
+// Open opens the store and every tenant already in opts.Dir, replaying
+// their WALs. It returns when all data is back in memory.
+func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("hopwatch/agg: invalid options: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		// A private registry: metrics are still created, but exported nowhere.
+		reg = prometheus.NewRegistry()
+	}
+	s := &Store{
+		opts:    opts,
+		reg:     reg,
+		logger:  logger,
+		metrics: newStoreMetrics(reg),
+		tenants: map[string]*tenantStore{},
+	}
+	s.layout = layout{classic: opts.ClassicHistograms, native: opts.NativeHistograms}
+	for _, b := range opts.ClassicBuckets {
+		s.layout.boundsSec = append(s.layout.boundsSec, b)
+		s.layout.boundsNs = append(s.layout.boundsNs, int64(math.Round(b*1e9)))
+		s.layout.leValues = append(s.layout.leValues, formatLe(b))
+	}
+	s.layout.leValues = append(s.layout.leValues, "+Inf")
+	nb, err := nativehist.NewBounds(opts.NativeSchema)
+	if err != nil {
+		return nil, err
+	}
+	s.layout.nbounds = nb
+
+	if err := os.MkdirAll(s.tenantsDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("hopwatch/agg: create data directory: %w", err)
+	}
+	entries, err := os.ReadDir(s.tenantsDir())
+	if err != nil {
+		return nil, fmt.Errorf("hopwatch/agg: read data directory: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || tenant.Validate(e.Name()) != nil {
+			continue
+		}
+		if _, err := s.openTenant(e.Name()); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) tenantsDir() string { return filepath.Join(s.opts.Dir, "tenants") }
+
+// openTenant opens (creating if needed) a tenant's storage and replays its
+// WAL. The caller holds s.mtx or is Open.
+func (s *Store) openTenant(id string) (*tenantStore, error) {
+	dir := filepath.Join(s.tenantsDir(), id)
+	t := &tenantStore{
+		id:             id,
+		dir:            dir,
+		store:          s,
+		logger:         s.logger.With("tenant", id),
+		series:         map[string]*series{},
+		lastCheckpoint: time.Now(),
+	}
+	treg := prometheus.WrapRegistererWith(prometheus.Labels{"tenant": id}, s.reg)
+
+	dbOpts := tsdb.DefaultOptions()
+	dbOpts.RetentionDuration = s.opts.Retention.Milliseconds()
+	dbOpts.EnableExemplarStorage = s.opts.MaxExemplars > 0
+	dbOpts.MaxExemplars = s.opts.MaxExemplars
+	db, err := tsdb.Open(filepath.Join(dir, "tsdb"), s.logger.With("tenant", id, "component", "tsdb"), treg, dbOpts, nil)
+	if err != nil {
+		return nil, fmt.Errorf("hopwatch/agg: tenant %s: open TSDB: %w", id, err)
+	}
+	t.db = db
+
+	walDir := filepath.Join(dir, "wal")
+	first, err := t.loadCheckpoint()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	w, err := wlog.NewSize(t.logger, prometheus.WrapRegistererWithPrefix("hopwatch_ingest_", treg), walDir, s.opts.WALSegmentSize, compression.None)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("hopwatch/agg: tenant %s: open WAL: %w", id, err)
+	}
+	t.wal = w
+	if err := t.replay(first); err != nil {
+		_ = w.Close()
+		_ = db.Close()
+		return nil, err
+	}
+	s.tenants[id] = t
+	s.metrics.tenants.Set(float64(len(s.tenants)))
+	s.metrics.activeSeries.WithLabelValues(id).Set(float64(len(t.series)))
+	return t, nil
+}
+
+// errClosed is returned by operations on a closed store.
+var errClosed = errors.New("hopwatch/agg: store closed")
+
+func (s *Store) tenant(id string) (*tenantStore, error) {
+	s.mtx.RLock()
+	t, ok := s.tenants[id]
+	closed := s.closed
+	s.mtx.RUnlock()
+	if closed {
+		return nil, errClosed
+	}
+	if ok {
+		return t, nil
+	}
+	if err := tenant.Validate(id); err != nil {
+		return nil, err
+	}
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	if t, ok := s.tenants[id]; ok {
+		return t, nil
+	}
+	return s.openTenant(id)
+}
+
+// Append durably logs a batch for a tenant and adds it to the aggregates.
+// When it returns nil the batch survives a crash.
+func (s *Store) Append(_ context.Context, tenantID string, b *sample.Batch) error {
+	t, err := s.tenant(tenantID)
+	if err != nil {
+		return err
+	}
+	return t.append(b)
+}
+
+// Flush writes the current aggregates of every tenant to its TSDB at now,
+// and checkpoints the tenants whose last checkpoint is CheckpointInterval old.
+func (s *Store) Flush(ctx context.Context, now time.Time) error {
+	start := time.Now()
+	var errs []error
+	for _, t := range s.snapshotTenants() {
+		n, err := t.flush(ctx, now)
+		s.metrics.flushSamples.Add(float64(n))
+		if err != nil {
+			s.metrics.flushFailures.Inc()
+			errs = append(errs, err)
+			continue
+		}
+		s.metrics.activeSeries.WithLabelValues(t.id).Set(float64(t.seriesCount()))
+		if now.Sub(t.lastCheckpointTime()) >= s.opts.CheckpointInterval {
+			if err := t.checkpoint(now); err != nil {
+				s.metrics.checkpointFailed.Inc()
+				errs = append(errs, err)
+			}
+		}
+	}
+	s.metrics.flushDuration.Observe(time.Since(start).Seconds())
+	return errors.Join(errs...)
+}
+
+func (s *Store) snapshotTenants() []*tenantStore {
+	s.mtx.RLock()
+	defer s.mtx.RUnlock()
+	ts := make([]*tenantStore, 0, len(s.tenants))
+	for _, t := range s.tenants {
+		ts = append(ts, t)
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].id < ts[j].id })
+	return ts
+}
+
+// Tenants returns the IDs of the tenants with storage.
+func (s *Store) Tenants() []string {
+	var ids []string
+	for _, t := range s.snapshotTenants() {
+		ids = append(ids, t.id)
+	}
+	return ids
+}
+
+// DB returns a tenant's TSDB, or nil when the tenant has no data.
+func (s *Store) DB(tenantID string) *tsdb.DB {
+	s.mtx.RLock()
+	defer s.mtx.RUnlock()
+	if t, ok := s.tenants[tenantID]; ok {
+		return t.db
+	}
+	return nil
+}
+
+// Close checkpoints every tenant and closes its WAL and TSDB. Callers that
+// want the latest aggregates in the TSDB call Flush first.
+func (s *Store) Close() error {
+	s.mtx.Lock()
+	if s.closed {
+		s.mtx.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mtx.Unlock()
+	var errs []error
+	for _, t := range s.snapshotTenants() {
+		if err := t.checkpoint(time.Now()); err != nil {
+			errs = append(errs, err)
+		}
+		if err := t.wal.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("hopwatch/agg: tenant %s: close WAL: %w", t.id, err))
+		}
+		if err := t.db.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("hopwatch/agg: tenant %s: close TSDB: %w", t.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t *tenantStore) seriesCount() int {
+	t.mtx.Lock()
+	defer t.mtx.Unlock()
+	return len(t.series)
+}
+
+func (t *tenantStore) lastCheckpointTime() time.Time {
+	t.mtx.Lock()
+	defer t.mtx.Unlock()
+	return t.lastCheckpoint
+}

@@ -1,0 +1,302 @@
+package agg
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/wlog"
+
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// Metric names of the span metrics, as Tempo's metrics-generator writes them.
+const (
+	MetricCalls   = "traces_spanmetrics_calls_total"
+	MetricLatency = "traces_spanmetrics_latency"
+)
+
+// tenantStore is one tenant's aggregate state, ingest WAL and TSDB.
+type tenantStore struct {
+	id     string
+	dir    string
+	store  *Store
+	logger *slog.Logger
+	db     *tsdb.DB
+	wal    *wlog.WL
+
+	// mtx guards everything below. Append holds it across the WAL write and
+	// the state update, so a checkpoint taken under it sees every sample of
+	// the WAL segments before its cut and none after.
+	mtx            sync.Mutex
+	series         map[string]*series
+	nextRef        uint64
+	lastFlushMs    int64
+	lastCheckpoint time.Time
+
+	// Scratch space reused across calls under mtx.
+	enc       []byte
+	enc2      []byte
+	batchRefs []*series
+	newSeries []*series
+	created   []uint64
+}
+
+// append logs the batch to the WAL and adds it to the aggregates.
+func (t *tenantStore) append(b *sample.Batch) error {
+	t.mtx.Lock()
+	defer t.mtx.Unlock()
+
+	lay := &t.store.layout
+	refs := t.batchRefs[:0]
+	fresh := t.newSeries[:0]
+	for _, bs := range b.Series {
+		s := t.series[bs.Key]
+		if s == nil {
+			s = lay.newSeries(t.nextRef, bs.Key, bs.Labels)
+			fresh = append(fresh, s)
+		}
+		refs = append(refs, s)
+	}
+	t.batchRefs, t.newSeries = refs, fresh
+
+	recs := make([][]byte, 0, 2)
+	if len(fresh) > 0 {
+		t.enc2 = appendSeriesRecord(t.enc2[:0], fresh)
+		recs = append(recs, t.enc2)
+	}
+	enc := append(t.enc[:0], recSamples)
+	enc = binary.AppendUvarint(enc, uint64(len(b.Samples)))
+	var prev int64
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		s := refs[smp.Series]
+		enc = binary.AppendUvarint(enc, s.ref)
+		enc = binary.AppendVarint(enc, smp.Start-prev)
+		prev = smp.Start
+		enc = binary.AppendUvarint(enc, uint64(smp.Duration))
+		if s.exemplarCandidate(smp.Duration) {
+			enc = append(enc, 1)
+			enc = append(enc, smp.TraceID[:]...)
+		} else {
+			enc = append(enc, 0)
+		}
+	}
+	t.enc = enc
+	recs = append(recs, enc)
+
+	start := time.Now()
+	if err := t.wal.Log(recs...); err != nil {
+		return fmt.Errorf("hopwatch/agg: tenant %s: write WAL: %w", t.id, err)
+	}
+	if t.store.opts.WALFsync {
+		if err := t.wal.Sync(); err != nil {
+			return fmt.Errorf("hopwatch/agg: tenant %s: fsync WAL: %w", t.id, err)
+		}
+	}
+	t.store.metrics.walWriteDuration.Observe(time.Since(start).Seconds())
+
+	// Logged: now the batch is ours. New series become visible only now, so
+	// a failed write leaves no series without its WAL record.
+	for _, s := range fresh {
+		t.series[s.key] = s
+		t.nextRef++
+	}
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		refs[smp.Series].observe(lay, smp.Duration, smp.Start+smp.Duration, &smp.TraceID)
+	}
+	clear(refs)
+	clear(fresh)
+	t.store.metrics.samplesAppended.Add(float64(len(b.Samples)))
+	return nil
+}
+
+// flush appends the current value of every series to the TSDB at now.
+func (t *tenantStore) flush(ctx context.Context, now time.Time) (int, error) {
+	t.mtx.Lock()
+	defer t.mtx.Unlock()
+
+	ts := now.UnixMilli()
+	if ts <= t.lastFlushMs {
+		// Two flushes within a millisecond would write conflicting samples.
+		ts = t.lastFlushMs + 1
+	}
+	lay := &t.store.layout
+	app := t.db.AppenderV2(ctx)
+	f := flusher{t: t, app: app, lay: lay, ts: ts}
+	created := t.created[:0]
+	for _, s := range t.series {
+		if s.out == nil {
+			s.out = t.store.outSeries(s.lset)
+		}
+		if !s.created {
+			// Start every new counter at zero, one millisecond before its
+			// first value, so that rate() and increase() count the first
+			// flush interval instead of losing it (what Tempo does too).
+			f.zero(s)
+			created = append(created, s.ref)
+		}
+		f.series(s)
+	}
+	if err := app.Commit(); err != nil {
+		_ = app.Rollback()
+		return 0, fmt.Errorf("hopwatch/agg: tenant %s: commit flush: %w", t.id, err)
+	}
+	t.lastFlushMs = ts
+	if len(created) > 0 {
+		// Recorded after the commit: a crash in between costs at most one
+		// extra zero sample on restart, never a lost count.
+		t.enc2 = appendCreatedRecord(t.enc2[:0], created)
+		if err := t.wal.Log(t.enc2); err != nil {
+			return f.samples, fmt.Errorf("hopwatch/agg: tenant %s: write WAL: %w", t.id, err)
+		}
+		for _, s := range t.series {
+			s.created = true
+		}
+	}
+	t.created = created
+	if f.failed > 0 {
+		t.logger.Warn("flush refused samples", "tenant", t.id, "refused", f.failed, "err", f.firstErr)
+		t.store.metrics.flushRefused.Add(float64(f.failed))
+	}
+	return f.samples, nil
+}
+
+// flusher appends the samples of one flush.
+type flusher struct {
+	t        *tenantStore
+	app      storage.AppenderV2
+	lay      *layout
+	ts       int64
+	samples  int
+	failed   int
+	firstErr error
+}
+
+func (f *flusher) add(ref *storage.SeriesRef, ls labels.Labels, ts int64, v float64, h *histogram.Histogram, ex []exemplar.Exemplar) {
+	r, err := f.app.Append(*ref, ls, 0, ts, v, h, nil, storage.AppendV2Options{Exemplars: ex})
+	var partial *storage.AppendPartialError
+	switch {
+	case err == nil:
+	case errors.As(err, &partial):
+		// The sample went in; only an exemplar was refused (for example a
+		// duplicate after restart). Not worth a warning.
+	default:
+		f.failed++
+		if f.firstErr == nil {
+			f.firstErr = err
+		}
+		return
+	}
+	*ref = r
+	f.samples++
+}
+
+func (f *flusher) zero(s *series) {
+	o, ts := s.out, f.ts-1
+	f.add(&o.callsRef, o.calls, ts, 0, nil, nil)
+	if s.classic != nil {
+		f.add(&o.countRef, o.count, ts, 0, nil, nil)
+		f.add(&o.sumRef, o.sum, ts, 0, nil, nil)
+		for i := range o.buckets {
+			f.add(&o.bucketRefs[i], o.buckets[i], ts, 0, nil, nil)
+		}
+	}
+	if s.native != nil {
+		h := &histogram.Histogram{Schema: f.lay.nbounds.Schema(), ZeroThreshold: 0}
+		f.add(&o.nativeRef, o.native, ts, 0, h, nil)
+	}
+}
+
+func (f *flusher) series(s *series) {
+	o := s.out
+	var ex []exemplar.Exemplar
+	exBucket := -1
+	if s.exValid {
+		ex = []exemplar.Exemplar{{
+			Labels: labels.FromStrings(f.t.store.opts.ExemplarLabel, hex.EncodeToString(s.exTraceID[:])),
+			Value:  float64(s.exDuration) / 1e9,
+			Ts:     s.exEnd / 1e6,
+			HasTs:  true,
+		}}
+		s.exValid = false
+		if s.classic != nil {
+			for i, b := range f.lay.boundsNs {
+				if s.exDuration <= b {
+					exBucket = i
+					break
+				}
+			}
+			if exBucket < 0 {
+				exBucket = len(f.lay.boundsNs)
+			}
+		}
+	}
+	count := float64(s.count)
+	f.add(&o.callsRef, o.calls, f.ts, count, nil, nil)
+	if s.classic != nil {
+		f.add(&o.countRef, o.count, f.ts, count, nil, nil)
+		f.add(&o.sumRef, o.sum, f.ts, s.sumSeconds(), nil, nil)
+		var cum uint64
+		for i, c := range s.classic {
+			cum += c
+			var bex []exemplar.Exemplar
+			if i == exBucket {
+				bex = ex
+			}
+			f.add(&o.bucketRefs[i], o.buckets[i], f.ts, float64(cum), nil, bex)
+		}
+	}
+	if s.native != nil {
+		// A new Histogram each time: the TSDB head keeps the pointer.
+		h := &histogram.Histogram{}
+		s.native.AppendTo(h)
+		f.add(&o.nativeRef, o.native, f.ts, 0, h, ex)
+	}
+}
+
+// outSeries builds the label sets of the TSDB series for one span series.
+func (st *Store) outSeries(base labels.Labels) *outSeries {
+	b := labels.NewBuilder(base)
+	with := func(name string, extra ...string) labels.Labels {
+		b.Reset(base)
+		b.Set(labels.MetricName, name)
+		for i := 0; i+1 < len(extra); i += 2 {
+			b.Set(extra[i], extra[i+1])
+		}
+		return b.Labels()
+	}
+	o := &outSeries{calls: with(MetricCalls)}
+	lay := &st.layout
+	if lay.classic {
+		o.count = with(MetricLatency + "_count")
+		o.sum = with(MetricLatency + "_sum")
+		o.buckets = make([]labels.Labels, len(lay.leValues))
+		o.bucketRefs = make([]storage.SeriesRef, len(lay.leValues))
+		for i, le := range lay.leValues {
+			o.buckets[i] = with(MetricLatency+"_bucket", labels.BucketLabel, le)
+		}
+	}
+	if lay.native {
+		o.native = with(MetricLatency)
+	}
+	return o
+}
+
+// formatLe formats a bucket bound as client_golang does, so le values match
+// what Prometheus users already query.
+func formatLe(v float64) string {
+	return strconv.FormatFloat(v, 'g', -1, 64)
+}

@@ -1,0 +1,3 @@
+// Package storage holds hopwatch's two tiers: agg, the aggregate tier in the
+// Prometheus TSDB, and (to come) raw, the lossless columnar latency store.
+package storage
