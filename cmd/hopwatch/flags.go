@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/hopwatch/hopwatch/internal/server"
+)
+
+// logOptions are the flags of the logger, outside server.Config because
+// the logger is built before the server.
+type logOptions struct {
+	level  string
+	format string
+}
+
+// registerFlags binds every setting of cfg to a flag of fs. Each flag has
+// the same key in the YAML config file.
+func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configFile *string) {
+	fs.StringVar(configFile, "config.file", "", "YAML file with settings; its keys are the flag names (nested maps join with '.'). Flags given on the command line win.")
+	fs.StringVar(&cfg.Storage.Dir, "storage.path", cfg.Storage.Dir, "Data directory: one sub-directory per tenant with its WAL, checkpoint and TSDB.")
+	fs.DurationVar(&cfg.Storage.Retention, "storage.tsdb.retention.time", cfg.Storage.Retention, "How long aggregate samples are kept.")
+	fs.BoolVar(&cfg.Storage.WALFsync, "storage.wal.fsync", cfg.Storage.WALFsync, "fsync the WAL before acknowledging each export. Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
+	fs.DurationVar(&cfg.Storage.CheckpointInterval, "storage.checkpoint-interval", cfg.Storage.CheckpointInterval, "How often the aggregate state is checkpointed and older WAL segments deleted; bounds replay time.")
+	fs.StringVar(&cfg.WebListenAddress, "web.listen-address", cfg.WebListenAddress, "Address of the HTTP API, /metrics, /-/healthy, /-/ready and /debug/pprof.")
+	fs.StringVar(&cfg.OTLPGRPCListenAddress, "otlp.grpc.listen-address", cfg.OTLPGRPCListenAddress, "Address of the OTLP/gRPC receiver.")
+	fs.StringVar(&cfg.OTLPHTTPListenAddress, "otlp.http.listen-address", cfg.OTLPHTTPListenAddress, "Address of the OTLP/HTTP receiver (POST /v1/traces).")
+	fs.IntVar(&cfg.Ingest.MaxRequestBytes, "otlp.max-request-bytes", cfg.Ingest.MaxRequestBytes, "Largest OTLP request accepted, in bytes, after decompression.")
+	fs.DurationVar(&cfg.FlushInterval, "flush.interval", cfg.FlushInterval, "How often in-memory aggregates are written to the TSDB (at least 1s).")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown.timeout", cfg.ShutdownTimeout, "How long a graceful shutdown may take before in-flight requests are cut.")
+	fs.BoolVar(&cfg.Ingest.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.Ingest.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
+	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
+	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
+	fs.BoolVar(&cfg.Storage.ClassicHistograms, "spanmetrics.classic-histograms", cfg.Storage.ClassicHistograms, "Write traces_spanmetrics_latency_bucket/_sum/_count.")
+	fs.BoolVar(&cfg.Storage.NativeHistograms, "spanmetrics.native-histograms", cfg.Storage.NativeHistograms, "Write traces_spanmetrics_latency as a native histogram.")
+	fs.Var(int32Value{&cfg.Storage.NativeSchema}, "spanmetrics.native-histogram-schema", "Native histogram schema, -4..8: buckets grow by 2^(2^-schema); 5 bounds the relative error near 1.1%.")
+	fs.StringVar(&cfg.Storage.ExemplarLabel, "spanmetrics.exemplar-label", cfg.Storage.ExemplarLabel, "Label name of the trace id in exemplars (Tempo's metrics-generator uses traceID).")
+	fs.Int64Var(&cfg.Storage.MaxExemplars, "storage.tsdb.max-exemplars", cfg.Storage.MaxExemplars, "Exemplars kept in memory per tenant; 0 turns exemplar storage off.")
+	fs.DurationVar(&cfg.Query.LookbackDelta, "query.lookback-delta", cfg.Query.LookbackDelta, "How far back an instant vector selector looks for a sample.")
+	fs.DurationVar(&cfg.Query.Timeout, "query.timeout", cfg.Query.Timeout, "Longest a query may run.")
+	fs.IntVar(&cfg.Query.MaxSamples, "query.max-samples", cfg.Query.MaxSamples, "Most samples a single query may load into memory.")
+	fs.StringVar(&lo.level, "log.level", lo.level, "Log level: debug, info, warn or error.")
+	fs.StringVar(&lo.format, "log.format", lo.format, "Log format: logfmt or json.")
+}
+
+// stringList is a flag holding a list; the first Set replaces the default.
+type stringList struct {
+	dst *[]string
+	set bool
+}
+
+func (l *stringList) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	return strings.Join(*l.dst, ",")
+}
+
+func (l *stringList) Set(v string) error {
+	if !l.set {
+		*l.dst, l.set = nil, true
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l.dst = append(*l.dst, p)
+		}
+	}
+	return nil
+}
+
+type floatList struct {
+	dst *[]float64
+	set bool
+}
+
+func (l *floatList) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	s := make([]string, len(*l.dst))
+	for i, v := range *l.dst {
+		s[i] = strconv.FormatFloat(v, 'g', -1, 64)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *floatList) Set(v string) error {
+	if !l.set {
+		*l.dst, l.set = nil, true
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		f, err := strconv.ParseFloat(p, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", p)
+		}
+		*l.dst = append(*l.dst, f)
+	}
+	return nil
+}
+
+type int32Value struct{ p *int32 }
+
+func (v int32Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(int(*v.p))
+}
+
+func (v int32Value) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("%q is not an integer", s)
+	}
+	*v.p = int32(n)
+	return nil
+}
+
+// applyConfigFile sets, from the YAML file, every flag not given on the
+// command line. Unknown keys and bad values are errors naming file and line.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+
+	var errs []error
+	var walk func(prefix string, n *yaml.Node)
+	walk = func(prefix string, n *yaml.Node) {
+		if n.Kind != yaml.MappingNode {
+			errs = append(errs, fmt.Errorf("%s:%d: expected a mapping of settings", path, n.Line))
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			key := k.Value
+			if prefix != "" {
+				key = prefix + "." + key
+			}
+			f := fs.Lookup(key)
+			if f == nil && v.Kind == yaml.MappingNode {
+				walk(key, v)
+				continue
+			}
+			if f == nil || key == "config.file" {
+				errs = append(errs, fmt.Errorf("%s:%d: unknown setting %q (see hopwatch serve -help)", path, k.Line, key))
+				continue
+			}
+			if explicit[key] {
+				continue
+			}
+			var vals []*yaml.Node
+			switch v.Kind {
+			case yaml.ScalarNode:
+				vals = []*yaml.Node{v}
+			case yaml.SequenceNode:
+				vals = v.Content
+			default:
+				errs = append(errs, fmt.Errorf("%s:%d: %s: expected a value or a list", path, v.Line, key))
+				continue
+			}
+			for _, e := range vals {
+				if err := fs.Set(key, e.Value); err != nil {
+					errs = append(errs, fmt.Errorf("%s:%d: %s: %w", path, e.Line, key, err))
+				}
+			}
+		}
+	}
+	walk("", doc.Content[0])
+	return errors.Join(errs...)
+}
+
+// effectiveConfig renders every setting as YAML, for /api/v1/status/config,
+// and as a map, for /api/v1/status/flags.
+func effectiveConfig(fs *flag.FlagSet) (string, map[string]string) {
+	flags := map[string]string{}
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) {
+		flags[f.Name] = f.Value.String()
+		if f.Name != "config.file" {
+			names = append(names, f.Name)
+		}
+	})
+	sort.Strings(names)
+	var b bytes.Buffer
+	for _, n := range names {
+		v, _ := yaml.Marshal(flags[n])
+		fmt.Fprintf(&b, "%s: %s", n, v)
+	}
+	return b.String(), flags
+}
+

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/query"
+	"github.com/hopwatch/hopwatch/storage/agg"
+)
+
+// Config is the whole configuration of one hopwatch node.
+type Config struct {
+	WebListenAddress      string
+	OTLPGRPCListenAddress string
+	OTLPHTTPListenAddress string
+	// FlushInterval is how often in-memory aggregates go to the TSDB.
+	FlushInterval time.Duration
+	// ShutdownTimeout bounds the graceful drain on SIGTERM.
+	ShutdownTimeout time.Duration
+
+	Ingest  ingest.Options
+	Storage agg.Options
+	Query   query.Options
+
+	// ConfigYAML is the effective configuration as served by /api/v1/status/config.
+	ConfigYAML string
+	// Flags are the command-line flags as served by /api/v1/status/flags.
+	Flags map[string]string
+}
+
+// MinFlushInterval is the shortest flush interval: below a second the TSDB
+// would hold mostly repeated values and flushes would compete with ingest.
+const MinFlushInterval = time.Second
+
+// DefaultConfig returns the embedded default: one node, data in ./data.
+func DefaultConfig() Config {
+	return Config{
+		WebListenAddress:      ":9800",
+		OTLPGRPCListenAddress: ":4317",
+		OTLPHTTPListenAddress: ":4318",
+		FlushInterval:         5 * time.Second,
+		ShutdownTimeout:       30 * time.Second,
+		Ingest:                ingest.DefaultOptions(),
+		Storage:               agg.DefaultOptions(),
+		Query:                 query.DefaultOptions(),
+	}
+}
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	addr := func(field, v string) {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			add(fmt.Errorf("%s: %q is not host:port: %w", field, v, err))
+		}
+	}
+	addr("web.listen-address", c.WebListenAddress)
+	addr("otlp.grpc.listen-address", c.OTLPGRPCListenAddress)
+	addr("otlp.http.listen-address", c.OTLPHTTPListenAddress)
+	if c.FlushInterval < MinFlushInterval {
+		add(fmt.Errorf("flush.interval: %s is shorter than the minimum of %s", c.FlushInterval, MinFlushInterval))
+	}
+	if c.ShutdownTimeout <= 0 {
+		add(fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
+	}
+	if err := c.Ingest.Validate(); err != nil {
+		add(fmt.Errorf("ingest: %w", err))
+	}
+	if err := c.Storage.Validate(); err != nil {
+		add(fmt.Errorf("storage: %w", err))
+	}
+	if err := c.Query.Validate(); err != nil {
+		add(fmt.Errorf("query: %w", err))
+	}
+	return errors.Join(errs...)
+}

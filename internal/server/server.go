@@ -1,0 +1,296 @@
+// Package server wires one hopwatch node together: listeners, ingest,
+// storage, the query API and the flush loop, with a graceful shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/version"
+	"github.com/hopwatch/hopwatch/query"
+	"github.com/hopwatch/hopwatch/sample"
+	"github.com/hopwatch/hopwatch/storage/agg"
+)
+
+// Server is one hopwatch node.
+type Server struct {
+	cfg    Config
+	reg    *prometheus.Registry
+	logger *slog.Logger
+
+	store atomic.Pointer[agg.Store] // nil until the WAL replay is done
+	recv  *ingest.Receiver
+	api   *query.API
+
+	webLn, grpcLn, httpLn net.Listener
+	web, otlpHTTP         *http.Server
+	grpc                  *grpc.Server
+
+	wg       sync.WaitGroup
+	errc     chan error
+	stopOnce sync.Once
+	stop     chan struct{} // closed to end the flush loop
+	flushed  chan struct{} // closed when the flush loop has ended
+}
+
+// errNotReady is returned to ingest while storage replays its WAL; OTLP
+// clients read it as retryable (UNAVAILABLE, HTTP 503).
+var errNotReady = errors.New("hopwatch/server: replaying the WAL, not ready to accept spans yet")
+
+// New checks the configuration and builds the node. reg receives every
+// metric of the node; nil creates a private registry.
+func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s := &Server{
+		cfg:     cfg,
+		reg:     reg,
+		logger:  logger,
+		errc:    make(chan error, 4),
+		stop:    make(chan struct{}),
+		flushed: make(chan struct{}),
+	}
+	var err error
+	s.recv, err = ingest.New(cfg.Ingest, appenderFunc(s.append), reg, logger.With("component", "ingest"))
+	if err != nil {
+		return nil, err
+	}
+	info := version.Get()
+	qopts := cfg.Query
+	qopts.Version, qopts.Revision, qopts.Branch, qopts.BuildDate = info.Version, info.Revision, info.Branch, info.BuildDate
+	qopts.ConfigYAML = func() string { return cfg.ConfigYAML }
+	qopts.Flags = cfg.Flags
+	qopts.Metadata = metricMetadata
+	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), s.Ready, reg, logger.With("component", "query"))
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// metricMetadata describes the metric families hopwatch writes.
+var metricMetadata = []query.MetricMetadata{
+	{Name: agg.MetricCalls, Type: "counter", Help: "Spans received, per service, span name, kind and status."},
+	{Name: agg.MetricLatency, Type: "histogram", Help: "Span duration in seconds, per service, span name, kind and status.", Unit: "seconds"},
+}
+
+type appenderFunc func(ctx context.Context, tenant string, b *sample.Batch) error
+
+func (f appenderFunc) Append(ctx context.Context, tenant string, b *sample.Batch) error {
+	return f(ctx, tenant, b)
+}
+
+func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) error {
+	st := s.store.Load()
+	if st == nil {
+		return errNotReady
+	}
+	return st.Append(ctx, tenant, b)
+}
+
+func (s *Server) tenantDB(id string) query.Queryable {
+	st := s.store.Load()
+	if st == nil {
+		return nil
+	}
+	if db := st.DB(id); db != nil {
+		return db
+	}
+	return nil
+}
+
+// Ready tells whether the WAL replay is done and spans are accepted.
+func (s *Server) Ready() bool { return s.store.Load() != nil }
+
+// Addrs are the bound listen addresses (useful with port 0).
+type Addrs struct{ Web, OTLPGRPC, OTLPHTTP string }
+
+// Addrs returns the bound addresses; valid after Start.
+func (s *Server) Addrs() Addrs {
+	return Addrs{Web: s.webLn.Addr().String(), OTLPGRPC: s.grpcLn.Addr().String(), OTLPHTTP: s.httpLn.Addr().String()}
+}
+
+// Start binds the listeners and serves. Storage opens (replaying its WAL)
+// in the background; until it is done /-/ready answers 503 and ingest
+// answers UNAVAILABLE. Errors after Start arrive on Err.
+func (s *Server) Start() error {
+	var err error
+	listen := func(addr string) net.Listener {
+		if err != nil {
+			return nil
+		}
+		var ln net.Listener
+		ln, err = net.Listen("tcp", addr)
+		if err != nil {
+			err = fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		return ln
+	}
+	s.webLn = listen(s.cfg.WebListenAddress)
+	s.grpcLn = listen(s.cfg.OTLPGRPCListenAddress)
+	s.httpLn = listen(s.cfg.OTLPHTTPListenAddress)
+	if err != nil {
+		for _, ln := range []net.Listener{s.webLn, s.grpcLn, s.httpLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		return err
+	}
+
+	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.otlpHTTP = &http.Server{Handler: s.recv.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.grpc = grpc.NewServer(s.recv.GRPCServerOptions()...)
+	s.recv.RegisterGRPC(s.grpc)
+
+	s.goServe("web", func() error { return s.web.Serve(s.webLn) })
+	s.goServe("otlp-http", func() error { return s.otlpHTTP.Serve(s.httpLn) })
+	s.goServe("otlp-grpc", func() error { return s.grpc.Serve(s.grpcLn) })
+	s.logger.Info("listening", "web", s.webLn.Addr().String(), "otlp_grpc", s.grpcLn.Addr().String(), "otlp_http", s.httpLn.Addr().String())
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(s.flushed)
+		start := time.Now()
+		st, err := agg.Open(s.cfg.Storage, s.reg, s.logger.With("component", "storage"))
+		if err != nil {
+			s.errc <- fmt.Errorf("open storage: %w", err)
+			return
+		}
+		s.store.Store(st)
+		s.logger.Info("ready", "startup_seconds", time.Since(start).Seconds(), "tenants", len(st.Tenants()))
+		s.flushLoop(st)
+	}()
+	return nil
+}
+
+func (s *Server) goServe(name string, serve func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			s.errc <- fmt.Errorf("%s server: %w", name, err)
+		}
+	}()
+}
+
+// flushLoop flushes every FlushInterval until stop is closed.
+func (s *Server) flushLoop(st *agg.Store) {
+	t := time.NewTicker(s.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			if err := st.Flush(context.Background(), now); err != nil {
+				s.logger.Error("flush failed", "err", err)
+			}
+		}
+	}
+}
+
+// Err delivers errors that end the server.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Shutdown drains in-flight exports, flushes the aggregates, checkpoints and
+// closes storage, then stops the web server.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	s.stopOnce.Do(func() {
+		drained := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(drained) }()
+		if err := s.otlpHTTP.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("otlp http shutdown: %w", err))
+		}
+		select {
+		case <-drained:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			<-drained
+		}
+		close(s.stop)
+		<-s.flushed
+		if st := s.store.Load(); st != nil {
+			if err := st.Flush(ctx, time.Now()); err != nil {
+				errs = append(errs, err)
+			}
+			if err := st.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := s.web.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("web shutdown: %w", err))
+		}
+		s.wg.Wait()
+	})
+	return errors.Join(errs...)
+}
+
+// Run starts the server and serves until ctx is done or serving fails,
+// then shuts down gracefully within ShutdownTimeout.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(); err != nil {
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.logger.Info("shutting down")
+	case runErr = <-s.errc:
+		s.logger.Error("fatal", "err", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := s.Shutdown(sctx)
+	if err == nil {
+		s.logger.Info("shutdown complete")
+	}
+	return errors.Join(runErr, err)
+}
+
+func (s *Server) webHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", s.api.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, EnableOpenMetrics: true}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "hopwatch is Healthy.")
+	})
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "hopwatch is not ready: replaying the WAL.")
+			return
+		}
+		fmt.Fprintln(w, "hopwatch is Ready.")
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

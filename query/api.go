@@ -1,0 +1,280 @@
+package query
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/grafana/regexp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/route"
+	"github.com/prometheus/prometheus/config"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/rules"
+	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/util/features"
+	v1 "github.com/prometheus/prometheus/web/api/v1"
+
+	"github.com/hopwatch/hopwatch/internal/tenant"
+)
+
+// Options configures the HTTP API.
+type Options struct {
+	// MultitenancyEnabled scopes each request to its X-Scope-OrgID.
+	MultitenancyEnabled bool
+	// LookbackDelta is how far back an instant vector selector looks.
+	LookbackDelta time.Duration
+	// Timeout bounds one query.
+	Timeout time.Duration
+	// MaxSamples bounds the samples one query may hold in memory.
+	MaxSamples int
+	// Version, Revision, Branch, BuildDate describe the build for /status/buildinfo.
+	Version, Revision, Branch, BuildDate string
+	// ConfigYAML returns the running configuration for /status/config.
+	ConfigYAML func() string
+	// Flags are the command-line flags for /status/flags.
+	Flags map[string]string
+	// Metadata describes the metric families for /metadata.
+	Metadata []MetricMetadata
+}
+
+// DefaultOptions returns Prometheus's defaults for the same settings.
+func DefaultOptions() Options {
+	return Options{LookbackDelta: 5 * time.Minute, Timeout: 2 * time.Minute, MaxSamples: 50_000_000}
+}
+
+// Validate reports every problem with the options, naming the field.
+func (o Options) Validate() error {
+	var errs []error
+	if o.LookbackDelta <= 0 {
+		errs = append(errs, fmt.Errorf("LookbackDelta must be positive, got %s", o.LookbackDelta))
+	}
+	if o.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("Timeout must be positive, got %s", o.Timeout))
+	}
+	if o.MaxSamples <= 0 {
+		errs = append(errs, fmt.Errorf("MaxSamples must be positive, got %d", o.MaxSamples))
+	}
+	return errors.Join(errs...)
+}
+
+// MetricMetadata is one entry of /api/v1/metadata.
+type MetricMetadata struct {
+	Name string `json:"-"`
+	Type string `json:"type"`
+	Help string `json:"help"`
+	Unit string `json:"unit"`
+}
+
+// API is the Prometheus-compatible HTTP API.
+type API struct {
+	opts     Options
+	handler  http.Handler
+	engine   *promql.Engine
+	resolver tenant.Resolver
+	logger   *slog.Logger
+}
+
+// New builds the API over src. ready tells whether storage has finished
+// replaying; until then query endpoints answer 503.
+func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer, logger *slog.Logger) (*API, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("hopwatch/query: invalid options: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ConfigYAML == nil {
+		opts.ConfigYAML = func() string { return "" }
+	}
+	pp := parser.NewParser(parser.Options{})
+	engine := promql.NewEngine(promql.EngineOpts{
+		Logger:               logger.With("component", "promql"),
+		Reg:                  reg,
+		MaxSamples:           opts.MaxSamples,
+		Timeout:              opts.Timeout,
+		LookbackDelta:        opts.LookbackDelta,
+		EnableAtModifier:     true,
+		EnableNegativeOffset: true,
+		EnablePerStepStats:   true,
+		Parser:               pp,
+	})
+	q := tenantQueryable{src: src}
+	readyFunc := func(f http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !ready() {
+				writeError(w, http.StatusServiceUnavailable, "unavailable", "hopwatch is still replaying its WAL; see /-/ready")
+				return
+			}
+			f(w, r)
+		}
+	}
+	buildInfo := &v1.PrometheusVersion{
+		Version:   opts.Version,
+		Revision:  opts.Revision,
+		Branch:    opts.Branch,
+		BuildDate: opts.BuildDate,
+		GoVersion: runtime.Version(),
+	}
+	api := v1.NewAPI(
+		engine, q, nil, q,
+		func(_ ctxT) v1.ScrapePoolsRetriever { return noScrape{} },
+		func(_ ctxT) v1.TargetRetriever { return noScrape{} },
+		func(_ ctxT) v1.AlertmanagerRetriever { return noAlertmanagers{} },
+		func() config.Config { return config.Config{} },
+		opts.Flags,
+		v1.GlobalURLOptions{},
+		readyFunc,
+		noTSDBAdmin{},
+		"",    // dbDir
+		false, // enableAdmin
+		false, // enableSearch
+		0,     // maxSearchLimit
+		logger.With("component", "api"),
+		func(_ ctxT) v1.RulesRetriever { return noRules{} },
+		0, 0, 0, // remote read limits: remote read is not served
+		false,                    // isAgent
+		regexp.MustCompile(".*"), // CORS origin: Grafana in the browser may call the API directly
+		func() (v1.RuntimeInfo, error) { return v1.RuntimeInfo{GoroutineCount: runtime.NumGoroutine()}, nil },
+		buildInfo,
+		nil, nil, // notifications
+		nil, nil, // gatherer, registerer: no remote-write receiver here
+		nil,   // stats renderer: Prometheus's default
+		false, // remote write receiver
+		nil,
+		false, false, false, // OTLP metrics receiver
+		opts.LookbackDelta,
+		false, // type and unit labels
+		false, // append metadata
+		nil,   // error code override
+		features.NewRegistry(),
+		v1.OpenAPIOptions{Version: opts.Version},
+		pp,
+		false, // query cost
+		opts.Timeout,
+	)
+	router := route.New()
+	api.Register(router.WithPrefix("/api/v1"))
+
+	a := &API{opts: opts, engine: engine, resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled}, logger: logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
+	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
+	mux.Handle("/api/v1/", router)
+	a.handler = a.withTenant(mux)
+	return a, nil
+}
+
+// Handler serves /api/v1/.
+func (a *API) Handler() http.Handler { return a.handler }
+
+// withTenant resolves the request's tenant and carries it in the context,
+// where tenantQueryable reads it.
+func (a *API) withTenant(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := a.resolver.FromHTTP(r)
+		if err != nil {
+			status := http.StatusBadRequest
+			if errors.Is(err, tenant.ErrMissing) {
+				status = http.StatusUnauthorized
+			}
+			writeError(w, status, "bad_data", err.Error())
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(tenant.With(r.Context(), id)))
+	})
+}
+
+type envelope struct {
+	Status    string `json:"status"`
+	Data      any    `json:"data,omitempty"`
+	ErrorType string `json:"errorType,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v envelope) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers in the Prometheus error envelope.
+func writeError(w http.ResponseWriter, status int, errorType, msg string) {
+	writeJSON(w, status, envelope{Status: "error", ErrorType: errorType, Error: msg})
+}
+
+// metadata serves /api/v1/metadata from the known metric families, with
+// Prometheus's metric and limit parameters.
+func (a *API) metadata(w http.ResponseWriter, r *http.Request) {
+	limit := -1
+	if s := r.FormValue("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_data", "limit must be a number")
+			return
+		}
+		limit = n
+	}
+	metric := r.FormValue("metric")
+	out := map[string][]MetricMetadata{}
+	for _, m := range a.opts.Metadata {
+		if metric != "" && m.Name != metric {
+			continue
+		}
+		if limit >= 0 && len(out) >= limit {
+			break
+		}
+		out[m.Name] = append(out[m.Name], m)
+	}
+	writeJSON(w, http.StatusOK, envelope{Status: "success", Data: out})
+}
+
+func (a *API) statusConfig(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, envelope{Status: "success", Data: map[string]string{"yaml": a.opts.ConfigYAML()}})
+}
+
+// The parts of the Prometheus API that have no counterpart in hopwatch
+// (scrape targets, Alertmanager discovery, rules until the ruler exists,
+// TSDB admin) answer empty.
+type (
+	noScrape        struct{}
+	noAlertmanagers struct{}
+	noRules         struct{}
+	noTSDBAdmin     struct{}
+	errNotSupported struct{}
+)
+
+func (noScrape) ScrapePools() []string                                 { return nil }
+func (noScrape) TargetsActive() map[string][]*scrape.Target            { return nil }
+func (noScrape) TargetsDropped() map[string][]*scrape.Target           { return nil }
+func (noScrape) TargetsDroppedCounts() map[string]int                  { return nil }
+func (noScrape) ScrapePoolConfig(string) (*config.ScrapeConfig, error) { return nil, errNotSupported{} }
+func (noAlertmanagers) Alertmanagers() []*url.URL                      { return nil }
+func (noAlertmanagers) DroppedAlertmanagers() []*url.URL               { return nil }
+func (noRules) RuleGroups() []*rules.Group                             { return nil }
+func (noRules) AlertingRules() []*rules.AlertingRule                   { return nil }
+
+func (errNotSupported) Error() string { return "hopwatch/query: not supported by hopwatch" }
+
+func (noTSDBAdmin) CleanTombstones() error { return errNotSupported{} }
+func (noTSDBAdmin) Delete(ctxT, int64, int64, ...*labels.Matcher) error {
+	return errNotSupported{}
+}
+func (noTSDBAdmin) Snapshot(string, bool) error            { return errNotSupported{} }
+func (noTSDBAdmin) Stats(string, int) (*tsdb.Stats, error) { return nil, errNotSupported{} }
+func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
+	return tsdb.WALReplayStatus{}, nil
+}
+func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
+
+type ctxT = context.Context

@@ -1,0 +1,160 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/prometheus/prometheus/model/exemplar"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/hopwatch/hopwatch/internal/tenant"
+)
+
+// Queryable is the aggregate tier of one tenant (a *tsdb.DB satisfies it).
+type Queryable interface {
+	storage.Queryable
+	storage.ChunkQueryable
+	storage.ExemplarQueryable
+}
+
+// Storage gives the aggregate tier of a tenant.
+type Storage interface {
+	// Tenant returns the tenant's data, or nil when the tenant has none.
+	Tenant(id string) Queryable
+}
+
+// StorageFunc adapts a function to Storage.
+type StorageFunc func(id string) Queryable
+
+// Tenant calls f.
+func (f StorageFunc) Tenant(id string) Queryable { return f(id) }
+
+// errNoTenant means a query reached storage without a tenant: a bug in the
+// wiring, never a user error.
+var errNoTenant = errors.New("hopwatch/query: no tenant in request context")
+
+// tenantQueryable routes every query to the storage of the tenant carried
+// by its context, so one Prometheus API serves all tenants and a request of
+// tenant A can only ever open tenant A's TSDB.
+type tenantQueryable struct{ src Storage }
+
+var (
+	_ storage.SampleAndChunkQueryable = tenantQueryable{}
+	_ storage.ExemplarQueryable       = tenantQueryable{}
+)
+
+func (q tenantQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
+	return &tenantQuerier{lazyQuerier[storage.Querier]{
+		src:   q.src,
+		open:  func(db Queryable) (storage.Querier, error) { return db.Querier(mint, maxt) },
+		empty: storage.NoopQuerier,
+	}}, nil
+}
+
+func (q tenantQueryable) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
+	return &tenantChunkQuerier{lazyQuerier[storage.ChunkQuerier]{
+		src:   q.src,
+		open:  func(db Queryable) (storage.ChunkQuerier, error) { return db.ChunkQuerier(mint, maxt) },
+		empty: storage.NoopChunkedQuerier,
+	}}, nil
+}
+
+func (q tenantQueryable) ExemplarQuerier(ctx context.Context) (storage.ExemplarQuerier, error) {
+	id, ok := tenant.From(ctx)
+	if !ok {
+		return nil, errNoTenant
+	}
+	db := q.src.Tenant(id)
+	if db == nil {
+		return emptyExemplarQuerier{}, nil
+	}
+	return db.ExemplarQuerier(ctx)
+}
+
+type emptyExemplarQuerier struct{}
+
+func (emptyExemplarQuerier) Select(int64, int64, ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
+	return nil, nil
+}
+
+// lazyQuerier opens the tenant's querier on first use, when the context
+// (and with it the tenant) is known.
+type lazyQuerier[Q storage.LabelQuerier] struct {
+	src    Storage
+	open   func(db Queryable) (Q, error)
+	empty  func() Q
+	mtx    sync.Mutex
+	q      Q
+	opened bool
+}
+
+func (lq *lazyQuerier[Q]) get(ctx context.Context) (Q, error) {
+	lq.mtx.Lock()
+	defer lq.mtx.Unlock()
+	if lq.opened {
+		return lq.q, nil
+	}
+	id, ok := tenant.From(ctx)
+	if !ok {
+		return lq.q, errNoTenant
+	}
+	if db := lq.src.Tenant(id); db == nil {
+		lq.q = lq.empty()
+	} else {
+		q, err := lq.open(db)
+		if err != nil {
+			return q, err
+		}
+		lq.q = q
+	}
+	lq.opened = true
+	return lq.q, nil
+}
+
+func (lq *lazyQuerier[Q]) LabelValues(ctx context.Context, name string, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	q, err := lq.get(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return q.LabelValues(ctx, name, hints, ms...)
+}
+
+func (lq *lazyQuerier[Q]) LabelNames(ctx context.Context, hints *storage.LabelHints, ms ...*labels.Matcher) ([]string, annotations.Annotations, error) {
+	q, err := lq.get(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return q.LabelNames(ctx, hints, ms...)
+}
+
+func (lq *lazyQuerier[Q]) Close() error {
+	lq.mtx.Lock()
+	defer lq.mtx.Unlock()
+	if !lq.opened {
+		return nil
+	}
+	return lq.q.Close()
+}
+
+type tenantQuerier struct{ lazyQuerier[storage.Querier] }
+
+func (tq *tenantQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	q, err := tq.get(ctx)
+	if err != nil {
+		return storage.ErrSeriesSet(err)
+	}
+	return q.Select(ctx, sortSeries, hints, ms...)
+}
+
+type tenantChunkQuerier struct{ lazyQuerier[storage.ChunkQuerier] }
+
+func (tq *tenantChunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
+	q, err := tq.get(ctx)
+	if err != nil {
+		return storage.ErrChunkSeriesSet(err)
+	}
+	return q.Select(ctx, sortSeries, hints, ms...)
+}
