@@ -149,7 +149,9 @@ func (tq *tenantQuerier) Select(ctx context.Context, sortSeries bool, hints *sto
 	return q.Select(ctx, sortSeries, hints, ms...)
 }
 
-type tenantChunkQuerier struct{ lazyQuerier[storage.ChunkQuerier] }
+type tenantChunkQuerier struct {
+	lazyQuerier[storage.ChunkQuerier]
+}
 
 func (tq *tenantChunkQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.ChunkSeriesSet {
 	q, err := tq.get(ctx)

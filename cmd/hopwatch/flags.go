@@ -209,4 +209,3 @@ func effectiveConfig(fs *flag.FlagSet) (string, map[string]string) {
 	}
 	return b.String(), flags
 }
-
