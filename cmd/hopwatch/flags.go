@@ -36,7 +36,7 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.IntVar(&cfg.Ingest.MaxRequestBytes, "otlp.max-request-bytes", cfg.Ingest.MaxRequestBytes, "Largest OTLP request accepted, in bytes, after decompression.")
 	fs.DurationVar(&cfg.FlushInterval, "flush.interval", cfg.FlushInterval, "How often in-memory aggregates are written to the TSDB (at least 1s).")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown.timeout", cfg.ShutdownTimeout, "How long a graceful shutdown may take before in-flight requests are cut.")
-	fs.BoolVar(&cfg.Ingest.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.Ingest.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
+	fs.BoolVar(&cfg.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
 	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
 	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
 	fs.BoolVar(&cfg.Storage.ClassicHistograms, "spanmetrics.classic-histograms", cfg.Storage.ClassicHistograms, "Write traces_spanmetrics_latency_bucket/_sum/_count.")

@@ -20,6 +20,9 @@ type Config struct {
 	FlushInterval time.Duration
 	// ShutdownTimeout bounds the graceful drain on SIGTERM.
 	ShutdownTimeout time.Duration
+	// MultitenancyEnabled takes the tenant of every request, write or
+	// read, from X-Scope-OrgID; off, all requests are tenant "anonymous".
+	MultitenancyEnabled bool
 
 	Ingest  ingest.Options
 	Storage agg.Options

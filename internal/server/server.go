@@ -73,6 +73,8 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		flushed: make(chan struct{}),
 	}
 	var err error
+	cfg.Ingest.MultitenancyEnabled = cfg.MultitenancyEnabled
+	cfg.Query.MultitenancyEnabled = cfg.MultitenancyEnabled
 	s.recv, err = ingest.New(cfg.Ingest, appenderFunc(s.append), reg, logger.With("component", "ingest"))
 	if err != nil {
 		return nil, err
