@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/gzip" // OTLP exporters may compress with gzip
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/internal/tenant"
@@ -49,8 +50,48 @@ func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(rawCodec{proto: encoding.GetCodecV2("proto")}),
 		grpc.MaxRecvMsgSize(r.opts.MaxRequestBytes),
+		grpc.StatsHandler(refusalCounter{r}),
 	}
 }
+
+// refusalCounter counts the Export calls gRPC refuses before the handler
+// runs (a message over MaxRecvMsgSize, a decompression failure), which the
+// handler cannot see.
+type refusalCounter struct{ r *Receiver }
+
+// rpcTag marks, in the context, that the Export handler ran.
+type rpcTag struct{ handled bool }
+
+type rpcTagKey struct{}
+
+func (c refusalCounter) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if info.FullMethodName != exportMethod {
+		return ctx
+	}
+	return context.WithValue(ctx, rpcTagKey{}, &rpcTag{})
+}
+
+func (c refusalCounter) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	end, ok := s.(*stats.End)
+	if !ok || end.Error == nil {
+		return
+	}
+	tag, ok := ctx.Value(rpcTagKey{}).(*rpcTag)
+	if !ok || tag.handled {
+		return
+	}
+	c.r.metrics.requests.WithLabelValues(protoGRPC).Inc()
+	reason := refusedMalformed
+	if status.Code(end.Error) == codes.ResourceExhausted {
+		reason = refusedTooLarge
+	}
+	c.r.metrics.requestsRefused.WithLabelValues(protoGRPC, reason).Inc()
+}
+
+func (refusalCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (refusalCounter) HandleConn(context.Context, stats.ConnStats)                       {}
+
+const exportMethod = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 // RegisterGRPC registers the OTLP TraceService on s, which must have been
 // created with GRPCServerOptions.
@@ -74,7 +115,7 @@ var traceServiceDesc = grpc.ServiceDesc{
 			if interceptor == nil {
 				return r.exportGRPC(ctx, in)
 			}
-			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: "/opentelemetry.proto.collector.trace.v1.TraceService/Export"}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: exportMethod}
 			return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
 				return r.exportGRPC(ctx, req.(*rawMessage))
 			})
@@ -84,6 +125,9 @@ var traceServiceDesc = grpc.ServiceDesc{
 }
 
 func (r *Receiver) exportGRPC(ctx context.Context, in *rawMessage) (*rawMessage, error) {
+	if tag, ok := ctx.Value(rpcTagKey{}).(*rpcTag); ok {
+		tag.handled = true
+	}
 	r.metrics.requests.WithLabelValues(protoGRPC).Inc()
 	tenantID, err := r.resolver.FromGRPC(ctx)
 	if err != nil {

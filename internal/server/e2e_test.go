@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/api"
+	"github.com/prometheus/client_golang/prometheus"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
@@ -33,6 +34,12 @@ import (
 // temporary directory and stops it when the test ends.
 func startServer(t *testing.T, mutate func(*server.Config)) (*server.Server, server.Addrs) {
 	t.Helper()
+	return startServerReg(t, nil, mutate)
+}
+
+// startServerReg is startServer with the node's metrics in reg.
+func startServerReg(t *testing.T, reg *prometheus.Registry, mutate func(*server.Config)) (*server.Server, server.Addrs) {
+	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.WebListenAddress = "127.0.0.1:0"
 	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
@@ -42,7 +49,7 @@ func startServer(t *testing.T, mutate func(*server.Config)) (*server.Server, ser
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := server.New(cfg, nil, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+	srv, err := server.New(cfg, reg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
 	require.NoError(t, err)
 	require.NoError(t, srv.Start())
 	t.Cleanup(func() {
