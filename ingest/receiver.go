@@ -41,17 +41,17 @@ func DefaultOptions() Options {
 func (o Options) Validate() error {
 	var errs []error
 	if o.MaxRequestBytes <= 0 {
-		errs = append(errs, fmt.Errorf("MaxRequestBytes must be positive, got %d", o.MaxRequestBytes))
+		errs = append(errs, fmt.Errorf("invalid MaxRequestBytes %d: must be positive", o.MaxRequestBytes))
 	}
 	seen := map[string]string{}
 	for _, a := range o.Dimensions {
 		if a == "" {
-			errs = append(errs, errors.New("Dimensions: empty attribute name"))
+			errs = append(errs, errors.New("invalid Dimensions: empty attribute name"))
 			continue
 		}
 		l := NewDimension(a).Label
 		if prev, ok := seen[l]; ok {
-			errs = append(errs, fmt.Errorf("Dimensions: attributes %q and %q both become label %q", prev, a, l))
+			errs = append(errs, fmt.Errorf("invalid Dimensions: attributes %q and %q both become label %q", prev, a, l))
 		}
 		seen[l] = a
 	}

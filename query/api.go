@@ -57,13 +57,13 @@ func DefaultOptions() Options {
 func (o Options) Validate() error {
 	var errs []error
 	if o.LookbackDelta <= 0 {
-		errs = append(errs, fmt.Errorf("LookbackDelta must be positive, got %s", o.LookbackDelta))
+		errs = append(errs, fmt.Errorf("invalid LookbackDelta %s: must be positive", o.LookbackDelta))
 	}
 	if o.Timeout <= 0 {
-		errs = append(errs, fmt.Errorf("Timeout must be positive, got %s", o.Timeout))
+		errs = append(errs, fmt.Errorf("invalid Timeout %s: must be positive", o.Timeout))
 	}
 	if o.MaxSamples <= 0 {
-		errs = append(errs, fmt.Errorf("MaxSamples must be positive, got %d", o.MaxSamples))
+		errs = append(errs, fmt.Errorf("invalid MaxSamples %d: must be positive", o.MaxSamples))
 	}
 	return errors.Join(errs...)
 }

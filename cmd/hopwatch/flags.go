@@ -9,7 +9,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/prometheus/common/model"
 	"gopkg.in/yaml.v3"
 
 	"github.com/hopwatch/hopwatch/internal/server"
@@ -27,15 +29,15 @@ type logOptions struct {
 func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configFile *string) {
 	fs.StringVar(configFile, "config.file", "", "YAML file with settings; its keys are the flag names (nested maps join with '.'). Flags given on the command line win.")
 	fs.StringVar(&cfg.Storage.Dir, "storage.path", cfg.Storage.Dir, "Data directory: one sub-directory per tenant with its WAL, checkpoint and TSDB.")
-	fs.DurationVar(&cfg.Storage.Retention, "storage.tsdb.retention.time", cfg.Storage.Retention, "How long aggregate samples are kept.")
+	fs.Var(durationValue{&cfg.Storage.Retention}, "storage.tsdb.retention.time", "How long aggregate samples are kept.")
 	fs.BoolVar(&cfg.Storage.WALFsync, "storage.wal.fsync", cfg.Storage.WALFsync, "fsync the WAL before acknowledging each export. Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
-	fs.DurationVar(&cfg.Storage.CheckpointInterval, "storage.checkpoint-interval", cfg.Storage.CheckpointInterval, "How often the aggregate state is checkpointed and older WAL segments deleted; bounds replay time.")
+	fs.Var(durationValue{&cfg.Storage.CheckpointInterval}, "storage.checkpoint-interval", "How often the aggregate state is checkpointed and older WAL segments deleted; bounds replay time.")
 	fs.StringVar(&cfg.WebListenAddress, "web.listen-address", cfg.WebListenAddress, "Address of the HTTP API, /metrics, /-/healthy, /-/ready and /debug/pprof.")
 	fs.StringVar(&cfg.OTLPGRPCListenAddress, "otlp.grpc.listen-address", cfg.OTLPGRPCListenAddress, "Address of the OTLP/gRPC receiver.")
 	fs.StringVar(&cfg.OTLPHTTPListenAddress, "otlp.http.listen-address", cfg.OTLPHTTPListenAddress, "Address of the OTLP/HTTP receiver (POST /v1/traces).")
 	fs.IntVar(&cfg.Ingest.MaxRequestBytes, "otlp.max-request-bytes", cfg.Ingest.MaxRequestBytes, "Largest OTLP request accepted, in bytes, after decompression.")
-	fs.DurationVar(&cfg.FlushInterval, "flush.interval", cfg.FlushInterval, "How often in-memory aggregates are written to the TSDB (at least 1s).")
-	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown.timeout", cfg.ShutdownTimeout, "How long a graceful shutdown may take before in-flight requests are cut.")
+	fs.Var(durationValue{&cfg.FlushInterval}, "flush.interval", "How often in-memory aggregates are written to the TSDB (at least 1s).")
+	fs.Var(durationValue{&cfg.ShutdownTimeout}, "shutdown.timeout", "How long a graceful shutdown may take before in-flight requests are cut.")
 	fs.BoolVar(&cfg.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
 	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
 	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
@@ -44,8 +46,8 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(int32Value{&cfg.Storage.NativeSchema}, "spanmetrics.native-histogram-schema", "Native histogram schema, -4..8: buckets grow by 2^(2^-schema); 5 bounds the relative error near 1.1%.")
 	fs.StringVar(&cfg.Storage.ExemplarLabel, "spanmetrics.exemplar-label", cfg.Storage.ExemplarLabel, "Label name of the trace id in exemplars (Tempo's metrics-generator uses traceID).")
 	fs.Int64Var(&cfg.Storage.MaxExemplars, "storage.tsdb.max-exemplars", cfg.Storage.MaxExemplars, "Exemplars kept in memory per tenant; 0 turns exemplar storage off.")
-	fs.DurationVar(&cfg.Query.LookbackDelta, "query.lookback-delta", cfg.Query.LookbackDelta, "How far back an instant vector selector looks for a sample.")
-	fs.DurationVar(&cfg.Query.Timeout, "query.timeout", cfg.Query.Timeout, "Longest a query may run.")
+	fs.Var(durationValue{&cfg.Query.LookbackDelta}, "query.lookback-delta", "How far back an instant vector selector looks for a sample.")
+	fs.Var(durationValue{&cfg.Query.Timeout}, "query.timeout", "Longest a query may run.")
 	fs.IntVar(&cfg.Query.MaxSamples, "query.max-samples", cfg.Query.MaxSamples, "Most samples a single query may load into memory.")
 	fs.StringVar(&lo.level, "log.level", lo.level, "Log level: debug, info, warn or error.")
 	fs.StringVar(&lo.format, "log.format", lo.format, "Log format: logfmt or json.")
@@ -106,6 +108,26 @@ func (l *floatList) Set(v string) error {
 		}
 		*l.dst = append(*l.dst, f)
 	}
+	return nil
+}
+
+// durationValue parses durations as Prometheus does, so that "15d" and
+// "1w" work as well as Go's "1h30m".
+type durationValue struct{ p *time.Duration }
+
+func (v durationValue) String() string {
+	if v.p == nil {
+		return "0s"
+	}
+	return model.Duration(*v.p).String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := model.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (e.g. 30s, 5m, 15d)", s)
+	}
+	*v.p = time.Duration(d)
 	return nil
 }
 
@@ -181,7 +203,7 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 			}
 			for _, e := range vals {
 				if err := fs.Set(key, e.Value); err != nil {
-					errs = append(errs, fmt.Errorf("%s:%d: %s: %w", path, e.Line, key, err))
+					errs = append(errs, fmt.Errorf("%s:%d: %s: invalid value %q: %w", path, e.Line, key, e.Value, err))
 				}
 			}
 		}

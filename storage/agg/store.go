@@ -102,7 +102,7 @@ func (o Options) Validate() error {
 	if o.NativeSchema < nativehist.MinSchema || o.NativeSchema > nativehist.MaxSchema {
 		add("NativeSchema %d outside [%d, %d]", o.NativeSchema, nativehist.MinSchema, nativehist.MaxSchema)
 	}
-	if !model.LabelName(o.ExemplarLabel).IsValidLegacy() {
+	if !model.LegacyValidation.IsValidLabelName(o.ExemplarLabel) {
 		add("ExemplarLabel %q is not a valid label name", o.ExemplarLabel)
 	}
 	if o.MaxExemplars < 0 {

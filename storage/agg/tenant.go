@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
@@ -272,7 +273,7 @@ func (st *Store) outSeries(base labels.Labels) *outSeries {
 	b := labels.NewBuilder(base)
 	with := func(name string, extra ...string) labels.Labels {
 		b.Reset(base)
-		b.Set(labels.MetricName, name)
+		b.Set(model.MetricNameLabel, name)
 		for i := 0; i+1 < len(extra); i += 2 {
 			b.Set(extra[i], extra[i+1])
 		}
