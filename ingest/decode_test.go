@@ -1,0 +1,200 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
+
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+func TestDecodeLabelsAndDimensions(t *testing.T) {
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	rs.Resource().Attributes().PutStr("service.name", "api")
+	rs.Resource().Attributes().PutStr("deployment.environment", "prod")
+	spans := rs.ScopeSpans().AppendEmpty().Spans()
+	add := func(name string, kind ptrace.SpanKind, code ptrace.StatusCode, method string, start, dur int64) {
+		s := spans.AppendEmpty()
+		s.SetName(name)
+		s.SetKind(kind)
+		s.Status().SetCode(code)
+		s.SetTraceID(pcommon.TraceID{byte(start)})
+		s.SetStartTimestamp(pcommon.Timestamp(start))
+		s.SetEndTimestamp(pcommon.Timestamp(start + dur))
+		if method != "" {
+			s.Attributes().PutStr("http.method", method)
+		}
+	}
+	add("GET /a", ptrace.SpanKindServer, ptrace.StatusCodeOk, "GET", 100, 5)
+	add("GET /a", ptrace.SpanKindServer, ptrace.StatusCodeOk, "GET", 200, 7)
+	add("GET /a", ptrace.SpanKindServer, ptrace.StatusCodeError, "GET", 300, 9)
+	add("db", ptrace.SpanKindClient, ptrace.StatusCodeUnset, "", 400, 0)
+
+	d := NewDecoder([]Dimension{NewDimension("http.method"), NewDimension("deployment.environment")})
+	var b sample.Batch
+	var ref Refusals
+	require.Equal(t, 4, d.Decode(td, &b, &ref))
+	require.Zero(t, ref.Total())
+	require.Len(t, b.Series, 3)
+	require.Equal(t, labels.FromStrings("service", "api", "span_name", "GET /a", "span_kind", "SPAN_KIND_SERVER",
+		"status_code", "STATUS_CODE_OK", "http_method", "GET", "deployment_environment", "prod"), b.Series[0].Labels)
+	require.Equal(t, "STATUS_CODE_ERROR", b.Series[1].Labels.Get("status_code"))
+	// An absent attribute is an absent label.
+	require.Equal(t, labels.FromStrings("service", "api", "span_name", "db", "span_kind", "SPAN_KIND_CLIENT",
+		"status_code", "STATUS_CODE_UNSET", "deployment_environment", "prod"), b.Series[2].Labels)
+	require.Equal(t, []sample.Sample{
+		{Series: 0, Start: 100, Duration: 5, TraceID: [16]byte{100}},
+		{Series: 0, Start: 200, Duration: 7, TraceID: [16]byte{200}},
+		{Series: 1, Start: 300, Duration: 9, TraceID: [16]byte{44}},
+		{Series: 2, Start: 400, Duration: 0, TraceID: [16]byte{144}},
+	}, b.Samples)
+}
+
+func TestDecodeRefusals(t *testing.T) {
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	rs.Resource().Attributes().PutStr("service.name", "api")
+	spans := rs.ScopeSpans().AppendEmpty().Spans()
+	f := func(tid pcommon.TraceID, start, end uint64) {
+		s := spans.AppendEmpty()
+		s.SetTraceID(tid)
+		s.SetStartTimestamp(pcommon.Timestamp(start))
+		s.SetEndTimestamp(pcommon.Timestamp(end))
+	}
+	f(pcommon.TraceID{1}, 10, 20)
+	f(pcommon.TraceID{1}, 20, 10)
+	f(pcommon.TraceID{1}, 0, 10)
+	f(pcommon.TraceID{}, 10, 20)
+	noName := td.ResourceSpans().AppendEmpty().ScopeSpans().AppendEmpty().Spans()
+	noName.AppendEmpty()
+	noName.AppendEmpty()
+
+	var b sample.Batch
+	var ref Refusals
+	require.Equal(t, 6, NewDecoder(nil).Decode(td, &b, &ref))
+	require.Len(t, b.Samples, 1)
+	require.Equal(t, Refusals{ReasonMissingServiceName: 2, ReasonMissingTimestamps: 1, ReasonEndBeforeStart: 1, ReasonInvalidTraceID: 1}, ref)
+	msg := ref.Message(6)
+	require.Contains(t, msg, "refused 5 of 6 spans: 2 missing_service_name")
+	require.Contains(t, msg, "1 end_before_start")
+}
+
+func TestNewDimension(t *testing.T) {
+	f := func(attr, label string) {
+		t.Helper()
+		require.Equal(t, label, NewDimension(attr).Label)
+	}
+	f("http.method", "http_method")
+	f("k8s.pod-name", "k8s_pod_name")
+	f("service", "__service")
+	f("status_code", "__status_code")
+}
+
+func TestOptionsValidate(t *testing.T) {
+	o := DefaultOptions()
+	o.MaxRequestBytes = 0
+	o.Dimensions = []string{"a.b", "a_b", ""}
+	err := o.Validate()
+	require.ErrorContains(t, err, "MaxRequestBytes")
+	require.ErrorContains(t, err, `"a.b" and "a_b" both become label "a_b"`)
+	require.ErrorContains(t, err, "empty attribute name")
+}
+
+// benchRequest builds an OTLP request of n spans over 10 services with 10
+// operations each, with lognormal durations; fixed seed.
+func benchRequest(n int) []byte {
+	rng := rand.New(rand.NewPCG(1, 2))
+	td := ptrace.NewTraces()
+	now := uint64(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	for svc := range 10 {
+		rs := td.ResourceSpans().AppendEmpty()
+		rs.Resource().Attributes().PutStr("service.name", fmt.Sprintf("service-%d", svc))
+		rs.Resource().Attributes().PutStr("service.instance.id", fmt.Sprintf("instance-%d", svc))
+		spans := rs.ScopeSpans().AppendEmpty().Spans()
+		for i := range n / 10 {
+			s := spans.AppendEmpty()
+			s.SetName(fmt.Sprintf("operation-%d", i%10))
+			s.SetKind(ptrace.SpanKindServer)
+			var tid pcommon.TraceID
+			var sid pcommon.SpanID
+			for j := range tid {
+				tid[j] = byte(rng.Uint32())
+			}
+			for j := range sid {
+				sid[j] = byte(rng.Uint32())
+			}
+			s.SetTraceID(tid)
+			s.SetSpanID(sid)
+			start := now + uint64(i)*1000
+			s.SetStartTimestamp(pcommon.Timestamp(start))
+			s.SetEndTimestamp(pcommon.Timestamp(start + uint64(2e6*rng.ExpFloat64())))
+			s.Attributes().PutStr("http.method", "GET")
+			s.Attributes().PutInt("http.status_code", 200)
+		}
+	}
+	b, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+type nopAppender struct{}
+
+func (nopAppender) Append(context.Context, string, *sample.Batch) error { return nil }
+
+// BenchmarkExport measures the OTLP request → samples path: protobuf
+// decoding, span → sample conversion and the hand-off to storage (a no-op
+// here), for a request of 1000 spans.
+//
+//	go test ./ingest -run XXX -bench BenchmarkExport -benchmem -count 6
+func BenchmarkExport(b *testing.B) {
+	const spans = 1000
+	body := benchRequest(spans)
+	r, err := New(DefaultOptions(), nopAppender{}, nil, nil)
+	require.NoError(b, err)
+	ctx := context.Background()
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		td, err := unmarshalProto(body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.export(ctx, protoGRPC, "anonymous", td); err != nil {
+			b.Fatal(err)
+		}
+	}
+	perSpan := b.Elapsed().Seconds() / float64(b.N*spans)
+	b.ReportMetric(1/perSpan, "spans/s")
+	b.ReportMetric(perSpan*1e9, "ns/span")
+}
+
+// BenchmarkDecode isolates span → sample conversion on decoded pdata.
+//
+//	go test ./ingest -run XXX -bench BenchmarkDecode -benchmem -count 6
+func BenchmarkDecode(b *testing.B) {
+	const spans = 1000
+	td, err := unmarshalProto(benchRequest(spans))
+	require.NoError(b, err)
+	d := NewDecoder(nil)
+	var batch sample.Batch
+	b.ReportAllocs()
+	for b.Loop() {
+		batch.Reset()
+		var ref Refusals
+		d.Decode(td, &batch, &ref)
+	}
+	perSpan := b.Elapsed().Seconds() / float64(b.N*spans)
+	b.ReportMetric(1/perSpan, "spans/s")
+	b.ReportMetric(perSpan*1e9, "ns/span")
+}
