@@ -32,7 +32,7 @@ func TestDefaultsNeedNoConfig(t *testing.T) {
 	cfg, _, err := setup("serve", nil, server.DefaultConfig(), &bytes.Buffer{})
 	require.NoError(t, err)
 	require.NoError(t, cfg.Validate())
-	require.Equal(t, "data", cfg.Storage.Dir)
+	require.Equal(t, "./data", cfg.Storage.Dir)
 	require.Equal(t, ":9800", cfg.WebListenAddress)
 	require.Equal(t, ":4317", cfg.OTLPGRPCListenAddress)
 	require.Equal(t, ":4318", cfg.OTLPHTTPListenAddress)

@@ -60,7 +60,7 @@ type Options struct {
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
 	return Options{
-		Dir:                "data",
+		Dir:                "./data",
 		Retention:          15 * 24 * time.Hour,
 		ClassicHistograms:  true,
 		ClassicBuckets:     slices.Clone(defaultBuckets),
