@@ -121,4 +121,3 @@ func (p *proc) wait(t *testing.T) int {
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
-
