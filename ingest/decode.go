@@ -3,10 +3,10 @@ package ingest
 import (
 	"fmt"
 	"strings"
+	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/util/strutil"
-	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 
 	"github.com/hopwatch/hopwatch/sample"
@@ -110,30 +110,49 @@ func NewDimension(attribute string) Dimension {
 	return Dimension{Attribute: attribute, Label: name}
 }
 
-// Decoder turns OTLP spans into a sample.Batch. It keeps scratch space
-// between calls, so a Decoder in steady state allocates only for series it
-// has not seen in the current batch. A Decoder is not safe for concurrent use.
+// Decoder turns OTLP spans into a sample.Batch. It keeps scratch space and
+// a cache of the series it has seen between calls, so in steady state it
+// allocates nothing per span and nothing per known series. A Decoder is not
+// safe for concurrent use.
 type Decoder struct {
 	dims []Dimension
-	// key holds the series key under construction: resource part, then span part.
-	key   []byte
+	// key holds the series key under construction.
+	key []byte
+	// index maps a key to its position in the current batch's Series.
 	index map[string]uint32
+	// known caches the series of earlier batches, so that a series seen
+	// before costs neither a key string nor labels.
+	known map[string]sample.Series
 	lb    labels.ScratchBuilder
-	// dimValues[i] is the value of dims[i] for the current span.
-	dimValues []string
-	resValues []string
+	// dimValues[i] is the value of dims[i] for the current span; resValues
+	// the value from the current resource. Both are views, valid only while
+	// the span is being converted.
+	dimValues [][]byte
+	resValues [][]byte
+	resFound  []bool
+	spanFound []bool
 }
+
+// maxKnownSeries bounds a decoder's series cache; past it the cache starts
+// over, which costs one allocation per series for the next requests.
+const maxKnownSeries = 1 << 16
 
 // NewDecoder returns a decoder that adds dims to every series.
 func NewDecoder(dims []Dimension) *Decoder {
 	return &Decoder{
 		dims:      dims,
 		index:     make(map[string]uint32),
+		known:     make(map[string]sample.Series),
 		lb:        labels.NewScratchBuilder(4 + len(dims)),
-		dimValues: make([]string, len(dims)),
-		resValues: make([]string, len(dims)),
+		dimValues: make([][]byte, len(dims)),
+		resValues: make([][]byte, len(dims)),
+		resFound:  make([]bool, len(dims)),
+		spanFound: make([]bool, len(dims)),
 	}
 }
+
+// view returns the bytes of s without copying; the caller must not modify them.
+func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // Decode appends the samples of td to b and counts refused spans in ref.
 // It returns the number of spans seen.
@@ -144,34 +163,45 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 	for i := range rss.Len() {
 		rs := rss.At(i)
 		rattrs := rs.Resource().Attributes()
-		service := ""
+		var service []byte
 		if v, ok := rattrs.Get("service.name"); ok {
-			service = v.AsString()
+			service = view(v.AsString())
 		}
 		for j, dim := range d.dims {
-			d.resValues[j] = ""
+			d.resValues[j] = nil
 			if v, ok := rattrs.Get(dim.Attribute); ok {
-				d.resValues[j] = v.AsString()
+				d.resValues[j] = view(v.AsString())
 			}
 		}
 		sss := rs.ScopeSpans()
 		for j := range sss.Len() {
 			spans := sss.At(j).Spans()
 			total += spans.Len()
-			if service == "" {
+			if len(service) == 0 {
 				ref[ReasonMissingServiceName] += spans.Len()
 				continue
 			}
 			for k := range spans.Len() {
-				d.span(spans.At(k), service, b, ref)
+				span := spans.At(k)
+				for i, dim := range d.dims {
+					d.dimValues[i] = d.resValues[i]
+					if len(d.dimValues[i]) == 0 {
+						if v, ok := span.Attributes().Get(dim.Attribute); ok {
+							d.dimValues[i] = view(v.AsString())
+						}
+					}
+				}
+				tid := span.TraceID()
+				d.span(b, ref, service, view(span.Name()), int32(span.Kind()), int32(span.Status().Code()),
+					uint64(span.StartTimestamp()), uint64(span.EndTimestamp()), tid[:])
 			}
 		}
 	}
 	return total
 }
 
-func (d *Decoder) span(span ptrace.Span, service string, b *sample.Batch, ref *Refusals) {
-	start, end := span.StartTimestamp(), span.EndTimestamp()
+// span converts one span whose dimension values are in d.dimValues.
+func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kind, code int32, start, end uint64, tid []byte) {
 	switch {
 	case start == 0 || end == 0:
 		ref[ReasonMissingTimestamps]++
@@ -179,67 +209,60 @@ func (d *Decoder) span(span ptrace.Span, service string, b *sample.Batch, ref *R
 	case end < start:
 		ref[ReasonEndBeforeStart]++
 		return
-	}
-	tid := span.TraceID()
-	if tid == (pcommon.TraceID{}) {
+	case len(tid) != 16 || [16]byte(tid) == [16]byte{}:
 		ref[ReasonInvalidTraceID]++
 		return
 	}
-	kind := span.Kind()
-	if int(kind) >= len(spanKinds) || kind < 0 {
-		kind = ptrace.SpanKindUnspecified
+	if kind < 0 || int(kind) >= len(spanKinds) {
+		kind = int32(ptrace.SpanKindUnspecified)
 	}
-	code := span.Status().Code()
-	if int(code) >= len(statusCodes) || code < 0 {
-		code = ptrace.StatusCodeUnset
+	if code < 0 || int(code) >= len(statusCodes) {
+		code = int32(ptrace.StatusCodeUnset)
 	}
-	name := span.Name()
 
 	// The key: kind, code, then each value followed by 0xff, which cannot
 	// occur in valid UTF-8, so distinct label sets cannot share a key.
 	k := append(d.key[:0], byte(kind), byte(code))
 	k = append(append(k, service...), 0xff)
 	k = append(append(k, name...), 0xff)
-	if len(d.dims) > 0 {
-		sattrs := span.Attributes()
-		for i, dim := range d.dims {
-			d.dimValues[i] = d.resValues[i]
-			if d.dimValues[i] == "" {
-				if v, ok := sattrs.Get(dim.Attribute); ok {
-					d.dimValues[i] = v.AsString()
-				}
-			}
-			k = append(append(k, d.dimValues[i]...), 0xff)
-		}
+	for _, v := range d.dimValues {
+		k = append(append(k, v...), 0xff)
 	}
 	d.key = k
 
 	idx, ok := d.index[string(k)]
 	if !ok {
+		s, ok := d.known[string(k)]
+		if !ok {
+			if len(d.known) >= maxKnownSeries {
+				clear(d.known)
+			}
+			s = sample.Series{Key: string(k), Labels: d.labels(service, name, kind, code)}
+			d.known[s.Key] = s
+		}
 		idx = uint32(len(b.Series))
-		key := string(k)
-		d.index[key] = idx
-		b.Series = append(b.Series, sample.Series{Key: key, Labels: d.labels(service, name, kind, code)})
+		d.index[s.Key] = idx
+		b.Series = append(b.Series, s)
 	}
 	b.Samples = append(b.Samples, sample.Sample{
 		Series:   idx,
 		Start:    int64(start),
 		Duration: int64(end - start),
-		TraceID:  tid,
+		TraceID:  [16]byte(tid),
 	})
 }
 
-func (d *Decoder) labels(service, name string, kind ptrace.SpanKind, code ptrace.StatusCode) labels.Labels {
+func (d *Decoder) labels(service, name []byte, kind, code int32) labels.Labels {
 	d.lb.Reset()
-	d.lb.Add(LabelService, service)
-	d.lb.Add(LabelSpanName, name)
+	d.lb.Add(LabelService, string(service))
+	d.lb.Add(LabelSpanName, string(name))
 	d.lb.Add(LabelSpanKind, spanKinds[kind])
 	d.lb.Add(LabelStatusCode, statusCodes[code])
 	for i, dim := range d.dims {
 		// An absent attribute is an absent label, as in Prometheus an
 		// empty label value is no label.
-		if d.dimValues[i] != "" {
-			d.lb.Add(dim.Label, d.dimValues[i])
+		if len(d.dimValues[i]) > 0 {
+			d.lb.Add(dim.Label, string(d.dimValues[i]))
 		}
 	}
 	d.lb.Sort()

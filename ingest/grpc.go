@@ -138,12 +138,11 @@ func (r *Receiver) exportGRPC(ctx context.Context, in *rawMessage) (*rawMessage,
 		}
 		return nil, status.Error(code, err.Error())
 	}
-	td, err := unmarshalProto(in.b)
-	if err != nil {
-		r.metrics.requestsRefused.WithLabelValues(protoGRPC, refusedMalformed).Inc()
+	res, err := r.export(ctx, protoGRPC, tenantID, decodeProtobuf(in.b))
+	var malformed errMalformed
+	if errors.As(err, &malformed) {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	res, err := r.export(ctx, protoGRPC, tenantID, td)
 	if err != nil {
 		// UNAVAILABLE is retryable for OTLP clients; nothing of the request was kept.
 		return nil, status.Error(codes.Unavailable, err.Error())

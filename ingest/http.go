@@ -12,7 +12,6 @@ import (
 	"strconv"
 
 	"github.com/klauspost/compress/zstd"
-	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -76,20 +75,17 @@ func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 
-	var td ptrace.Traces
+	decode := decodeProtobuf(body)
 	if mediaType == contentJSON {
-		ereq := ptraceotlp.NewExportRequest()
-		if err := ereq.UnmarshalJSON(body); err != nil {
-			fail(http.StatusBadRequest, refusedMalformed, fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest (%d bytes): %w", len(body), err))
-			return
-		}
-		td = ereq.Traces()
-	} else if td, err = unmarshalProto(body); err != nil {
-		fail(http.StatusBadRequest, refusedMalformed, err)
+		decode = decodeJSON(body)
+	}
+	res, err := r.export(req.Context(), protoHTTP, tenantID, decode)
+	var malformed errMalformed
+	if errors.As(err, &malformed) {
+		// Counted by export.
+		writeStatus(w, respType, http.StatusBadRequest, err.Error())
 		return
 	}
-
-	res, err := r.export(req.Context(), protoHTTP, tenantID, td)
 	if err != nil {
 		// 503 with Retry-After: OTLP exporters retry it; nothing was kept.
 		w.Header().Set("Retry-After", "1")

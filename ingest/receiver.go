@@ -168,14 +168,56 @@ func (e errUnavailable) Error() string {
 }
 func (e errUnavailable) Unwrap() error { return e.err }
 
-// export decodes td and appends its samples for tenantID.
-func (r *Receiver) export(ctx context.Context, protocol, tenantID string, td ptrace.Traces) (exportResult, error) {
+// decodeFunc fills a batch from a request body.
+type decodeFunc func(d *Decoder, b *sample.Batch, ref *Refusals) (total int, err error)
+
+// decodeProtobuf decodes a protobuf request with the zero-copy walker, and
+// through pdata when an attribute needs it.
+func decodeProtobuf(body []byte) decodeFunc {
+	return func(d *Decoder, b *sample.Batch, ref *Refusals) (int, error) {
+		total, err := d.DecodeProto(body, b, ref)
+		if !errors.Is(err, errNeedsPdata) {
+			return total, err
+		}
+		b.Reset()
+		*ref = Refusals{}
+		td, err := unmarshalProto(body)
+		if err != nil {
+			return 0, err
+		}
+		return d.Decode(td, b, ref), nil
+	}
+}
+
+// decodeJSON decodes an OTLP/JSON request through pdata.
+func decodeJSON(body []byte) decodeFunc {
+	return func(d *Decoder, b *sample.Batch, ref *Refusals) (int, error) {
+		req := ptraceotlp.NewExportRequest()
+		if err := req.UnmarshalJSON(body); err != nil {
+			return 0, fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest (%d bytes): %w", len(body), err)
+		}
+		return d.Decode(req.Traces(), b, ref), nil
+	}
+}
+
+// errMalformed wraps decoding errors: the request is refused as a whole.
+type errMalformed struct{ err error }
+
+func (e errMalformed) Error() string { return e.err.Error() }
+func (e errMalformed) Unwrap() error { return e.err }
+
+// export decodes a request and appends its samples for tenantID.
+func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode decodeFunc) (exportResult, error) {
 	w := r.work.Get().(*work)
 	defer r.work.Put(w)
 	w.batch.Reset()
 
 	var ref Refusals
-	total := w.dec.Decode(td, &w.batch, &ref)
+	total, err := decode(w.dec, &w.batch, &ref)
+	if err != nil {
+		r.metrics.requestsRefused.WithLabelValues(protocol, refusedMalformed).Inc()
+		return exportResult{}, errMalformed{err}
+	}
 	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
 
 	if len(w.batch.Samples) > 0 {

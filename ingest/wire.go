@@ -1,0 +1,309 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// Field numbers of the OTLP messages the walker reads
+// (opentelemetry/proto/collector/trace/v1 and trace/v1, common/v1).
+const (
+	fRequestResourceSpans = 1
+
+	fResourceSpansResource   = 1
+	fResourceSpansScopeSpans = 2
+	// Deprecated instrumentation_library_spans, same layout as scope_spans;
+	// old SDKs still send it.
+	fResourceSpansLibrarySpans = 1000
+
+	fResourceAttributes = 1
+
+	fScopeSpansSpans = 2
+
+	fSpanTraceID    = 1
+	fSpanName       = 5
+	fSpanKind       = 6
+	fSpanStart      = 7
+	fSpanEnd        = 8
+	fSpanAttributes = 9
+	fSpanStatus     = 15
+
+	fStatusCode = 3
+
+	fKeyValueKey   = 1
+	fKeyValueValue = 2
+
+	fAnyString = 1
+	fAnyBool   = 2
+	fAnyInt    = 3
+)
+
+// errNeedsPdata means a dimension attribute holds a value the walker does
+// not render (double, bytes, array, map); the request is decoded through
+// pdata instead, which renders them as the rest of the ecosystem does.
+var errNeedsPdata = errors.New("hopwatch/ingest: attribute value needs pdata")
+
+// wireError describes malformed protobuf: what and at which byte offset.
+type wireError struct {
+	what string
+	off  int
+}
+
+func (e *wireError) Error() string {
+	return fmt.Sprintf("malformed OTLP protobuf ExportTraceServiceRequest: bad %s at byte %d", e.what, e.off)
+}
+
+// walker iterates the fields of one protobuf message.
+type walker struct {
+	b    []byte
+	base int // offset of b within the whole request, for errors
+	pos  int
+	num  protowire.Number
+	typ  protowire.Type
+	// val is the field's payload: the bytes of a length-delimited field,
+	// or empty; u holds varint and fixed values.
+	val []byte
+	u   uint64
+	err error
+}
+
+func (w *walker) next() bool {
+	if w.err != nil || w.pos >= len(w.b) {
+		return false
+	}
+	num, typ, n := protowire.ConsumeTag(w.b[w.pos:])
+	if n < 0 {
+		w.err = &wireError{"field tag", w.base + w.pos}
+		return false
+	}
+	start := w.pos
+	w.pos += n
+	w.num, w.typ, w.val, w.u = num, typ, nil, 0
+	switch typ {
+	case protowire.VarintType:
+		w.u, n = protowire.ConsumeVarint(w.b[w.pos:])
+	case protowire.Fixed64Type:
+		w.u, n = protowire.ConsumeFixed64(w.b[w.pos:])
+	case protowire.Fixed32Type:
+		var v uint32
+		v, n = protowire.ConsumeFixed32(w.b[w.pos:])
+		w.u = uint64(v)
+	case protowire.BytesType:
+		w.val, n = protowire.ConsumeBytes(w.b[w.pos:])
+	default:
+		n = protowire.ConsumeFieldValue(num, typ, w.b[w.pos:])
+	}
+	if n < 0 {
+		w.err = &wireError{fmt.Sprintf("value of field %d", num), w.base + start}
+		return false
+	}
+	w.pos += n
+	return true
+}
+
+// sub returns a walker over the current length-delimited field.
+func (w *walker) sub() walker {
+	off := w.pos - len(w.val)
+	return walker{b: w.val, base: w.base + off}
+}
+
+// is tells whether the current field is number num with wire type typ; a
+// known field with the wrong wire type is malformed.
+func (w *walker) is(num protowire.Number, typ protowire.Type) bool {
+	if w.num != num {
+		return false
+	}
+	if w.typ != typ {
+		w.err = &wireError{fmt.Sprintf("wire type %d of field %d", w.typ, num), w.base + w.pos}
+		return false
+	}
+	return true
+}
+
+// DecodeProto appends the samples of a protobuf ExportTraceServiceRequest
+// to b without materialising it: it reads only the fields span metrics use
+// and skips the rest (events, links, scope) by length. It returns the
+// number of spans seen.
+func (d *Decoder) DecodeProto(body []byte, b *sample.Batch, ref *Refusals) (int, error) {
+	clear(d.index)
+	total := 0
+	req := walker{b: body}
+	for req.next() {
+		if !req.is(fRequestResourceSpans, protowire.BytesType) {
+			continue
+		}
+		n, err := d.resourceSpans(req.sub(), b, ref)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, req.err
+}
+
+func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int, error) {
+	// The resource may follow its spans on the wire: read it first.
+	var (
+		service      []byte
+		serviceFound bool
+	)
+	clear(d.resValues)
+	clear(d.resFound)
+	scan := rs
+	for scan.next() {
+		if !scan.is(fResourceSpansResource, protowire.BytesType) {
+			continue
+		}
+		res := scan.sub()
+		for res.next() {
+			if !res.is(fResourceAttributes, protowire.BytesType) {
+				continue
+			}
+			key, val, err := keyValue(res.sub())
+			if err != nil {
+				return 0, err
+			}
+			// The first of repeated keys wins, as in pdata's Map.Get.
+			if string(key) == "service.name" && !serviceFound {
+				service, serviceFound = val, true
+			}
+			for i, dim := range d.dims {
+				if string(key) == dim.Attribute && !d.resFound[i] {
+					d.resValues[i], d.resFound[i] = val, true
+				}
+			}
+		}
+		if res.err != nil {
+			return 0, res.err
+		}
+	}
+	if scan.err != nil {
+		return 0, scan.err
+	}
+
+	total := 0
+	for rs.next() {
+		if !rs.is(fResourceSpansScopeSpans, protowire.BytesType) && !rs.is(fResourceSpansLibrarySpans, protowire.BytesType) {
+			continue
+		}
+		ss := rs.sub()
+		for ss.next() {
+			if !ss.is(fScopeSpansSpans, protowire.BytesType) {
+				continue
+			}
+			total++
+			if len(service) == 0 {
+				ref[ReasonMissingServiceName]++
+				continue
+			}
+			if err := d.wireSpan(ss.sub(), service, b, ref); err != nil {
+				return total, err
+			}
+		}
+		if ss.err != nil {
+			return total, ss.err
+		}
+	}
+	return total, rs.err
+}
+
+func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refusals) error {
+	var (
+		tid, name   []byte
+		kind, code  int32
+		start, end  uint64
+		attrs       []walker
+		attrsInline [8]walker
+	)
+	attrs = attrsInline[:0]
+	for sp.next() {
+		switch {
+		case sp.is(fSpanTraceID, protowire.BytesType):
+			tid = sp.val
+		case sp.is(fSpanName, protowire.BytesType):
+			name = sp.val
+		case sp.is(fSpanKind, protowire.VarintType):
+			kind = int32(sp.u)
+		case sp.is(fSpanStart, protowire.Fixed64Type):
+			start = sp.u
+		case sp.is(fSpanEnd, protowire.Fixed64Type):
+			end = sp.u
+		case sp.is(fSpanStatus, protowire.BytesType):
+			st := sp.sub()
+			for st.next() {
+				if st.is(fStatusCode, protowire.VarintType) {
+					code = int32(st.u)
+				}
+			}
+			if st.err != nil {
+				return st.err
+			}
+		case len(d.dims) > 0 && sp.is(fSpanAttributes, protowire.BytesType):
+			attrs = append(attrs, sp.sub())
+		}
+	}
+	if sp.err != nil {
+		return sp.err
+	}
+	for i := range d.dims {
+		d.dimValues[i] = d.resValues[i]
+		d.spanFound[i] = false
+	}
+	for _, a := range attrs {
+		key, val, err := keyValue(a)
+		if err != nil {
+			return err
+		}
+		for i, dim := range d.dims {
+			if len(d.resValues[i]) == 0 && !d.spanFound[i] && string(key) == dim.Attribute {
+				d.dimValues[i], d.spanFound[i] = val, true
+			}
+		}
+	}
+	d.span(b, ref, service, name, kind, code, start, end, tid)
+	return nil
+}
+
+// keyValue reads a KeyValue whose value is a string, bool or int; other
+// value types return errNeedsPdata. The returned slices view the request.
+func keyValue(kv walker) (key, val []byte, err error) {
+	for kv.next() {
+		switch {
+		case kv.is(fKeyValueKey, protowire.BytesType):
+			key = kv.val
+		case kv.is(fKeyValueValue, protowire.BytesType):
+			av := kv.sub()
+			for av.next() {
+				switch av.num {
+				case fAnyString:
+					if av.is(fAnyString, protowire.BytesType) {
+						val = av.val
+					}
+				case fAnyBool:
+					if av.is(fAnyBool, protowire.VarintType) {
+						val = boolText[min(av.u, 1)]
+					}
+				case fAnyInt:
+					if av.is(fAnyInt, protowire.VarintType) {
+						// Rare enough in dimensions that a small allocation
+						// is fine; string attributes cost nothing.
+						val = strconv.AppendInt(nil, int64(av.u), 10)
+					}
+				default:
+					return nil, nil, errNeedsPdata
+				}
+			}
+			if av.err != nil {
+				return nil, nil, av.err
+			}
+		}
+	}
+	return key, val, kv.err
+}
+
+var boolText = [2][]byte{[]byte("false"), []byte("true")}
