@@ -1,4 +1,3 @@
-// Package version describes the running build of hopwatch.
 package version
 
 import (

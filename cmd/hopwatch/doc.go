@@ -1,0 +1,6 @@
+// Command hopwatch runs the hopwatch latency observability backend.
+//
+//	hopwatch [serve] [flags]   run a node (the default)
+//	hopwatch demo [flags]      run a node with a synthetic workload
+//	hopwatch --version         print the version
+package main

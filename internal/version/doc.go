@@ -1,0 +1,2 @@
+// Package version describes the running build of hopwatch.
+package version
