@@ -128,9 +128,9 @@ func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer
 	}
 	api := v1.NewAPI(
 		engine, q, nil, q,
-		func(_ ctxT) v1.ScrapePoolsRetriever { return noScrape{} },
-		func(_ ctxT) v1.TargetRetriever { return noScrape{} },
-		func(_ ctxT) v1.AlertmanagerRetriever { return noAlertmanagers{} },
+		func(context.Context) v1.ScrapePoolsRetriever { return noScrape{} },
+		func(context.Context) v1.TargetRetriever { return noScrape{} },
+		func(context.Context) v1.AlertmanagerRetriever { return noAlertmanagers{} },
 		func() config.Config { return config.Config{} },
 		opts.Flags,
 		v1.GlobalURLOptions{},
@@ -141,7 +141,7 @@ func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer
 		false, // enableSearch
 		0,     // maxSearchLimit
 		logger.With("component", "api"),
-		func(_ ctxT) v1.RulesRetriever { return noRules{} },
+		func(context.Context) v1.RulesRetriever { return noRules{} },
 		0, 0, 0, // remote read limits: remote read is not served
 		false,                    // isAgent
 		regexp.MustCompile(".*"), // CORS origin: Grafana in the browser may call the API directly
@@ -267,7 +267,7 @@ func (noRules) AlertingRules() []*rules.AlertingRule                   { return 
 func (errNotSupported) Error() string { return "hopwatch/query: not supported by hopwatch" }
 
 func (noTSDBAdmin) CleanTombstones() error { return errNotSupported{} }
-func (noTSDBAdmin) Delete(ctxT, int64, int64, ...*labels.Matcher) error {
+func (noTSDBAdmin) Delete(context.Context, int64, int64, ...*labels.Matcher) error {
 	return errNotSupported{}
 }
 func (noTSDBAdmin) Snapshot(string, bool) error            { return errNotSupported{} }
@@ -277,4 +277,3 @@ func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
 }
 func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
 
-type ctxT = context.Context
