@@ -276,4 +276,3 @@ func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
 	return tsdb.WALReplayStatus{}, nil
 }
 func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
-
