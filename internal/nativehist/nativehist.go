@@ -114,6 +114,9 @@ func (h *Hist) Observe(v float64, n uint64) {
 	h.counts[key-h.offset] += n
 }
 
+// Schema returns the histogram's schema.
+func (h *Hist) Schema() int32 { return h.bounds.schema }
+
 // Count returns the number of observations.
 func (h *Hist) Count() uint64 { return h.count }
 

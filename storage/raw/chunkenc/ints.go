@@ -189,6 +189,19 @@ func (h *header) varint(what string) int64 {
 	return v
 }
 
+func (h *header) bytes(n int, what string) []byte {
+	if h.err != nil {
+		return nil
+	}
+	if n > len(h.b) {
+		h.err = corrupt("short %s", what)
+		return nil
+	}
+	v := h.b[:n]
+	h.b = h.b[n:]
+	return v
+}
+
 func (h *header) byte(what string) byte {
 	if h.err != nil {
 		return 0

@@ -48,6 +48,7 @@ const (
 // Encoder holds scratch space for encoding columns; reuse it to encode
 // without allocating. The zero value is ready. Not safe for concurrent use.
 type Encoder struct {
+	col  []byte
 	us   []uint64
 	syms []byte
 	fse  fse.Scratch
