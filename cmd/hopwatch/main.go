@@ -23,7 +23,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
 		switch args[0] {
-		case "serve", "demo":
+		case "serve", "demo", "bench":
 			cmd, args = args[0], args[1:]
 		case "version", "--version", "-version":
 			info := version.Get()
@@ -42,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, args, stderr)
 	case "demo":
 		err = runDemo(ctx, args, stdout, stderr)
+	case "bench":
+		err = runBench(args, stdout, stderr)
 	}
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -58,6 +60,7 @@ const usage = `hopwatch turns OpenTelemetry spans into per-hop latency series.
 Usage:
   hopwatch [serve] [flags]   run a node (the default); see hopwatch serve -help
   hopwatch demo [flags]      run a node with an in-process synthetic workload
+  hopwatch bench storage     measure the raw tier's codecs on datasets D1-D4
   hopwatch --version         print the version
 `
 
