@@ -2,6 +2,7 @@ package agg
 
 import (
 	"context"
+	"github.com/prometheus/common/model"
 	"log/slog"
 	"math"
 	"os"
@@ -160,7 +161,7 @@ type hpoint struct {
 // matchers selects exactly the series of metric name for lset, plus the
 // extra label pairs.
 func matchers(name string, lset labels.Labels, extra ...string) []*labels.Matcher {
-	ms := []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, name)}
+	ms := []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, name)}
 	lset.Range(func(l labels.Label) {
 		ms = append(ms, labels.MustNewMatcher(labels.MatchEqual, l.Name, l.Value))
 	})
@@ -271,13 +272,17 @@ func groupObs(os []obs) []seriesWant {
 // requireAggregates checks that the flush at ts wrote exactly the aggregates
 // of os: calls, _count, exact _sum, cumulative _bucket per le, and the native
 // histogram's count, sum and every bucket, computed here from the raw
-// durations rather than by the code under test.
-func requireAggregates(t *testing.T, s *Store, tenantID string, ts int64, os []obs) {
+// durations rather than by the code under test. The series in empty exist
+// with no samples (all zero).
+func requireAggregates(t *testing.T, s *Store, tenantID string, ts int64, os []obs, empty ...labels.Labels) {
 	t.Helper()
 	db := s.DB(tenantID)
 	require.NotNil(t, db)
 	want := groupObs(os)
-	floats, _ := selectSeries(t, db, labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, MetricCalls))
+	for _, l := range empty {
+		want = append(want, seriesWant{lset: l})
+	}
+	floats, _ := selectSeries(t, db, labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, MetricCalls))
 	require.Len(t, floats, len(want), "calls_total series")
 	for _, w := range want {
 		n := float64(len(w.durs))

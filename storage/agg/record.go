@@ -165,7 +165,7 @@ type seriesEntry struct {
 }
 
 func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry) ([]seriesEntry, error) {
-	d := decoder{b: rec, off: 1}
+	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
 	n := d.count("series count")
 	for range n {
 		var e seriesEntry
@@ -181,7 +181,7 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry
 }
 
 func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
-	d := decoder{b: rec, off: 1}
+	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
 	n := d.count("sample count")
 	var prev int64
 	for range n {
@@ -207,7 +207,7 @@ func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
 }
 
 func decodeCreatedRecord(rec []byte, dst []uint64) ([]uint64, error) {
-	d := decoder{b: rec, off: 1}
+	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
 	n := d.count("created count")
 	for range n {
 		r := d.uvarint("created ref")

@@ -3,7 +3,6 @@ package agg
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -11,18 +10,6 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 )
-
-// countingReader counts the bytes read, for replay progress.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
 
 // replay re-applies the WAL segments from first on to the state loaded from
 // the checkpoint. A corrupt or torn tail is truncated at the last good
@@ -37,8 +24,14 @@ func (t *tenantStore) replay(first int) error {
 	if hi < lo {
 		return nil
 	}
+	// before[i] is the size of the segments before segment lo+i, so that
+	// progress is where the reader is. The reader must read the segment
+	// reader itself, unwrapped: only then do its errors name the segment
+	// and offset that Repair needs.
 	var total int64
+	before := make([]int64, hi-lo+1)
 	for i := lo; i <= hi; i++ {
+		before[i-lo] = total
 		if fi, err := os.Stat(wlog.SegmentName(walDir, i)); err == nil {
 			total += fi.Size()
 		}
@@ -48,8 +41,13 @@ func (t *tenantStore) replay(first int) error {
 		return fmt.Errorf("hopwatch/agg: tenant %s: open WAL for replay: %w", t.id, err)
 	}
 	defer rc.Close()
-	cr := &countingReader{r: rc}
-	r := wlog.NewReader(cr)
+	r := wlog.NewReader(rc)
+	bytesRead := func() int64 {
+		if seg := r.Segment(); seg >= lo && seg <= hi {
+			return before[seg-lo] + r.Offset()
+		}
+		return 0
+	}
 
 	byRef := make(map[uint64]*series, len(t.series))
 	for _, s := range t.series {
@@ -69,10 +67,10 @@ func (t *tenantStore) replay(first int) error {
 		elapsed := time.Since(start).Seconds()
 		pct := 100.0
 		if total > 0 {
-			pct = 100 * float64(cr.n) / float64(total)
+			pct = 100 * float64(bytesRead()) / float64(total)
 		}
 		t.logger.Info(msg, "records", records, "samples", nsamples, "percent", fmt.Sprintf("%.1f", min(pct, 100)),
-			"records_per_second", int(float64(records)/max(elapsed, 1e-9)), "bytes", cr.n, "total_bytes", total)
+			"records_per_second", int(float64(records)/max(elapsed, 1e-9)), "bytes", bytesRead(), "total_bytes", total)
 	}
 	t.logger.Info("replaying WAL", "segments", hi-lo+1, "first_segment", lo, "total_bytes", total)
 	for r.Next() {

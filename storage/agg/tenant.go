@@ -65,7 +65,9 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	for _, bs := range b.Series {
 		s := t.series[bs.Key]
 		if s == nil {
-			s = lay.newSeries(t.nextRef, bs.Key, bs.Labels)
+			// nextRef advances only once the batch is logged: number the
+			// new series of this batch after it, one ref each.
+			s = lay.newSeries(t.nextRef+uint64(len(fresh)), bs.Key, bs.Labels)
 			fresh = append(fresh, s)
 		}
 		refs = append(refs, s)
