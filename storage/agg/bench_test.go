@@ -14,7 +14,7 @@ import (
 // BenchmarkAppend measures the ingest path of one tenant: batches of 512
 // samples over 100 known series, logged to the WAL (no fsync) and aggregated.
 //
-//	cd /work/main && go test ./storage/agg -run '^$' -bench BenchmarkAppend -benchmem -count 5
+//	go test ./storage/agg -run '^$' -bench BenchmarkAppend -benchmem -count 5
 func BenchmarkAppend(b *testing.B) {
 	const nSeries, batchSize = 100, 512
 	s, err := Open(testOptions(b.TempDir()), nil, nil)

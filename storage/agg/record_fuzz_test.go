@@ -123,7 +123,7 @@ func seedRecords(f *testing.F, typ byte) {
 // input itself is re-encoded identically only when canonical: the decoders
 // accept overlong varints, unsorted labels and trailing bytes.) Run each as
 //
-//	cd /work/main && go test ./storage/agg -run XXX -fuzz '^FuzzDecodeSamplesRecord$' -fuzztime 20s -fuzzminimizetime 1s
+//	go test ./storage/agg -run XXX -fuzz '^FuzzDecodeSamplesRecord$' -fuzztime 20s -fuzzminimizetime 1s
 //
 // (with the default minimize time of 60s, minimizing every new interesting
 // input stalls a short run).
