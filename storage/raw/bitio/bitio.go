@@ -109,8 +109,22 @@ func (r *Reader) refill() {
 	}
 }
 
-// ReadBits reads n bits (n ≤ 64).
+// ReadBits reads n bits (n ≤ 64). The common case, enough bits loaded, is
+// small enough to inline.
 func (r *Reader) ReadBits(n uint) (uint64, error) {
+	if r.nacc < 57 {
+		r.refill()
+	}
+	if n-1 < r.nacc { // n ≥ 1 and n ≤ nacc
+		v := r.acc >> (64 - n)
+		r.acc <<= n
+		r.nacc -= n
+		return v, nil
+	}
+	return r.readBitsSlow(n)
+}
+
+func (r *Reader) readBitsSlow(n uint) (uint64, error) {
 	if n == 0 {
 		return 0, nil
 	}
@@ -164,6 +178,35 @@ func (r *Reader) ReadUnary(limit uint64) (uint64, error) {
 }
 
 var errUnaryTooLong = errors.New("hopwatch/bitio: unary code longer than allowed")
+
+// AppendRice appends n values written by WriteRice with parameter k to dst,
+// refusing quotients above limit. It decodes from registers while at least
+// a quotient's run and k bits are loaded, which is nearly always.
+func (r *Reader) AppendRice(dst []uint64, n int, k uint, limit uint64) ([]uint64, error) {
+	for i := 0; i < n; i++ {
+		if r.nacc < 57 {
+			r.refill()
+		}
+		ones := uint(bits.LeadingZeros64(^r.acc))
+		if ones+1+k <= r.nacc && uint64(ones) <= limit {
+			r.acc <<= ones + 1
+			var low uint64
+			if k > 0 {
+				low = r.acc >> (64 - k)
+				r.acc <<= k
+			}
+			r.nacc -= ones + 1 + k
+			dst = append(dst, uint64(ones)<<k|low)
+			continue
+		}
+		v, err := r.ReadRice(k, limit)
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, v)
+	}
+	return dst, nil
+}
 
 // ReadRice reads a value written by WriteRice with parameter k, refusing
 // quotients above limit.

@@ -173,7 +173,7 @@ func ReadSummary(b []byte, bounds *nativehist.Bounds) (Summary, error) {
 	if err := checkCRC(b); err != nil {
 		return Summary{}, err
 	}
-	s, _, _, err := readHead(b[:len(b)-4], bounds)
+	s, _, _, err := readHead(b[:len(b)-4], bounds, true)
 	return s, err
 }
 
@@ -188,8 +188,9 @@ func checkCRC(b []byte) error {
 	return nil
 }
 
-// readHead reads version, count and summary; it returns the rest.
-func readHead(b []byte, bounds *nativehist.Bounds) (Summary, int, []byte, error) {
+// readHead reads version, count and summary; it returns the rest. The
+// summary's histogram is built only when withHist is set.
+func readHead(b []byte, bounds *nativehist.Bounds, withHist bool) (Summary, int, []byte, error) {
 	h := header{b: b}
 	if v := h.byte("chunk version"); h.err == nil && v != chunkVersion {
 		return Summary{}, 0, nil, corrupt("chunk version %d, want %d", v, chunkVersion)
@@ -219,27 +220,34 @@ func readHead(b []byte, bounds *nativehist.Bounds) (Summary, int, []byte, error)
 	if off < math.MinInt32 || off > math.MaxInt32 {
 		return s, 0, nil, corrupt("summary bucket offset %d", off)
 	}
-	counts := make([]uint64, nb)
-	var total uint64
-	for i := range counts {
-		counts[i] = h.uvarint("summary bucket")
-		total += counts[i]
+	var counts []uint64
+	if withHist {
+		counts = make([]uint64, nb)
+	}
+	for i := range nb {
+		c := h.uvarint("summary bucket")
+		if withHist {
+			counts[i] = c
+		}
 	}
 	if h.err != nil {
 		return s, 0, nil, h.err
 	}
-	s.Histogram = nativehist.New(bounds)
-	s.Histogram.Restore(s.Count, zero, s.Sum(), int32(off), counts)
+	if withHist {
+		s.Histogram = nativehist.New(bounds)
+		s.Histogram.Restore(s.Count, zero, s.Sum(), int32(off), counts)
+	}
 	return s, int(n), h.b, nil
 }
 
-// DecodeChunk decodes every column of chunk b into out (reusing its memory).
+// DecodeChunk decodes every column of chunk b into out (reusing its
+// memory). The summary it returns has no Histogram; ReadSummary has it.
 func (d *Decoder) DecodeChunk(b []byte, bounds *nativehist.Bounds, out *Samples) (Summary, error) {
 	out.Reset()
 	if err := checkCRC(b); err != nil {
 		return Summary{}, err
 	}
-	s, n, rest, err := readHead(b[:len(b)-4], bounds)
+	s, n, rest, err := readHead(b[:len(b)-4], bounds, false)
 	if err != nil {
 		return s, err
 	}

@@ -122,12 +122,9 @@ func readInts(dst []uint64, b []byte, n int) ([]uint64, error) {
 	r := bitio.NewReader(b[2:])
 	switch c {
 	case CoderRice:
-		for range n {
-			u, err := r.ReadRice(p, maxRiceQuotient)
-			if err != nil {
-				return dst, corrupt("rice value %d of %d: %v", len(dst), n, err)
-			}
-			dst = append(dst, u)
+		var err error
+		if dst, err = r.AppendRice(dst, n, p, maxRiceQuotient); err != nil {
+			return dst, corrupt("rice value %d of %d: %v", len(dst), n, err)
 		}
 	case CoderFixed:
 		for range n {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 
 	"github.com/klauspost/compress/fse"
 
@@ -146,6 +147,31 @@ func symbolOf(u uint64) (sym byte, low uint64, nlow uint) {
 	return byte(l<<mantissaBits | uint(top)), 0, 0
 }
 
+// symbolEntry is what a symbol decodes to: the value with its low bits
+// clear, and how many low bits follow in the raw stream.
+type symbolEntry struct {
+	base uint64
+	nlow uint8
+}
+
+// symbolTable maps every symbol byte to its entry; read-only once built.
+var symbolTable = func() (t [256]symbolEntry) {
+	for s := range 256 {
+		l := uint(s >> mantissaBits)
+		top := uint64(s & (1<<mantissaBits - 1))
+		switch {
+		case l == 0:
+			t[s] = symbolEntry{}
+		case l-1 >= mantissaBits:
+			nlow := l - 1 - mantissaBits
+			t[s] = symbolEntry{base: 1<<(l-1) | top<<nlow, nlow: uint8(nlow)}
+		default:
+			t[s] = symbolEntry{base: 1<<(l-1) | top>>(mantissaBits-(l-1))}
+		}
+	}
+	return t
+}()
+
 func (e *Encoder) appendExpMantissa(dst []byte) []byte {
 	e.syms = e.syms[:0]
 	for _, u := range e.us {
@@ -247,28 +273,27 @@ func (d *Decoder) decodeExpMantissa(dst []int64, h header, n int, step uint64) (
 		return dst, corrupt("%d symbols for %d values", len(syms), n)
 	}
 	r := bitio.NewReader(rest)
+	dst = slices.Grow(dst, n)
 	for i := range n {
-		var s byte
+		var sym byte
 		if mode == symRLE {
-			s = payload[0]
+			sym = payload[0]
 		} else {
-			s = syms[i]
+			sym = syms[i]
 		}
-		l := uint(s >> mantissaBits)
-		top := uint64(s & (1<<mantissaBits - 1))
-		var u uint64
-		switch {
-		case l == 0:
-			u = 0
-		case l-1 >= mantissaBits:
-			nlow := l - 1 - mantissaBits
-			low, err := r.ReadBits(nlow)
+		e := symbolTable[sym]
+		u := e.base
+		if e.nlow > 0 {
+			low, err := r.ReadBits(uint(e.nlow))
 			if err != nil {
 				return dst, corrupt("low bits of value %d: %v", i, err)
 			}
-			u = 1<<(l-1) | top<<nlow | low
-		default:
-			u = 1<<(l-1) | top>>(mantissaBits-(l-1))
+			u |= low
+		}
+		if step == 1 {
+			// Symbols decode below 2^63: no overflow possible.
+			dst = append(dst, int64(u))
+			continue
 		}
 		v, ok := mulStep(u, step)
 		if !ok {
