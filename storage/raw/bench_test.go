@@ -1,0 +1,35 @@
+package raw
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// BenchmarkAppend appends batches of 512 samples over 100 series into the
+// head, WAL write included (no fsync, the default), from GOMAXPROCS
+// goroutines sharing the WAL through group commit.
+//
+//	go test ./storage/raw -run '^$' -bench BenchmarkAppend -benchmem -count 6
+func BenchmarkAppend(b *testing.B) {
+	opts := DefaultOptions()
+	opts.Dir = b.TempDir()
+	db, err := Open(opts, nil, nil)
+	require.NoError(b, err)
+	defer db.Close()
+	batches := testBatches(b, 100, 512*64, 512)
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1)
+			if _, err := db.Append(batches[i%int64(len(batches))]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)*512/b.Elapsed().Seconds(), "samples/s")
+}

@@ -1,0 +1,449 @@
+package raw
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/wlog"
+	"github.com/prometheus/prometheus/util/compression"
+
+	"github.com/hopwatch/hopwatch/internal/nativehist"
+	"github.com/hopwatch/hopwatch/sample"
+	"github.com/hopwatch/hopwatch/storage/raw/chunkenc"
+)
+
+// Options configures a DB.
+type Options struct {
+	// Dir holds the DB's WAL (and, to come, its blocks).
+	Dir string
+	// ChunkSize is the number of samples a head chunk is cut at.
+	ChunkSize int
+	// OutOfOrderWindow is how far behind a series' newest sample a sample
+	// may be and still be accepted.
+	OutOfOrderWindow time.Duration
+	// Schema is the native histogram schema of the chunk summaries.
+	Schema int32
+	// Exemplars selects the trace ids kept per chunk.
+	Exemplars ExemplarPolicy
+	// WALSegmentSize is the size of one WAL segment file.
+	WALSegmentSize int
+	// Fsync makes every acknowledged append wait for an fsync of the WAL
+	// (shared by concurrent appends through group commit). Off, an
+	// acknowledged append survives a crash of the process, not of the
+	// machine.
+	Fsync bool
+}
+
+// DefaultOptions returns the raw tier's defaults.
+func DefaultOptions() Options {
+	return Options{
+		ChunkSize:        8192,
+		OutOfOrderWindow: 10 * time.Minute,
+		Schema:           5,
+		Exemplars:        ExemplarPolicy{Slowest: 8, Reservoir: 4},
+		WALSegmentSize:   64 << 20,
+	}
+}
+
+// Validate reports every problem with the options, naming the field.
+func (o Options) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if o.Dir == "" {
+		add("Dir must be set")
+	}
+	if o.ChunkSize < 1 || o.ChunkSize > 1<<20 {
+		add("ChunkSize %d outside [1, %d]", o.ChunkSize, 1<<20)
+	}
+	if o.OutOfOrderWindow < 0 {
+		add("OutOfOrderWindow %s is negative", o.OutOfOrderWindow)
+	}
+	if o.Schema < nativehist.MinSchema || o.Schema > nativehist.MaxSchema {
+		add("Schema %d outside [%d, %d]", o.Schema, nativehist.MinSchema, nativehist.MaxSchema)
+	}
+	if o.Exemplars.Slowest < 0 || o.Exemplars.Reservoir < 0 {
+		add("Exemplars: negative counts %d/%d", o.Exemplars.Slowest, o.Exemplars.Reservoir)
+	}
+	if o.WALSegmentSize < 64<<10 || o.WALSegmentSize%(32<<10) != 0 {
+		add("WALSegmentSize must be a multiple of 32KiB and at least 64KiB, got %d", o.WALSegmentSize)
+	}
+	return errors.Join(errs...)
+}
+
+type dbMetrics struct {
+	appended    prometheus.Counter
+	tooOld      prometheus.Counter
+	series      prometheus.Gauge
+	chunksCut   prometheus.Counter
+	walCommits  prometheus.Counter
+	walRecords  prometheus.Counter
+	walRepairs  prometheus.Counter
+	replayed    prometheus.Counter
+	unknownRefs prometheus.Counter
+}
+
+func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
+	f := promauto.With(reg)
+	c := func(name, help string) prometheus.Counter {
+		return f.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	return &dbMetrics{
+		appended:    c("hopwatch_raw_samples_appended_total", "Raw samples logged and added to the head."),
+		tooOld:      c("hopwatch_raw_samples_too_old_total", "Raw samples refused: older than the series' newest sample by more than the out-of-order window."),
+		series:      f.NewGauge(prometheus.GaugeOpts{Name: "hopwatch_raw_head_series", Help: "Series in the raw head."}),
+		chunksCut:   c("hopwatch_raw_head_chunks_cut_total", "Head chunks encoded."),
+		walCommits:  c("hopwatch_raw_wal_commits_total", "WAL writes; each serves one or more appends (group commit)."),
+		walRecords:  c("hopwatch_raw_wal_records_total", "Records written to the WAL."),
+		walRepairs:  c("hopwatch_raw_wal_repairs_total", "Corrupt WAL tails truncated at the last good record on replay."),
+		replayed:    c("hopwatch_raw_wal_replayed_samples_total", "Samples re-applied from the WAL at start."),
+		unknownRefs: c("hopwatch_raw_wal_unknown_series_samples_total", "WAL samples skipped on replay because their series record was missing."),
+	}
+}
+
+// DB is the raw tier of one tenant.
+type DB struct {
+	opts    Options
+	logger  *slog.Logger
+	metrics *dbMetrics
+	bounds  *nativehist.Bounds
+	wal     *wlog.WL
+	commit  *groupCommit
+
+	// mtx guards the series maps; each series has its own lock.
+	mtx     sync.RWMutex
+	series  map[string]*memSeries // by sample.Series.Key
+	byRef   map[uint64]*memSeries
+	nextRef uint64
+
+	// work pools the per-append scratch space.
+	work sync.Pool
+}
+
+// memSeries is one series in the head.
+type memSeries struct {
+	ref  uint64
+	key  string
+	lset labels.Labels
+
+	mtx sync.Mutex
+	// The open chunk: samples not yet encoded, in arrival order.
+	t   []int64
+	lat []int64
+	ids [][16]byte
+	// Encoded chunks, in cut order; their time ranges may overlap when
+	// out-of-order samples arrived.
+	chunks []headChunk
+	maxT   int64
+	rng    *rand.Rand
+}
+
+type headChunk struct {
+	data       []byte
+	minT, maxT int64
+}
+
+type appendWork struct {
+	refs     []*memSeries
+	maxT     []int64
+	keep     []bool
+	rec      []byte
+	enc      chunkenc.Encoder
+	cut      chunkenc.Samples
+	order    []int
+	ids      [][16]byte
+	exIdx    []int
+	seriesRc []byte
+}
+
+// Open opens the DB in opts.Dir and replays its WAL.
+func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("hopwatch/raw: invalid options: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	bounds, err := nativehist.NewBounds(opts.Schema)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("hopwatch/raw: create %s: %w", opts.Dir, err)
+	}
+	db := &DB{
+		opts:    opts,
+		logger:  logger,
+		metrics: newDBMetrics(reg),
+		bounds:  bounds,
+		series:  map[string]*memSeries{},
+		byRef:   map[uint64]*memSeries{},
+		nextRef: 1,
+	}
+	db.work.New = func() any { return &appendWork{} }
+	w, err := wlog.NewSize(logger, prometheus.WrapRegistererWithPrefix("hopwatch_raw_", reg), opts.Dir+"/wal", opts.WALSegmentSize, compression.None)
+	if err != nil {
+		return nil, fmt.Errorf("hopwatch/raw: open WAL: %w", err)
+	}
+	db.wal = w
+	if err := db.replay(); err != nil {
+		_ = w.Close()
+		return nil, err
+	}
+	db.commit = newGroupCommit(w, opts.Fsync, func(n int) {
+		db.metrics.walCommits.Inc()
+		db.metrics.walRecords.Add(float64(n))
+	})
+	return db, nil
+}
+
+// Close closes the WAL. The head's data is in the WAL and comes back on Open.
+func (db *DB) Close() error { return db.wal.Close() }
+
+// getOrCreate returns the series for bs, logging a series record before a
+// new series becomes visible: a samples record can then never precede the
+// record of its series in the WAL.
+func (db *DB) getOrCreate(bs *sample.Series, w *appendWork) (*memSeries, error) {
+	db.mtx.RLock()
+	s := db.series[bs.Key]
+	db.mtx.RUnlock()
+	if s != nil {
+		return s, nil
+	}
+	db.mtx.Lock()
+	defer db.mtx.Unlock()
+	if s := db.series[bs.Key]; s != nil {
+		return s, nil
+	}
+	ref := db.nextRef
+	w.seriesRc = appendSeriesRecord(w.seriesRc[:0], ref, bs.Key, bs.Labels)
+	if err := db.commit.commit(w.seriesRc); err != nil {
+		return nil, err
+	}
+	db.nextRef++
+	s = db.newSeries(ref, bs.Key, bs.Labels)
+	return s, nil
+}
+
+// newSeries registers a series; the caller holds db.mtx.
+func (db *DB) newSeries(ref uint64, key string, lset labels.Labels) *memSeries {
+	s := &memSeries{ref: ref, key: key, lset: lset, maxT: minTime, rng: rand.New(rand.NewPCG(ref, 0x5eed))}
+	db.series[key] = s
+	db.byRef[ref] = s
+	db.metrics.series.Set(float64(len(db.series)))
+	return s
+}
+
+const minTime = -1 << 63
+
+// Append logs the batch's samples to the WAL and adds them to the head.
+// Samples further behind their series' newest sample than the
+// out-of-order window are refused and counted; it returns how many.
+// When Append returns nil the accepted samples survive a crash.
+func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
+	w := db.work.Get().(*appendWork)
+	defer db.work.Put(w)
+	w.refs, w.maxT = w.refs[:0], w.maxT[:0]
+	for i := range b.Series {
+		s, err := db.getOrCreate(&b.Series[i], w)
+		if err != nil {
+			return 0, err
+		}
+		w.refs = append(w.refs, s)
+		s.mtx.Lock()
+		w.maxT = append(w.maxT, s.maxT)
+		s.mtx.Unlock()
+	}
+	window := db.opts.OutOfOrderWindow.Nanoseconds()
+	w.keep = w.keep[:0]
+	rec := append(w.rec[:0], recSamples)
+	rec = appendUvarintPlaceholder(rec)
+	countAt := len(rec)
+	kept := 0
+	var prevT int64
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		s := w.refs[smp.Series]
+		// The window counts from the newest sample known so far, this
+		// batch's included.
+		maxT := w.maxT[smp.Series]
+		ok := maxT == minTime || smp.Start >= maxT-window
+		w.keep = append(w.keep, ok)
+		if !ok {
+			tooOld++
+			continue
+		}
+		w.maxT[smp.Series] = max(maxT, smp.Start)
+		kept++
+		rec = appendUvarint(rec, s.ref)
+		rec = appendVarint(rec, smp.Start-prevT)
+		prevT = smp.Start
+		rec = appendUvarint(rec, uint64(smp.Duration))
+		rec = append(rec, smp.TraceID[:]...)
+	}
+	rec = fillCount(rec, countAt, kept)
+	w.rec = rec
+	if tooOld > 0 {
+		db.metrics.tooOld.Add(float64(tooOld))
+	}
+	if kept == 0 {
+		return tooOld, nil
+	}
+	if err := db.commit.commit(rec); err != nil {
+		return 0, err
+	}
+	for i := range b.Samples {
+		if w.keep[i] {
+			smp := &b.Samples[i]
+			db.add(w.refs[smp.Series], smp.Start, smp.Duration, smp.TraceID, w)
+		}
+	}
+	db.metrics.appended.Add(float64(kept))
+	clear(w.refs)
+	return tooOld, nil
+}
+
+// add puts one sample in its series' open chunk, cutting it when full.
+func (db *DB) add(s *memSeries, t, latency int64, id [16]byte, w *appendWork) {
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	s.t = append(s.t, t)
+	s.lat = append(s.lat, latency)
+	s.ids = append(s.ids, id)
+	s.maxT = max(s.maxT, t)
+	if len(s.t) >= db.opts.ChunkSize {
+		db.cut(s, w)
+	}
+}
+
+// cut encodes the open chunk of s, sorted by time, with its exemplars; the
+// caller holds s.mtx.
+func (db *DB) cut(s *memSeries, w *appendWork) {
+	n := len(s.t)
+	c := &w.cut
+	c.Reset()
+	c.Weight = nil
+	ids := s.ids
+	if slices.IsSorted(s.t) {
+		// In-order arrival, the common case: the columns are ready.
+		c.T = append(c.T, s.t...)
+		c.Latency = append(c.Latency, s.lat...)
+	} else {
+		w.order = w.order[:0]
+		for i := range n {
+			w.order = append(w.order, i)
+		}
+		slices.SortStableFunc(w.order, func(a, b int) int { return cmp.Compare(s.t[a], s.t[b]) })
+		w.ids = w.ids[:0]
+		for _, i := range w.order {
+			c.T = append(c.T, s.t[i])
+			c.Latency = append(c.Latency, s.lat[i])
+			w.ids = append(w.ids, s.ids[i])
+		}
+		ids = w.ids
+	}
+	c.Exemplars, w.exIdx = selectExemplars(c.Exemplars[:0], c.Latency, ids, db.opts.Exemplars, s.rng, w.exIdx)
+	data, err := w.enc.AppendChunk(nil, c, db.bounds)
+	if err != nil {
+		// Only negative latencies fail, and ingest never produces them.
+		db.logger.Error("cannot encode head chunk; keeping it open", "series", s.lset.String(), "err", err)
+		return
+	}
+	s.chunks = append(s.chunks, headChunk{data: data, minT: c.T[0], maxT: c.T[n-1]})
+	s.t, s.lat, s.ids = s.t[:0], s.lat[:0], s.ids[:0]
+	db.metrics.chunksCut.Inc()
+}
+
+// replay re-applies the WAL to an empty head, truncating a corrupt tail.
+func (db *DB) replay() error {
+	dir := db.wal.Dir()
+	first, last, err := wlog.Segments(dir)
+	if err != nil {
+		return fmt.Errorf("hopwatch/raw: list WAL segments: %w", err)
+	}
+	if last < first {
+		return nil
+	}
+	rc, err := wlog.NewSegmentsRangeReader(wlog.SegmentRange{Dir: dir, First: first, Last: last})
+	if err != nil {
+		return fmt.Errorf("hopwatch/raw: open WAL for replay: %w", err)
+	}
+	defer rc.Close()
+	r := wlog.NewReader(rc)
+	sb := labels.NewScratchBuilder(8)
+	var (
+		samples []walSample
+		w       appendWork
+		n       int
+		start   = time.Now()
+	)
+	for r.Next() {
+		rec := r.Record()
+		if len(rec) == 0 {
+			continue
+		}
+		switch rec[0] {
+		case recSeries:
+			err = decodeSeriesRecord(rec, &sb, func(ref uint64, key string, lset labels.Labels) {
+				if db.byRef[ref] == nil {
+					db.newSeries(ref, key, lset)
+				}
+				db.nextRef = max(db.nextRef, ref+1)
+			})
+		case recSamples:
+			samples, err = decodeSamplesRecord(rec, samples[:0])
+			for _, smp := range samples {
+				s := db.byRef[smp.ref]
+				if s == nil {
+					db.metrics.unknownRefs.Inc()
+					continue
+				}
+				db.add(s, smp.t, smp.latency, smp.traceID, &w)
+				n++
+			}
+		default:
+			err = fmt.Errorf("%w: unknown type %d", errCorruptRecord, rec[0])
+		}
+		if err != nil {
+			db.logger.Warn("skipping undecodable WAL record", "segment", r.Segment(), "offset", r.Offset(), "err", err)
+		}
+	}
+	if err := r.Err(); err != nil {
+		var cerr *wlog.CorruptionErr
+		if !errors.As(err, &cerr) {
+			return fmt.Errorf("hopwatch/raw: read WAL: %w", err)
+		}
+		db.logger.Warn("WAL tail is corrupt; truncating at the last good record", "segment", cerr.Segment, "offset", cerr.Offset, "err", err)
+		db.metrics.walRepairs.Inc()
+		if err := db.wal.Repair(err); err != nil {
+			return fmt.Errorf("hopwatch/raw: repair WAL: %w", err)
+		}
+	}
+	db.metrics.replayed.Add(float64(n))
+	db.logger.Info("raw WAL replay done", "samples", n, "series", len(db.series), "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// seriesKeys returns the keys of all series, sorted (for tests).
+func (db *DB) seriesKeys() []string {
+	db.mtx.RLock()
+	defer db.mtx.RUnlock()
+	keys := make([]string, 0, len(db.series))
+	for k := range db.series {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,5 @@
+// Package raw owns the raw tier: every accepted latency sample kept exactly
+// (nanosecond timestamp and latency, trace id where selected), appended
+// WAL-first into an in-memory head of per-series columnar chunks
+// (storage/raw/chunkenc) and read back by label matchers and time range.
+package raw

@@ -1,0 +1,76 @@
+package raw
+
+import (
+	"slices"
+	"sort"
+
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/hopwatch/hopwatch/storage/raw/chunkenc"
+)
+
+// Series is what a query sees of one series: its labels, its encoded
+// chunks overlapping the query range (immutable, safe to keep), and the
+// samples of its open chunk within the range, sorted by time.
+type Series struct {
+	Labels labels.Labels
+	// Chunks are encoded chunks; chunkenc.ReadSummary reads their summary
+	// without decoding, chunkenc.Decoder.DecodeChunk their columns. Their
+	// time ranges may overlap, and a chunk may hold samples outside
+	// [mint, maxt]: readers filter.
+	Chunks [][]byte
+	// Open holds the samples not yet in a chunk, within [mint, maxt].
+	Open chunkenc.Samples
+}
+
+// Select returns the series matching every matcher that have samples in
+// [mint, maxt], sorted by labels.
+func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
+	db.mtx.RLock()
+	var matched []*memSeries
+	for _, s := range db.series {
+		if matchAll(s.lset, ms) {
+			matched = append(matched, s)
+		}
+	}
+	db.mtx.RUnlock()
+
+	var out []Series
+	for _, s := range matched {
+		var sr Series
+		s.mtx.Lock()
+		for _, c := range s.chunks {
+			if c.maxT >= mint && c.minT <= maxt {
+				sr.Chunks = append(sr.Chunks, c.data)
+			}
+		}
+		var idx []int
+		for i, t := range s.t {
+			if t >= mint && t <= maxt {
+				idx = append(idx, i)
+			}
+		}
+		sort.SliceStable(idx, func(a, b int) bool { return s.t[idx[a]] < s.t[idx[b]] })
+		for _, i := range idx {
+			sr.Open.T = append(sr.Open.T, s.t[i])
+			sr.Open.Latency = append(sr.Open.Latency, s.lat[i])
+		}
+		s.mtx.Unlock()
+		if len(sr.Chunks) == 0 && len(sr.Open.T) == 0 {
+			continue
+		}
+		sr.Labels = s.lset
+		out = append(out, sr)
+	}
+	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
+	return out
+}
+
+func matchAll(lset labels.Labels, ms []*labels.Matcher) bool {
+	for _, m := range ms {
+		if !m.Matches(lset.Get(m.Name)) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,221 @@
+package raw
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/wlog"
+)
+
+// WAL record types. A record is a type byte, a count and that many entries:
+//
+//	series:  ref, key (length-prefixed), label count, (name, value) length-prefixed
+//	samples: ref, time (delta from the previous entry, signed), latency,
+//	         trace id (16 bytes)
+const (
+	recSeries  byte = 1
+	recSamples byte = 2
+)
+
+var errCorruptRecord = errors.New("hopwatch/raw: corrupt WAL record")
+
+func appendSeriesRecord(b []byte, ref uint64, key string, lset labels.Labels) []byte {
+	b = append(b, recSeries)
+	b = binary.AppendUvarint(b, 1)
+	b = binary.AppendUvarint(b, ref)
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	b = append(b, key...)
+	b = binary.AppendUvarint(b, uint64(lset.Len()))
+	lset.Range(func(l labels.Label) {
+		b = binary.AppendUvarint(b, uint64(len(l.Name)))
+		b = append(b, l.Name...)
+		b = binary.AppendUvarint(b, uint64(len(l.Value)))
+		b = append(b, l.Value...)
+	})
+	return b
+}
+
+type walSample struct {
+	ref     uint64
+	t       int64
+	latency int64
+	traceID [16]byte
+}
+
+// recReader decodes the varint layout of records, keeping the first error.
+type recReader struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (r *recReader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: bad %s at offset %d of %d", errCorruptRecord, what, r.off, len(r.b))
+	}
+}
+
+func (r *recReader) uvarint(what string) uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b[r.off:])
+	if n <= 0 {
+		r.fail(what)
+		return 0
+	}
+	r.off += n
+	return v
+}
+
+func (r *recReader) varint(what string) int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b[r.off:])
+	if n <= 0 {
+		r.fail(what)
+		return 0
+	}
+	r.off += n
+	return v
+}
+
+func (r *recReader) bytes(n uint64, what string) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n > uint64(len(r.b)-r.off) {
+		r.fail(what)
+		return nil
+	}
+	v := r.b[r.off : r.off+int(n)]
+	r.off += int(n)
+	return v
+}
+
+// count reads an entry count bounded by the bytes left.
+func (r *recReader) count(what string) uint64 {
+	n := r.uvarint(what)
+	if n > uint64(len(r.b)-r.off) {
+		r.fail(what)
+		return 0
+	}
+	return n
+}
+
+func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, f func(ref uint64, key string, lset labels.Labels)) error {
+	r := recReader{b: rec, off: min(1, len(rec))}
+	n := r.count("series count")
+	for range n {
+		ref := r.uvarint("series ref")
+		key := string(r.bytes(r.uvarint("series key length"), "series key"))
+		nl := r.count("label count")
+		sb.Reset()
+		for range nl {
+			name := r.bytes(r.uvarint("label name length"), "label name")
+			value := r.bytes(r.uvarint("label value length"), "label value")
+			sb.Add(string(name), string(value))
+		}
+		if r.err != nil {
+			return r.err
+		}
+		sb.Sort()
+		f(ref, key, sb.Labels())
+	}
+	return r.err
+}
+
+func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
+	r := recReader{b: rec, off: min(1, len(rec))}
+	n := r.count("sample count")
+	var t int64
+	for range n {
+		var s walSample
+		s.ref = r.uvarint("sample ref")
+		t += r.varint("sample time")
+		s.t = t
+		s.latency = int64(r.uvarint("sample latency"))
+		copy(s.traceID[:], r.bytes(16, "trace id"))
+		if r.err != nil {
+			break
+		}
+		if s.latency < 0 {
+			r.fail("sample latency")
+			break
+		}
+		dst = append(dst, s)
+	}
+	return dst, r.err
+}
+
+// groupCommit writes records to the WAL on behalf of concurrent appenders:
+// whoever finds no write in progress becomes the leader and writes every
+// record queued so far in one wlog.Log call (and one fsync), while the
+// others wait for it. Under load, one write serves many appends.
+type groupCommit struct {
+	wal   *wlog.WL
+	fsync bool
+
+	mtx      sync.Mutex
+	cond     *sync.Cond
+	pending  [][]byte
+	spare    [][]byte
+	queued   uint64 // id of the batch records are being queued into
+	done     uint64 // last batch id written (0: none)
+	writing  bool
+	failed   error // sticky: after a failed write the WAL is not trusted
+	onCommit func(records int)
+}
+
+func newGroupCommit(w *wlog.WL, fsync bool, onCommit func(int)) *groupCommit {
+	g := &groupCommit{wal: w, fsync: fsync, queued: 1, onCommit: onCommit}
+	g.cond = sync.NewCond(&g.mtx)
+	return g
+}
+
+// commit returns once recs are in the WAL (and fsynced with fsync on).
+// recs must stay unmodified until commit returns.
+func (g *groupCommit) commit(recs ...[]byte) error {
+	g.mtx.Lock()
+	defer g.mtx.Unlock()
+	if g.failed != nil {
+		return g.failed
+	}
+	g.pending = append(g.pending, recs...)
+	my := g.queued
+	for g.writing {
+		g.cond.Wait()
+		if g.done >= my {
+			return g.failed
+		}
+	}
+	// Lead: write the whole queue as batch my.
+	batch := g.pending
+	g.pending = g.spare[:0]
+	g.queued++
+	g.writing = true
+	g.mtx.Unlock()
+
+	err := g.wal.Log(batch...)
+	if err == nil && g.fsync {
+		err = g.wal.Sync()
+	}
+	if g.onCommit != nil {
+		g.onCommit(len(batch))
+	}
+
+	g.mtx.Lock()
+	clear(batch)
+	g.spare = batch[:0]
+	g.done = my
+	g.writing = false
+	if err != nil {
+		g.failed = fmt.Errorf("hopwatch/raw: WAL write failed; restart to recover: %w", err)
+	}
+	g.cond.Broadcast()
+	return g.failed
+}
