@@ -37,6 +37,16 @@ type Options struct {
 	Exemplars ExemplarPolicy
 	// WALSegmentSize is the size of one WAL segment file.
 	WALSegmentSize int
+	// BlockDuration is the time range of a block cut from the head.
+	BlockDuration time.Duration
+	// MaxBlockDuration bounds the range of a compacted block.
+	MaxBlockDuration time.Duration
+	// Retention drops blocks whose newest sample is older than this, behind
+	// the newest sample of the DB; 0 keeps everything.
+	Retention time.Duration
+	// RetentionBytes drops the oldest blocks while the blocks take more
+	// bytes than this; 0 means no limit.
+	RetentionBytes int64
 	// Fsync makes every acknowledged append wait for an fsync of the WAL
 	// (shared by concurrent appends through group commit). Off, an
 	// acknowledged append survives a crash of the process, not of the
@@ -52,6 +62,9 @@ func DefaultOptions() Options {
 		Schema:           5,
 		Exemplars:        ExemplarPolicy{Slowest: 8, Reservoir: 4},
 		WALSegmentSize:   64 << 20,
+		BlockDuration:    2 * time.Hour,
+		MaxBlockDuration: 24 * time.Hour,
+		Retention:        15 * 24 * time.Hour,
 	}
 }
 
@@ -74,6 +87,15 @@ func (o Options) Validate() error {
 	if o.Exemplars.Slowest < 0 || o.Exemplars.Reservoir < 0 {
 		add("Exemplars: negative counts %d/%d", o.Exemplars.Slowest, o.Exemplars.Reservoir)
 	}
+	if o.BlockDuration <= 0 {
+		add("BlockDuration %s must be positive", o.BlockDuration)
+	}
+	if o.MaxBlockDuration < o.BlockDuration {
+		add("MaxBlockDuration %s is shorter than BlockDuration %s", o.MaxBlockDuration, o.BlockDuration)
+	}
+	if o.Retention < 0 || o.RetentionBytes < 0 {
+		add("Retention %s and RetentionBytes %d must not be negative", o.Retention, o.RetentionBytes)
+	}
 	if o.WALSegmentSize < 64<<10 || o.WALSegmentSize%(32<<10) != 0 {
 		add("WALSegmentSize must be a multiple of 32KiB and at least 64KiB, got %d", o.WALSegmentSize)
 	}
@@ -90,6 +112,11 @@ type dbMetrics struct {
 	walRepairs  prometheus.Counter
 	replayed    prometheus.Counter
 	unknownRefs prometheus.Counter
+
+	blocksWritten   prometheus.Counter
+	blocksCompacted prometheus.Counter
+	blocksDeleted   prometheus.Counter
+	checkpoints     prometheus.Counter
 }
 
 func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
@@ -107,6 +134,11 @@ func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
 		walRepairs:  c("hopwatch_raw_wal_repairs_total", "Corrupt WAL tails truncated at the last good record on replay."),
 		replayed:    c("hopwatch_raw_wal_replayed_samples_total", "Samples re-applied from the WAL at start."),
 		unknownRefs: c("hopwatch_raw_wal_unknown_series_samples_total", "WAL samples skipped on replay because their series record was missing."),
+
+		blocksWritten:   c("hopwatch_raw_blocks_written_total", "Blocks cut from the head."),
+		blocksCompacted: c("hopwatch_raw_blocks_compacted_total", "Blocks merged into larger ones."),
+		blocksDeleted:   c("hopwatch_raw_blocks_deleted_total", "Blocks deleted by retention."),
+		checkpoints:     c("hopwatch_raw_head_checkpoints_total", "Head checkpoints written (each lets older WAL segments go)."),
 	}
 }
 
@@ -118,6 +150,14 @@ type DB struct {
 	bounds  *nativehist.Bounds
 	wal     *wlog.WL
 	commit  *groupCommit
+
+	// appendMtx is held shared by appends (from WAL write to head update)
+	// and exclusively by a head checkpoint, so a checkpoint sees every
+	// logged sample applied and none half-way.
+	appendMtx sync.RWMutex
+
+	blocksMtx sync.RWMutex
+	blocks    []*Block
 
 	// mtx guards the series maps; each series has its own lock.
 	mtx     sync.RWMutex
@@ -198,8 +238,22 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 		return nil, fmt.Errorf("hopwatch/raw: open WAL: %w", err)
 	}
 	db.wal = w
-	if err := db.replay(); err != nil {
-		_ = w.Close()
+	pending, err := db.checkpointPending()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := db.loadBlocks(pending); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	first, err := db.loadCheckpoint()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := db.replay(first); err != nil {
+		_ = db.Close()
 		return nil, err
 	}
 	db.commit = newGroupCommit(w, opts.Fsync, func(n int) {
@@ -209,8 +263,18 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 	return db, nil
 }
 
-// Close closes the WAL. The head's data is in the WAL and comes back on Open.
-func (db *DB) Close() error { return db.wal.Close() }
+// Close closes the WAL and the blocks. The head's data is in the WAL (and
+// checkpoint) and comes back on Open.
+func (db *DB) Close() error {
+	errs := []error{db.wal.Close()}
+	db.blocksMtx.Lock()
+	for _, b := range db.blocks {
+		errs = append(errs, b.Close())
+	}
+	db.blocks = nil
+	db.blocksMtx.Unlock()
+	return errors.Join(errs...)
+}
 
 // getOrCreate returns the series for bs, logging a series record before a
 // new series becomes visible: a samples record can then never precede the
@@ -253,6 +317,8 @@ const minTime = -1 << 63
 // out-of-order window are refused and counted; it returns how many.
 // When Append returns nil the accepted samples survive a crash.
 func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
+	db.appendMtx.RLock()
+	defer db.appendMtx.RUnlock()
 	w := db.work.Get().(*appendWork)
 	defer db.work.Put(w)
 	w.refs, w.maxT = w.refs[:0], w.maxT[:0]
@@ -366,13 +432,15 @@ func (db *DB) cut(s *memSeries, w *appendWork) {
 	db.metrics.chunksCut.Inc()
 }
 
-// replay re-applies the WAL to an empty head, truncating a corrupt tail.
-func (db *DB) replay() error {
+// replay re-applies the WAL from segment from on to the head restored from
+// the checkpoint, truncating a corrupt tail.
+func (db *DB) replay(from int) error {
 	dir := db.wal.Dir()
 	first, last, err := wlog.Segments(dir)
 	if err != nil {
 		return fmt.Errorf("hopwatch/raw: list WAL segments: %w", err)
 	}
+	first = max(first, from)
 	if last < first {
 		return nil
 	}

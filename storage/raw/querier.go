@@ -1,6 +1,7 @@
 package raw
 
 import (
+	"bytes"
 	"slices"
 	"sort"
 
@@ -62,6 +63,33 @@ func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
 		sr.Labels = s.lset
 		out = append(out, sr)
 	}
+	// Blocks: their chunks are copied out, so that a block deleted by
+	// compaction or retention never pulls memory from under a reader.
+	bySeries := map[string]int{}
+	for i, sr := range out {
+		bySeries[sr.Labels.String()] = i
+	}
+	db.blocksMtx.RLock()
+	for _, b := range db.blocks {
+		bsr, err := b.selectSeries(mint, maxt, ms...)
+		if err != nil {
+			db.logger.Error("reading raw block failed", "ulid", b.meta.ULID, "err", err)
+			continue
+		}
+		for _, sr := range bsr {
+			k := sr.Labels.String()
+			i, ok := bySeries[k]
+			if !ok {
+				i = len(out)
+				bySeries[k] = i
+				out = append(out, Series{Labels: sr.Labels.Copy()})
+			}
+			for _, c := range sr.Chunks {
+				out[i].Chunks = append(out[i].Chunks, bytes.Clone(c))
+			}
+		}
+	}
+	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
 	return out
 }

@@ -1,6 +1,9 @@
 package raw
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }
 func appendVarint(b []byte, v int64) []byte   { return binary.AppendVarint(b, v) }
@@ -24,3 +27,5 @@ func fillCount(b []byte, end, n int) []byte {
 	p[countWidth-1] = byte(v & 0x7f)
 	return b
 }
+
+func sortStrings(s []string) { slices.Sort(s) }

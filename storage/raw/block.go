@@ -1,0 +1,280 @@
+package raw
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/fileutil"
+	"github.com/prometheus/prometheus/tsdb/index"
+)
+
+// A block is an immutable directory holding the chunks of a time range:
+//
+//	meta.json  BlockMeta
+//	chunks     "HWCK" version:byte, then each chunk as length:uvarint data
+//	index      Prometheus's TSDB index (tsdb/index): series, label postings,
+//	           and per series the chunk metas, whose refs are offsets into
+//	           the chunks file and whose times are in nanoseconds
+//
+// It is written into "<ulid>.tmp" and renamed into place, so a crash never
+// leaves a half-written block under a block's name.
+const (
+	chunksMagic   = "HWCK"
+	chunksVersion = 1
+	metaVersion   = 1
+)
+
+// BlockMeta describes a block.
+type BlockMeta struct {
+	ULID    ulid.ULID `json:"ulid"`
+	MinTime int64     `json:"minTime"` // ns, inclusive
+	MaxTime int64     `json:"maxTime"` // ns, inclusive
+	Stats   struct {
+		Series  uint64 `json:"numSeries"`
+		Chunks  uint64 `json:"numChunks"`
+		Samples uint64 `json:"numSamples"`
+		Bytes   int64  `json:"numBytes"`
+	} `json:"stats"`
+	// Level is 1 for a block cut from the head, one more than the highest
+	// of its sources for a compacted one.
+	Level   int         `json:"level"`
+	Sources []ulid.ULID `json:"sources"`
+	Version int         `json:"version"`
+}
+
+// blockSeries is one series to write into a block.
+type blockSeries struct {
+	lset   labels.Labels
+	chunks []headChunk
+	owner  *memSeries // the head series the chunks come from, if any
+}
+
+// writeBlock writes series (sorted by labels) as a block under parent and
+// returns its meta. With install unset the block stays in its ".tmp"
+// directory for the caller to install with installBlock.
+func writeBlock(parent string, series []blockSeries, level int, sources []ulid.ULID, samples func([]byte) int, install bool) (BlockMeta, error) {
+	meta := BlockMeta{ULID: ulid.Make(), Level: level, Sources: sources, Version: metaVersion, MinTime: maxTime, MaxTime: minTime}
+	if len(meta.Sources) == 0 {
+		meta.Sources = []ulid.ULID{meta.ULID}
+	}
+	final := filepath.Join(parent, meta.ULID.String())
+	tmp := final + ".tmp"
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return meta, err
+	}
+	fail := func(err error) (BlockMeta, error) {
+		_ = os.RemoveAll(tmp)
+		return meta, fmt.Errorf("hopwatch/raw: write block %s: %w", meta.ULID, err)
+	}
+
+	// Chunks file.
+	buf := []byte(chunksMagic)
+	buf = append(buf, chunksVersion)
+	metas := make([][]chunks.Meta, len(series))
+	symbols := map[string]struct{}{}
+	for i, s := range series {
+		s.lset.Range(func(l labels.Label) {
+			symbols[l.Name] = struct{}{}
+			symbols[l.Value] = struct{}{}
+		})
+		for _, c := range s.chunks {
+			metas[i] = append(metas[i], chunks.Meta{Ref: chunks.ChunkRef(len(buf)), MinTime: c.minT, MaxTime: c.maxT})
+			buf = binary.AppendUvarint(buf, uint64(len(c.data)))
+			buf = append(buf, c.data...)
+			meta.MinTime, meta.MaxTime = min(meta.MinTime, c.minT), max(meta.MaxTime, c.maxT)
+			meta.Stats.Chunks++
+			meta.Stats.Samples += uint64(samples(c.data))
+		}
+		meta.Stats.Series++
+	}
+	if err := writeFileSync(filepath.Join(tmp, "chunks"), buf); err != nil {
+		return fail(err)
+	}
+
+	// Index.
+	iw, err := index.NewWriter(context.Background(), filepath.Join(tmp, "index"))
+	if err != nil {
+		return fail(err)
+	}
+	syms := make([]string, 0, len(symbols))
+	for s := range symbols {
+		syms = append(syms, s)
+	}
+	sortStrings(syms)
+	for _, s := range syms {
+		if err := iw.AddSymbol(s); err != nil {
+			_ = iw.Close()
+			return fail(err)
+		}
+	}
+	for i, s := range series {
+		if err := iw.AddSeries(storage.SeriesRef(i+1), s.lset, metas[i]...); err != nil {
+			_ = iw.Close()
+			return fail(err)
+		}
+	}
+	if err := iw.Close(); err != nil {
+		return fail(err)
+	}
+	meta.Stats.Bytes = int64(len(buf))
+	if fi, err := os.Stat(filepath.Join(tmp, "index")); err == nil {
+		meta.Stats.Bytes += fi.Size()
+	}
+	mj, err := json.MarshalIndent(meta, "", "\t")
+	if err != nil {
+		return fail(err)
+	}
+	if err := writeFileSync(filepath.Join(tmp, "meta.json"), mj); err != nil {
+		return fail(err)
+	}
+	if install {
+		if err := installBlock(parent, meta.ULID); err != nil {
+			return fail(err)
+		}
+	}
+	return meta, nil
+}
+
+// installBlock renames a block written with install unset into place.
+func installBlock(parent string, id ulid.ULID) error {
+	final := filepath.Join(parent, id.String())
+	return fileutil.Replace(final+".tmp", final)
+}
+
+func writeFileSync(name string, b []byte) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Block is an open, immutable block.
+type Block struct {
+	dir    string
+	meta   BlockMeta
+	chunks *fileutil.MmapFile
+	index  *index.Reader
+}
+
+// errCorruptBlock is wrapped by every error about a block's contents.
+var errCorruptBlock = errors.New("hopwatch/raw: corrupt block")
+
+func openBlock(dir string) (*Block, error) {
+	mb, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if err != nil {
+		return nil, err
+	}
+	b := &Block{dir: dir}
+	if err := json.Unmarshal(mb, &b.meta); err != nil {
+		return nil, fmt.Errorf("%w %s: meta.json: %v", errCorruptBlock, dir, err)
+	}
+	if b.meta.Version != metaVersion {
+		return nil, fmt.Errorf("%w %s: meta version %d, want %d", errCorruptBlock, dir, b.meta.Version, metaVersion)
+	}
+	if b.chunks, err = fileutil.OpenMmapFile(filepath.Join(dir, "chunks")); err != nil {
+		return nil, err
+	}
+	data := b.chunks.Bytes()
+	if len(data) < len(chunksMagic)+1 || string(data[:len(chunksMagic)]) != chunksMagic || data[len(chunksMagic)] != chunksVersion {
+		_ = b.chunks.Close()
+		return nil, fmt.Errorf("%w %s: bad chunks file header", errCorruptBlock, dir)
+	}
+	if b.index, err = index.NewFileReader(filepath.Join(dir, "index"), index.DecodePostingsRaw); err != nil {
+		_ = b.chunks.Close()
+		return nil, fmt.Errorf("%w %s: index: %v", errCorruptBlock, dir, err)
+	}
+	return b, nil
+}
+
+// Meta returns the block's meta.
+func (b *Block) Meta() BlockMeta { return b.meta }
+
+// Close releases the block's files.
+func (b *Block) Close() error {
+	return errors.Join(b.index.Close(), b.chunks.Close())
+}
+
+// chunk returns the bytes of the chunk at ref, a view into the mapped file.
+func (b *Block) chunk(ref chunks.ChunkRef) ([]byte, error) {
+	data := b.chunks.Bytes()
+	if uint64(ref) >= uint64(len(data)) {
+		return nil, fmt.Errorf("%w %s: chunk ref %d beyond %d bytes", errCorruptBlock, b.dir, ref, len(data))
+	}
+	l, n := binary.Uvarint(data[ref:])
+	if n <= 0 || l > uint64(len(data))-uint64(ref)-uint64(n) {
+		return nil, fmt.Errorf("%w %s: chunk at %d has a bad length", errCorruptBlock, b.dir, ref)
+	}
+	start := int(ref) + n
+	return data[start : start+int(l)], nil
+}
+
+// indexReader adds what tsdb.PostingsForMatchers needs to index.Reader.
+type indexReader struct{ *index.Reader }
+
+func (indexReader) SortedPostings(p index.Postings) index.Postings { return p }
+
+func (indexReader) WriteChunks(...chunks.Meta) error { return nil }
+
+// selectSeries returns the series of the block matching ms with chunks in
+// [mint, maxt]. The chunk bytes view the mapped file: valid while the block
+// is open.
+func (b *Block) selectSeries(mint, maxt int64, ms ...*labels.Matcher) ([]Series, error) {
+	if b.meta.MaxTime < mint || b.meta.MinTime > maxt {
+		return nil, nil
+	}
+	if len(ms) == 0 {
+		k, v := index.AllPostingsKey()
+		ms = []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, k, v)}
+	}
+	p, err := tsdb.PostingsForMatchers(context.Background(), indexReader{b.index}, ms...)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out  []Series
+		sb   labels.ScratchBuilder
+		chks []chunks.Meta
+	)
+	for p.Next() {
+		if err := b.index.Series(p.At(), &sb, &chks); err != nil {
+			return nil, fmt.Errorf("%w %s: %v", errCorruptBlock, b.dir, err)
+		}
+		var sr Series
+		for _, m := range chks {
+			if m.MaxTime < mint || m.MinTime > maxt {
+				continue
+			}
+			c, err := b.chunk(m.Ref)
+			if err != nil {
+				return nil, err
+			}
+			sr.Chunks = append(sr.Chunks, c)
+		}
+		if len(sr.Chunks) > 0 {
+			sr.Labels = sb.Labels()
+			out = append(out, sr)
+		}
+	}
+	return out, p.Err()
+}
+
+const maxTime = 1<<63 - 1
