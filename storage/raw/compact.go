@@ -18,7 +18,7 @@ import (
 	"github.com/hopwatch/hopwatch/storage/raw/chunkenc"
 )
 
-func (db *DB) blocksDir() string     { return filepath.Join(db.opts.Dir, "blocks") }
+func (db *DB) blocksDir() string      { return filepath.Join(db.opts.Dir, "blocks") }
 func (db *DB) checkpointPath() string { return filepath.Join(db.opts.Dir, "head.checkpoint") }
 
 // loadBlocks opens every block under the blocks directory. A block cut
