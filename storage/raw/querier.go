@@ -102,3 +102,14 @@ func matchAll(lset labels.Labels, ms []*labels.Matcher) bool {
 	}
 	return true
 }
+
+// Blocks returns the metas of the DB's blocks, oldest first.
+func (db *DB) Blocks() []BlockMeta {
+	db.blocksMtx.RLock()
+	defer db.blocksMtx.RUnlock()
+	out := make([]BlockMeta, len(db.blocks))
+	for i, b := range db.blocks {
+		out[i] = b.meta
+	}
+	return out
+}
