@@ -1,0 +1,2 @@
+// Package promutil holds small helpers around client_golang.
+package promutil
