@@ -113,6 +113,10 @@ func TestAcknowledgedSpansSurviveSIGKILL(t *testing.T) {
 
 	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s")
 	waitReady(t, p)
+	// The raw tier kept every sample too.
+	n, ok := p.logField("raw WAL replay done", "samples")
+	require.True(t, ok)
+	require.Equal(t, 350.0, n)
 	sel := `{service="checkout", span_name="op", span_kind="SPAN_KIND_SERVER", status_code="STATUS_CODE_UNSET"}`
 	waitValue(t, p, "traces_spanmetrics_calls_total"+sel, 350)
 	waitValue(t, p, "traces_spanmetrics_latency_count"+sel, 350)

@@ -30,7 +30,18 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.StringVar(configFile, "config.file", "", "YAML file with settings; its keys are the flag names (nested maps join with '.'). Flags given on the command line win.")
 	fs.StringVar(&cfg.Storage.Dir, "storage.path", cfg.Storage.Dir, "Data directory: one sub-directory per tenant with its WAL, checkpoint and TSDB.")
 	fs.Var(durationValue{&cfg.Storage.Retention}, "storage.tsdb.retention.time", "How long aggregate samples are kept.")
-	fs.BoolVar(&cfg.Storage.WALFsync, "storage.wal.fsync", cfg.Storage.WALFsync, "fsync the WAL before acknowledging each export. Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
+	fs.Var(fsyncValue{cfg}, "storage.wal.fsync", "fsync the WALs before acknowledging each export (concurrent exports share fsyncs). Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
+	fs.BoolVar(&cfg.RawEnabled, "storage.raw.enabled", cfg.RawEnabled, "Keep every latency sample losslessly in the raw tier (ns timestamps and latencies, trace ids of the slowest).")
+	fs.Var(durationValue{&cfg.Raw.Retention}, "storage.raw.retention.time", "How long raw samples are kept, behind the newest sample.")
+	fs.Int64Var(&cfg.Raw.RetentionBytes, "storage.raw.retention.size", cfg.Raw.RetentionBytes, "Most bytes the raw blocks of one tenant may take; 0 means no limit.")
+	fs.Var(durationValue{&cfg.Raw.BlockDuration}, "storage.raw.block-duration", "Time range of a raw block cut from the head.")
+	fs.Var(durationValue{&cfg.Raw.MaxBlockDuration}, "storage.raw.max-block-duration", "Longest time range compaction merges raw blocks into.")
+	fs.Var(durationValue{&cfg.Raw.OutOfOrderWindow}, "storage.raw.out-of-order-window", "How far behind its series' newest sample a raw sample may arrive and still be kept.")
+	fs.IntVar(&cfg.Raw.ChunkSize, "storage.raw.chunk-size", cfg.Raw.ChunkSize, "Samples per raw chunk.")
+	fs.IntVar(&cfg.Raw.Exemplars.Slowest, "storage.raw.exemplars.slowest", cfg.Raw.Exemplars.Slowest, "Trace ids kept per raw chunk: the slowest samples'.")
+	fs.IntVar(&cfg.Raw.Exemplars.Reservoir, "storage.raw.exemplars.reservoir", cfg.Raw.Exemplars.Reservoir, "Trace ids kept per raw chunk: a uniform sample of the others.")
+	fs.BoolVar(&cfg.Raw.Exemplars.All, "storage.raw.exemplars.all", cfg.Raw.Exemplars.All, "Keep the trace id of every raw sample.")
+	fs.Var(durationValue{&cfg.CompactInterval}, "storage.raw.compact-interval", "How often the raw tier cuts blocks, compacts them and applies retention.")
 	fs.Var(durationValue{&cfg.Storage.CheckpointInterval}, "storage.checkpoint-interval", "How often the aggregate state is checkpointed and older WAL segments deleted; bounds replay time.")
 	fs.StringVar(&cfg.WebListenAddress, "web.listen-address", cfg.WebListenAddress, "Address of the HTTP API, /metrics, /-/healthy, /-/ready and /debug/pprof.")
 	fs.StringVar(&cfg.OTLPGRPCListenAddress, "otlp.grpc.listen-address", cfg.OTLPGRPCListenAddress, "Address of the OTLP/gRPC receiver.")
@@ -110,6 +121,28 @@ func (l *floatList) Set(v string) error {
 	}
 	return nil
 }
+
+// fsyncValue sets the fsync policy of both tiers' WALs.
+type fsyncValue struct{ cfg *server.Config }
+
+func (v fsyncValue) String() string {
+	if v.cfg == nil {
+		return "false"
+	}
+	return strconv.FormatBool(v.cfg.Storage.WALFsync)
+}
+
+func (v fsyncValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q is not true or false", s)
+	}
+	v.cfg.Storage.WALFsync, v.cfg.Raw.Fsync = b, b
+	return nil
+}
+
+// IsBoolFlag lets --storage.wal.fsync stand alone.
+func (fsyncValue) IsBoolFlag() bool { return true }
 
 // durationValue parses durations as Prometheus does, so that "15d" and
 // "1w" work as well as Go's "1h30m".

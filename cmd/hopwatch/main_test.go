@@ -111,6 +111,19 @@ func (p *proc) hasLog(msg string) bool {
 	return false
 }
 
+// logField returns field of the last log record with msg.
+func (p *proc) logField(msg, field string) (any, bool) {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	for i := len(p.logs) - 1; i >= 0; i-- {
+		if m, _ := p.logs[i]["msg"].(string); m == msg {
+			v, ok := p.logs[i][field]
+			return v, ok
+		}
+	}
+	return nil, false
+}
+
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(t *testing.T) int {
 	t.Helper()

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"time"
 
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/storage/agg"
+	"github.com/hopwatch/hopwatch/storage/raw"
 )
 
 // Config is the whole configuration of one hopwatch node.
@@ -26,13 +28,23 @@ type Config struct {
 
 	Ingest  ingest.Options
 	Storage agg.Options
-	Query   query.Options
+	// RawEnabled keeps every sample losslessly in the raw tier as well.
+	RawEnabled bool
+	// Raw configures the raw tier; its Dir is derived from Storage.Dir.
+	Raw raw.Options
+	// CompactInterval is how often the raw tier cuts blocks, compacts and
+	// applies retention.
+	CompactInterval time.Duration
+	Query           query.Options
 
 	// ConfigYAML is the effective configuration as served by /api/v1/status/config.
 	ConfigYAML string
 	// Flags are the command-line flags as served by /api/v1/status/flags.
 	Flags map[string]string
 }
+
+// RawDir is where the raw tier keeps its tenants.
+func (c Config) RawDir() string { return filepath.Join(c.Storage.Dir, "raw") }
 
 // MinFlushInterval is the shortest flush interval: below a second the TSDB
 // would hold mostly repeated values and flushes would compete with ingest.
@@ -48,6 +60,9 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       30 * time.Second,
 		Ingest:                ingest.DefaultOptions(),
 		Storage:               agg.DefaultOptions(),
+		RawEnabled:            true,
+		Raw:                   raw.DefaultOptions(),
+		CompactInterval:       time.Minute,
 		Query:                 query.DefaultOptions(),
 	}
 }
@@ -79,6 +94,16 @@ func (c Config) Validate() error {
 	}
 	if err := c.Storage.Validate(); err != nil {
 		add(fmt.Errorf("storage: %w", err))
+	}
+	if c.RawEnabled {
+		r := c.Raw
+		r.Dir = c.RawDir()
+		if err := r.Validate(); err != nil {
+			add(fmt.Errorf("storage.raw: %w", err))
+		}
+		if c.CompactInterval <= 0 {
+			add(fmt.Errorf("storage.raw.compact-interval: must be positive, got %s", c.CompactInterval))
+		}
 	}
 	if err := c.Query.Validate(); err != nil {
 		add(fmt.Errorf("query: %w", err))

@@ -22,6 +22,7 @@ import (
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/sample"
 	"github.com/hopwatch/hopwatch/storage/agg"
+	"github.com/hopwatch/hopwatch/storage/raw"
 )
 
 // Server is one hopwatch node.
@@ -31,6 +32,7 @@ type Server struct {
 	logger *slog.Logger
 
 	store atomic.Pointer[agg.Store] // nil until the WAL replay is done
+	raw   *raw.Store                // nil with the raw tier off; set before store
 	recv  *ingest.Receiver
 	api   *query.API
 
@@ -107,6 +109,14 @@ func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) err
 	if st == nil {
 		return errNotReady
 	}
+	// Both tiers log the batch before it is acknowledged. Samples the raw
+	// tier finds too old for its out-of-order window are counted there
+	// and still aggregated.
+	if s.raw != nil {
+		if _, err := s.raw.Append(tenant, b); err != nil {
+			return err
+		}
+	}
 	return st.Append(ctx, tenant, b)
 }
 
@@ -175,8 +185,21 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		defer close(s.flushed)
 		start := time.Now()
+		if s.cfg.RawEnabled {
+			ropts := s.cfg.Raw
+			ropts.Dir = s.cfg.RawDir()
+			rs, err := raw.OpenStore(ropts, s.reg, s.logger.With("component", "raw"))
+			if err != nil {
+				s.errc <- fmt.Errorf("open raw storage: %w", err)
+				return
+			}
+			s.raw = rs
+		}
 		st, err := agg.Open(s.cfg.Storage, s.reg, s.logger.With("component", "storage"))
 		if err != nil {
+			if s.raw != nil {
+				_ = s.raw.Close()
+			}
 			s.errc <- fmt.Errorf("open storage: %w", err)
 			return
 		}
@@ -197,10 +220,13 @@ func (s *Server) goServe(name string, serve func() error) {
 	}()
 }
 
-// flushLoop flushes every FlushInterval until stop is closed.
+// flushLoop flushes every FlushInterval, and compacts the raw tier every
+// CompactInterval, until stop is closed.
 func (s *Server) flushLoop(st *agg.Store) {
 	t := time.NewTicker(s.cfg.FlushInterval)
 	defer t.Stop()
+	c := time.NewTicker(s.cfg.CompactInterval)
+	defer c.Stop()
 	for {
 		select {
 		case <-s.stop:
@@ -208,6 +234,12 @@ func (s *Server) flushLoop(st *agg.Store) {
 		case now := <-t.C:
 			if err := st.Flush(context.Background(), now); err != nil {
 				s.logger.Error("flush failed", "err", err)
+			}
+		case <-c.C:
+			if s.raw != nil {
+				if err := s.raw.Compact(); err != nil {
+					s.logger.Error("raw compaction failed", "err", err)
+				}
 			}
 		}
 	}
@@ -239,6 +271,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 			if err := st.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.raw != nil {
+			if err := s.raw.Close(); err != nil {
 				errs = append(errs, err)
 			}
 		}
