@@ -112,7 +112,7 @@ func (r *Reader) refill() {
 // ReadBits reads n bits (n ≤ 64). The common case, enough bits loaded, is
 // small enough to inline.
 func (r *Reader) ReadBits(n uint) (uint64, error) {
-	if r.nacc < 57 {
+	if n > r.nacc {
 		r.refill()
 	}
 	if n-1 < r.nacc { // n ≥ 1 and n ≤ nacc
@@ -184,10 +184,13 @@ var errUnaryTooLong = errors.New("hopwatch/bitio: unary code longer than allowed
 // a quotient's run and k bits are loaded, which is nearly always.
 func (r *Reader) AppendRice(dst []uint64, n int, k uint, limit uint64) ([]uint64, error) {
 	for i := 0; i < n; i++ {
-		if r.nacc < 57 {
-			r.refill()
-		}
 		ones := uint(bits.LeadingZeros64(^r.acc))
+		if ones+1+k > r.nacc {
+			// Refill only when the value does not fit: one refill serves
+			// several values.
+			r.refill()
+			ones = uint(bits.LeadingZeros64(^r.acc))
+		}
 		if ones+1+k <= r.nacc && uint64(ones) <= limit {
 			r.acc <<= ones + 1
 			var low uint64

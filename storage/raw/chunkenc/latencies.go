@@ -274,6 +274,7 @@ func (d *Decoder) decodeExpMantissa(dst []int64, h header, n int, step uint64) (
 	}
 	r := bitio.NewReader(rest)
 	dst = slices.Grow(dst, n)
+	maxU := uint64(math.MaxInt64) / step
 	for i := range n {
 		var sym byte
 		if mode == symRLE {
@@ -290,16 +291,12 @@ func (d *Decoder) decodeExpMantissa(dst []int64, h header, n int, step uint64) (
 			}
 			u |= low
 		}
-		if step == 1 {
-			// Symbols decode below 2^63: no overflow possible.
-			dst = append(dst, int64(u))
-			continue
-		}
-		v, ok := mulStep(u, step)
-		if !ok {
+		// Symbols decode below 2^63, so with step 1 nothing can overflow;
+		// otherwise one compare against the precomputed bound.
+		if u > maxU {
 			return dst, corrupt("latency %d × step %d overflows", u, step)
 		}
-		dst = append(dst, v)
+		dst = append(dst, int64(u*step))
 	}
 	return dst, nil
 }
