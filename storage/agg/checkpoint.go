@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"hash/crc32"
 	"io/fs"
 	"math"
@@ -44,7 +45,7 @@ func (t *tenantStore) checkpoint(now time.Time) error {
 	t.mtx.Unlock()
 
 	tmp := t.checkpointPath() + ".tmp"
-	if err := writeFileSync(tmp, buf); err != nil {
+	if err := recbuf.WriteFileSync(tmp, buf); err != nil {
 		return fmt.Errorf("hopwatch/agg: tenant %s: write checkpoint: %w", t.id, err)
 	}
 	if err := fileutil.Replace(tmp, t.checkpointPath()); err != nil {
@@ -56,22 +57,6 @@ func (t *tenantStore) checkpoint(now time.Time) error {
 	t.store.metrics.checkpoints.Inc()
 	t.logger.Debug("checkpoint written", "first_segment", seg, "bytes", len(buf))
 	return nil
-}
-
-func writeFileSync(name string, b []byte) error {
-	f, err := os.Create(name)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // encodeCheckpoint serializes the state; the caller holds t.mtx.
@@ -161,24 +146,24 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(buf[len(buf)-4:]) {
 		return 0, corrupt("checksum mismatch")
 	}
-	d := decoder{b: body, off: len(checkpointMagic)}
-	first := int(d.uvarint("first segment"))
-	t.nextRef = d.uvarint("next ref")
-	t.lastFlushMs = d.varint("last flush")
+	d := recbuf.New(body, len(checkpointMagic), errCorruptCheckpoint)
+	first := int(d.Uvarint("first segment"))
+	t.nextRef = d.Uvarint("next ref")
+	t.lastFlushMs = d.Varint("last flush")
 
 	lay := &t.store.layout
-	nb := d.count("bucket count")
+	nb := d.Count("bucket count")
 	sameClassic := lay.classic && nb == len(lay.boundsSec)
 	for i := range nb {
-		v := math.Float64frombits(d.uint64be("bucket bound"))
+		v := math.Float64frombits(d.Uint64BE("bucket bound"))
 		if sameClassic && v != lay.boundsSec[i] {
 			sameClassic = false
 		}
 	}
-	if d.err != nil {
-		return 0, corrupt("%v", d.err)
+	if d.Err() != nil {
+		return 0, corrupt("%v", d.Err())
 	}
-	schemaPlus := d.uvarint("schema")
+	schemaPlus := d.Uvarint("schema")
 	sameNative := lay.native && schemaPlus == uint64(lay.nbounds.Schema()+1-minSchemaOffset)
 	if (nb > 0 || lay.classic) && !sameClassic || (schemaPlus > 0 || lay.native) && !sameNative {
 		// The bucket layout changed: the old counts cannot be carried into
@@ -189,39 +174,39 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 	reset := !sameClassic && (nb > 0 || lay.classic) || !sameNative && (schemaPlus > 0 || lay.native)
 
 	sb := labels.NewScratchBuilder(8)
-	n := d.count("series count")
+	n := d.Count("series count")
 	for range n {
-		ref := d.uvarint("series ref")
-		key := d.string("series key")
-		lset := d.labels(&sb)
+		ref := d.Uvarint("series ref")
+		key := d.String("series key")
+		lset := readLabels(d, &sb)
 		s := lay.newSeries(ref, key, lset)
-		s.created = d.byte("created") == 1
-		s.count = d.uvarint("count")
-		s.sumHi = d.uvarint("sum")
-		s.sumLo = d.uvarint("sum")
-		nc := d.count("classic count")
+		s.created = d.Byte("created") == 1
+		s.count = d.Uvarint("count")
+		s.sumHi = d.Uvarint("sum")
+		s.sumLo = d.Uvarint("sum")
+		nc := d.Count("classic count")
 		for i := range nc {
-			c := d.uvarint("classic bucket")
+			c := d.Uvarint("classic bucket")
 			if !reset && i < len(s.classic) {
 				s.classic[i] = c
 			}
 		}
-		if d.byte("native flag") == 1 {
-			count := d.uvarint("native count")
-			zero := d.uvarint("native zero count")
-			sum := math.Float64frombits(d.uint64be("native sum"))
-			off := int32(d.varint("native offset"))
-			nn := d.count("native bucket count")
+		if d.Byte("native flag") == 1 {
+			count := d.Uvarint("native count")
+			zero := d.Uvarint("native zero count")
+			sum := math.Float64frombits(d.Uint64BE("native sum"))
+			off := int32(d.Varint("native offset"))
+			nn := d.Count("native bucket count")
 			counts := make([]uint64, nn)
 			for i := range counts {
-				counts[i] = d.uvarint("native bucket")
+				counts[i] = d.Uvarint("native bucket")
 			}
 			if !reset && s.native != nil {
 				s.native.Restore(count, zero, sum, off, counts)
 			}
 		}
-		if d.err != nil {
-			return 0, corrupt("%v", d.err)
+		if d.Err() != nil {
+			return 0, corrupt("%v", d.Err())
 		}
 		if reset {
 			s.count, s.sumHi, s.sumLo = 0, 0, 0
@@ -229,8 +214,8 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 		t.series[key] = s
 		t.nextRef = max(t.nextRef, ref+1)
 	}
-	if d.err != nil {
-		return 0, corrupt("%v", d.err)
+	if d.Err() != nil {
+		return 0, corrupt("%v", d.Err())
 	}
 	t.logger.Info("checkpoint loaded", "series", len(t.series), "first_segment", first)
 	return first, nil

@@ -3,7 +3,7 @@ package agg
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 
 	"github.com/prometheus/prometheus/model/labels"
 )
@@ -61,97 +61,13 @@ func appendCreatedRecord(b []byte, refs []uint64) []byte {
 	return b
 }
 
-// decoder reads the varint layout shared by WAL records and checkpoints,
-// remembering the first error and where it happened.
-type decoder struct {
-	b   []byte
-	off int
-	err error
-}
-
-func (d *decoder) fail(what string) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: bad %s at offset %d of %d", errCorruptRecord, what, d.off, len(d.b))
-	}
-}
-
-func (d *decoder) uvarint(what string) uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b[d.off:])
-	if n <= 0 {
-		d.fail(what)
-		return 0
-	}
-	d.off += n
-	return v
-}
-
-func (d *decoder) varint(what string) int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b[d.off:])
-	if n <= 0 {
-		d.fail(what)
-		return 0
-	}
-	d.off += n
-	return v
-}
-
-func (d *decoder) bytes(n int, what string) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n < 0 || n > len(d.b)-d.off {
-		d.fail(what)
-		return nil
-	}
-	v := d.b[d.off : d.off+n]
-	d.off += n
-	return v
-}
-
-func (d *decoder) byte(what string) byte {
-	v := d.bytes(1, what)
-	if v == nil {
-		return 0
-	}
-	return v[0]
-}
-
-func (d *decoder) uint64be(what string) uint64 {
-	v := d.bytes(8, what)
-	if v == nil {
-		return 0
-	}
-	return binary.BigEndian.Uint64(v)
-}
-
-func (d *decoder) string(what string) string {
-	n := d.uvarint(what)
-	return string(d.bytes(int(min(n, uint64(len(d.b)+1))), what))
-}
-
-// count reads an entry count, bounded by the bytes left (every entry takes
-// at least one byte), so that a corrupt count cannot force a huge allocation.
-func (d *decoder) count(what string) int {
-	n := d.uvarint(what)
-	if n > uint64(len(d.b)-d.off) {
-		d.fail(what)
-		return 0
-	}
-	return int(n)
-}
-
-func (d *decoder) labels(sb *labels.ScratchBuilder) labels.Labels {
-	n := d.count("label count")
+// readLabels reads a label count and that many name/value strings.
+func readLabels(d *recbuf.Reader, sb *labels.ScratchBuilder) labels.Labels {
+	n := d.Count("label count")
 	sb.Reset()
 	for range n {
-		name := d.string("label name")
-		value := d.string("label value")
+		name := d.String("label name")
+		value := d.String("label value")
 		sb.Add(name, value)
 	}
 	sb.Sort()
@@ -165,56 +81,56 @@ type seriesEntry struct {
 }
 
 func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry) ([]seriesEntry, error) {
-	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
-	n := d.count("series count")
+	d := recbuf.New(rec, 1, errCorruptRecord) // an empty record fails, not panics
+	n := d.Count("series count")
 	for range n {
 		var e seriesEntry
-		e.ref = d.uvarint("series ref")
-		e.key = d.string("series key")
-		e.lset = d.labels(sb)
-		if d.err != nil {
+		e.ref = d.Uvarint("series ref")
+		e.key = d.String("series key")
+		e.lset = readLabels(d, sb)
+		if d.Err() != nil {
 			break
 		}
 		dst = append(dst, e)
 	}
-	return dst, d.err
+	return dst, d.Err()
 }
 
 func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
-	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
-	n := d.count("sample count")
+	d := recbuf.New(rec, 1, errCorruptRecord) // an empty record fails, not panics
+	n := d.Count("sample count")
 	var prev int64
 	for range n {
 		var s walSample
-		s.ref = d.uvarint("sample ref")
-		prev += d.varint("sample start")
+		s.ref = d.Uvarint("sample ref")
+		prev += d.Varint("sample start")
 		s.start = prev
-		s.duration = int64(d.uvarint("sample duration"))
-		switch d.byte("sample flag") {
+		s.duration = int64(d.Uvarint("sample duration"))
+		switch d.Byte("sample flag") {
 		case 0:
 		case 1:
 			s.hasTrace = true
-			copy(s.traceID[:], d.bytes(16, "trace id"))
+			copy(s.traceID[:], d.Bytes(16, "trace id"))
 		default:
-			d.fail("sample flag")
+			d.Fail("sample flag")
 		}
-		if d.err != nil {
+		if d.Err() != nil {
 			break
 		}
 		dst = append(dst, s)
 	}
-	return dst, d.err
+	return dst, d.Err()
 }
 
 func decodeCreatedRecord(rec []byte, dst []uint64) ([]uint64, error) {
-	d := decoder{b: rec, off: min(1, len(rec))} // an empty record fails, not panics
-	n := d.count("created count")
+	d := recbuf.New(rec, 1, errCorruptRecord) // an empty record fails, not panics
+	n := d.Count("created count")
 	for range n {
-		r := d.uvarint("created ref")
-		if d.err != nil {
+		r := d.Uvarint("created ref")
+		if d.Err() != nil {
 			break
 		}
 		dst = append(dst, r)
 	}
-	return dst, d.err
+	return dst, d.Err()
 }

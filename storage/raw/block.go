@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"os"
 	"path/filepath"
 
@@ -97,7 +98,7 @@ func writeBlock(parent string, series []blockSeries, level int, sources []ulid.U
 		}
 		meta.Stats.Series++
 	}
-	if err := writeFileSync(filepath.Join(tmp, "chunks"), buf); err != nil {
+	if err := recbuf.WriteFileSync(filepath.Join(tmp, "chunks"), buf); err != nil {
 		return fail(err)
 	}
 
@@ -134,7 +135,7 @@ func writeBlock(parent string, series []blockSeries, level int, sources []ulid.U
 	if err != nil {
 		return fail(err)
 	}
-	if err := writeFileSync(filepath.Join(tmp, "meta.json"), mj); err != nil {
+	if err := recbuf.WriteFileSync(filepath.Join(tmp, "meta.json"), mj); err != nil {
 		return fail(err)
 	}
 	if install {
@@ -149,22 +150,6 @@ func writeBlock(parent string, series []blockSeries, level int, sources []ulid.U
 func installBlock(parent string, id ulid.ULID) error {
 	final := filepath.Join(parent, id.String())
 	return fileutil.Replace(final+".tmp", final)
-}
-
-func writeFileSync(name string, b []byte) error {
-	f, err := os.Create(name)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // Block is an open, immutable block.

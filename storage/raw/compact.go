@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"hash/crc32"
 	"io/fs"
 	"os"
@@ -451,7 +452,7 @@ func (db *DB) writeCheckpoint(pending []ulid.ULID) (int, error) {
 	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 
 	tmp := db.checkpointPath() + ".tmp"
-	if err := writeFileSync(tmp, b); err != nil {
+	if err := recbuf.WriteFileSync(tmp, b); err != nil {
 		return 0, fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
 	}
 	if err := fileutil.Replace(tmp, db.checkpointPath()); err != nil {
@@ -476,11 +477,11 @@ func (db *DB) checkpointPending() ([]ulid.ULID, error) {
 		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
 		return nil, nil // loadCheckpoint reports it
 	}
-	r := recReader{b: b[:len(b)-4], off: len(headCheckpointMagic)}
-	r.uvarint("first segment")
+	r := recbuf.New(b[:len(b)-4], len(headCheckpointMagic), errCorruptCheckpoint)
+	r.Uvarint("first segment")
 	var ids []ulid.ULID
-	for range r.count("pending count") {
-		if v := r.bytes(16, "pending block"); r.err == nil {
+	for range r.Count("pending count") {
+		if v := r.Bytes(16, "pending block"); r.Err() == nil {
 			ids = append(ids, ulid.ULID(v))
 		}
 	}
@@ -507,52 +508,52 @@ func (db *DB) loadCheckpoint() (int, error) {
 	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
 		return 0, corrupt("checksum mismatch")
 	}
-	r := recReader{b: body, off: len(headCheckpointMagic)}
-	first := int(r.uvarint("first segment"))
-	r.bytes(16*r.count("pending count"), "pending blocks")
-	db.nextRef = r.uvarint("next ref")
-	n := r.count("series count")
+	r := recbuf.New(body, len(headCheckpointMagic), errCorruptCheckpoint)
+	first := int(r.Uvarint("first segment"))
+	r.Bytes(16*uint64(r.Count("pending count")), "pending blocks")
+	db.nextRef = r.Uvarint("next ref")
+	n := r.Count("series count")
 	sb := labels.NewScratchBuilder(8)
 	for range n {
-		ref := r.uvarint("series ref")
-		key := string(r.bytes(r.uvarint("key length"), "key"))
-		nl := r.count("label count")
+		ref := r.Uvarint("series ref")
+		key := r.String("key")
+		nl := r.Count("label count")
 		sb.Reset()
 		for range nl {
-			name := r.bytes(r.uvarint("label name length"), "label name")
-			value := r.bytes(r.uvarint("label value length"), "label value")
+			name := r.Bytes(r.Uvarint("label name length"), "label name")
+			value := r.Bytes(r.Uvarint("label value length"), "label value")
 			sb.Add(string(name), string(value))
 		}
 		sb.Sort()
-		if r.err != nil {
-			return 0, corrupt(r.err.Error())
+		if r.Err() != nil {
+			return 0, corrupt(r.Err().Error())
 		}
 		s := db.newSeries(ref, key, sb.Labels())
-		s.maxT = r.varint("max time")
-		nc := r.count("chunk count")
+		s.maxT = r.Varint("max time")
+		nc := r.Count("chunk count")
 		for range nc {
-			data := slices.Clone(r.bytes(r.uvarint("chunk length"), "chunk"))
-			c := headChunk{data: data, minT: r.varint("chunk min time"), maxT: r.varint("chunk max time")}
-			if r.err == nil {
+			data := slices.Clone(r.Bytes(r.Uvarint("chunk length"), "chunk"))
+			c := headChunk{data: data, minT: r.Varint("chunk min time"), maxT: r.Varint("chunk max time")}
+			if r.Err() == nil {
 				if _, err := chunkenc.ReadSummary(data, db.bounds); err != nil {
 					return 0, corrupt(err.Error())
 				}
 			}
 			s.chunks = append(s.chunks, c)
 		}
-		no := r.count("open count")
+		no := r.Count("open count")
 		for range no {
-			s.t = append(s.t, r.varint("open time"))
-			s.lat = append(s.lat, int64(r.uvarint("open latency")))
-			s.ids = append(s.ids, [16]byte(append(make([]byte, 0, 16), padTo16(r.bytes(16, "open trace id"))...)))
+			s.t = append(s.t, r.Varint("open time"))
+			s.lat = append(s.lat, int64(r.Uvarint("open latency")))
+			s.ids = append(s.ids, [16]byte(padTo16(r.Bytes(16, "open trace id"))))
 		}
-		if r.err != nil {
-			return 0, corrupt(r.err.Error())
+		if r.Err() != nil {
+			return 0, corrupt(r.Err().Error())
 		}
 		db.nextRef = max(db.nextRef, ref+1)
 	}
-	if r.err != nil {
-		return 0, corrupt(r.err.Error())
+	if r.Err() != nil {
+		return 0, corrupt(r.Err().Error())
 	}
 	db.logger.Info("raw head checkpoint loaded", "series", len(db.series), "first_segment", first)
 	return first, nil

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"sync"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -45,111 +46,49 @@ type walSample struct {
 	traceID [16]byte
 }
 
-// recReader decodes the varint layout of records, keeping the first error.
-type recReader struct {
-	b   []byte
-	off int
-	err error
-}
-
-func (r *recReader) fail(what string) {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: bad %s at offset %d of %d", errCorruptRecord, what, r.off, len(r.b))
-	}
-}
-
-func (r *recReader) uvarint(what string) uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b[r.off:])
-	if n <= 0 {
-		r.fail(what)
-		return 0
-	}
-	r.off += n
-	return v
-}
-
-func (r *recReader) varint(what string) int64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(r.b[r.off:])
-	if n <= 0 {
-		r.fail(what)
-		return 0
-	}
-	r.off += n
-	return v
-}
-
-func (r *recReader) bytes(n uint64, what string) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n > uint64(len(r.b)-r.off) {
-		r.fail(what)
-		return nil
-	}
-	v := r.b[r.off : r.off+int(n)]
-	r.off += int(n)
-	return v
-}
-
-// count reads an entry count bounded by the bytes left.
-func (r *recReader) count(what string) uint64 {
-	n := r.uvarint(what)
-	if n > uint64(len(r.b)-r.off) {
-		r.fail(what)
-		return 0
-	}
-	return n
-}
-
 func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, f func(ref uint64, key string, lset labels.Labels)) error {
-	r := recReader{b: rec, off: min(1, len(rec))}
-	n := r.count("series count")
+	r := recbuf.New(rec, 1, errCorruptRecord)
+	n := r.Count("series count")
 	for range n {
-		ref := r.uvarint("series ref")
-		key := string(r.bytes(r.uvarint("series key length"), "series key"))
-		nl := r.count("label count")
+		ref := r.Uvarint("series ref")
+		key := r.String("series key")
+		nl := r.Count("label count")
 		sb.Reset()
 		for range nl {
-			name := r.bytes(r.uvarint("label name length"), "label name")
-			value := r.bytes(r.uvarint("label value length"), "label value")
+			name := r.Bytes(r.Uvarint("label name length"), "label name")
+			value := r.Bytes(r.Uvarint("label value length"), "label value")
 			sb.Add(string(name), string(value))
 		}
-		if r.err != nil {
-			return r.err
+		if r.Err() != nil {
+			return r.Err()
 		}
 		sb.Sort()
 		f(ref, key, sb.Labels())
 	}
-	return r.err
+	return r.Err()
 }
 
 func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
-	r := recReader{b: rec, off: min(1, len(rec))}
-	n := r.count("sample count")
+	r := recbuf.New(rec, 1, errCorruptRecord)
+	n := r.Count("sample count")
 	var t int64
 	for range n {
 		var s walSample
-		s.ref = r.uvarint("sample ref")
-		t += r.varint("sample time")
+		s.ref = r.Uvarint("sample ref")
+		t += r.Varint("sample time")
 		s.t = t
-		s.latency = int64(r.uvarint("sample latency"))
-		copy(s.traceID[:], r.bytes(16, "trace id"))
-		if r.err != nil {
+		s.latency = int64(r.Uvarint("sample latency"))
+		copy(s.traceID[:], r.Bytes(16, "trace id"))
+		if r.Err() != nil {
 			break
 		}
 		if s.latency < 0 {
-			r.fail("sample latency")
+			r.Fail("sample latency")
 			break
 		}
 		dst = append(dst, s)
 	}
-	return dst, r.err
+	return dst, r.Err()
 }
 
 // groupCommit writes records to the WAL on behalf of concurrent appenders:
