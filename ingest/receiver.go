@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -76,12 +77,13 @@ const (
 )
 
 type receiverMetrics struct {
-	requests        *prometheus.CounterVec // protocol
-	requestsRefused *prometheus.CounterVec // protocol, reason
-	spansReceived   *prometheus.CounterVec // protocol
-	spansAccepted   *prometheus.CounterVec // protocol
-	spansRefused    *prometheus.CounterVec // protocol, reason
-	discarded       *prometheus.CounterVec // tenant, reason
+	requests        *prometheus.CounterVec   // protocol
+	requestsRefused *prometheus.CounterVec   // protocol, reason
+	spansReceived   *prometheus.CounterVec   // protocol
+	spansAccepted   *prometheus.CounterVec   // protocol
+	spansRefused    *prometheus.CounterVec   // protocol, reason
+	discarded       *prometheus.CounterVec   // tenant, reason
+	duration        *prometheus.HistogramVec // protocol
 }
 
 func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
@@ -111,6 +113,14 @@ func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
 			Name: "hopwatch_discarded_samples_total",
 			Help: "Latency samples not stored, by tenant and reason.",
 		}, []string{"tenant", "reason"}),
+		duration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "hopwatch_otlp_request_duration_seconds",
+			Help:                            "Time from a decoded-enough OTLP export request to its answer: decoding, WAL writes and aggregation.",
+			Buckets:                         prometheus.ExponentialBuckets(25e-6, 2, 16),
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"protocol"}),
 	}
 }
 
@@ -208,6 +218,8 @@ func (e errMalformed) Unwrap() error { return e.err }
 
 // export decodes a request and appends its samples for tenantID.
 func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode decodeFunc) (exportResult, error) {
+	start := time.Now()
+	defer func() { r.metrics.duration.WithLabelValues(protocol).Observe(time.Since(start).Seconds()) }()
 	w := r.work.Get().(*work)
 	defer r.work.Put(w)
 	w.batch.Reset()

@@ -11,8 +11,11 @@ import (
 
 // runBench runs `hopwatch bench <what>`.
 func runBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "ingest" {
+		return runBenchIngest(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)
@@ -29,5 +32,24 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("samples, chunk-size and runs must be positive")
 	}
 	_, err := bench.Storage(stdout, o)
+	return err
+}
+
+// runBenchIngest runs `hopwatch bench ingest`.
+func runBenchIngest(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultIngestOptions()
+	fs := flag.NewFlagSet("hopwatch bench ingest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Telemetrygen, "telemetrygen", o.Telemetrygen, "path of OpenTelemetry's telemetrygen (go install github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen@v0.161.0)")
+	fs.Var(durationValue{&o.Duration}, "duration", "how long telemetrygen sends")
+	fs.IntVar(&o.Workers, "workers", o.Workers, "telemetrygen workers")
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "spans/s per worker; 0 sends as fast as possible")
+	fs.IntVar(&o.BatchSize, "batch-size", o.BatchSize, "spans per export request")
+	fs.BoolVar(&o.HTTP, "http", o.HTTP, "use OTLP/HTTP instead of OTLP/gRPC")
+	fs.BoolVar(&o.Raw, "raw", o.Raw, "keep the raw tier on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	_, err := bench.Ingest(stdout, o)
 	return err
 }

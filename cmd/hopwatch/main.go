@@ -61,6 +61,7 @@ Usage:
   hopwatch [serve] [flags]   run a node (the default); see hopwatch serve -help
   hopwatch demo [flags]      run a node with an in-process synthetic workload
   hopwatch bench storage     measure the raw tier's codecs on datasets D1-D4
+  hopwatch bench ingest      measure end-to-end ingest with OpenTelemetry's telemetrygen
   hopwatch --version         print the version
 `
 
