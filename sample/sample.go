@@ -2,8 +2,31 @@ package sample
 
 import "github.com/prometheus/prometheus/model/labels"
 
+// Family says which metrics a series feeds; storage names the output
+// series by it.
+type Family uint8
+
+// The families.
+const (
+	// FamilySpan: one span's duration (span metrics: calls and latency).
+	FamilySpan Family = iota
+	// FamilyEdgeServer: the server side of a client→server edge (service
+	// graph requests, failures and server-side latency).
+	FamilyEdgeServer
+	// FamilyEdgeClient: the client side of an edge (client-side latency).
+	FamilyEdgeClient
+	// FamilyUnpaired counts spans that expired without their peer.
+	FamilyUnpaired
+	// FamilyDropped counts spans the pairing store had no room for.
+	FamilyDropped
+	// NumFamilies bounds the valid values.
+	NumFamilies
+)
+
 // Series identifies one latency series within a batch.
 type Series struct {
+	// Family selects the metrics the series feeds.
+	Family Family
 	// Key is the series identity in a compact form: two series have equal
 	// keys exactly when their labels are equal. Storage indexes by it so that
 	// a known series costs a map lookup, not a label comparison.
@@ -22,6 +45,8 @@ type Sample struct {
 	Duration int64
 	// TraceID is the trace the sample came from, for exemplars.
 	TraceID [16]byte
+	// Failed marks a failed request (edges: either side had an error).
+	Failed bool
 }
 
 // Batch is the unit ingest appends: the samples of one request, with the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/hopwatch/hopwatch/internal/recbuf"
+	"github.com/hopwatch/hopwatch/sample"
 	"hash/crc32"
 	"io/fs"
 	"math"
@@ -19,15 +20,15 @@ import (
 // it holds every sample of the segments before FirstSegment and none after.
 // Replay loads it and reads the WAL from FirstSegment on.
 //
-//	magic "HWAGGCP1"
+//	magic "HWAGGCP2"
 //	first segment, next ref, last flush ms (varint)
 //	classic bounds: count, float64 bits each; native schema + 1 (0: off)
 //	series count, then per series:
-//	  ref, key, labels, created (byte), count, sumHi, sumLo,
+//	  ref, family (byte), key, labels, created (byte), count, failed, sumHi, sumLo,
 //	  classic counts (count, values), native (present byte; count,
 //	  zero count, sum bits, offset (varint), bucket count, values)
 //	CRC32 (Castagnoli) of all of the above, big endian
-const checkpointMagic = "HWAGGCP1"
+const checkpointMagic = "HWAGGCP2"
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -82,6 +83,7 @@ func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
 	b = binary.AppendUvarint(b, uint64(len(t.series)))
 	for _, s := range t.series {
 		b = binary.AppendUvarint(b, s.ref)
+		b = append(b, byte(s.family))
 		b = appendString(b, s.key)
 		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
 		s.lset.Range(func(l labels.Label) {
@@ -94,6 +96,7 @@ func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
 		}
 		b = append(b, created)
 		b = binary.AppendUvarint(b, s.count)
+		b = binary.AppendUvarint(b, s.failed)
 		b = binary.AppendUvarint(b, s.sumHi)
 		b = binary.AppendUvarint(b, s.sumLo)
 		b = binary.AppendUvarint(b, uint64(len(s.classic)))
@@ -177,11 +180,19 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 	n := d.Count("series count")
 	for range n {
 		ref := d.Uvarint("series ref")
+		family := sample.Family(d.Byte("series family"))
+		if family >= sample.NumFamilies {
+			d.Fail("series family")
+		}
 		key := d.String("series key")
 		lset := readLabels(d, &sb)
-		s := lay.newSeries(ref, key, lset)
+		if d.Err() != nil {
+			return 0, corrupt("%v", d.Err())
+		}
+		s := lay.newSeries(ref, key, lset, family)
 		s.created = d.Byte("created") == 1
 		s.count = d.Uvarint("count")
+		s.failed = d.Uvarint("failed")
 		s.sumHi = d.Uvarint("sum")
 		s.sumLo = d.Uvarint("sum")
 		nc := d.Count("classic count")
@@ -209,7 +220,7 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 			return 0, corrupt("%v", d.Err())
 		}
 		if reset {
-			s.count, s.sumHi, s.sumLo = 0, 0, 0
+			s.count, s.failed, s.sumHi, s.sumLo = 0, 0, 0, 0
 		}
 		t.series[key] = s
 		t.nextRef = max(t.nextRef, ref+1)

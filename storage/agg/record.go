@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"github.com/hopwatch/hopwatch/internal/recbuf"
+	"github.com/hopwatch/hopwatch/sample"
 
 	"github.com/prometheus/prometheus/model/labels"
 )
@@ -11,9 +12,9 @@ import (
 // Record types of the ingest WAL. Each WAL record is one type byte followed
 // by a count and that many entries; integers are varints.
 //
-//	series:  ref, key (len + bytes), label count, (name, value)...
+//	series:  ref, family (byte), key (len + bytes), label count, (name, value)...
 //	samples: ref, start delta from the previous sample (signed), duration,
-//	         flag (1: a 16-byte trace id follows)
+//	         flags (1: a 16-byte trace id follows; 2: failed)
 //	created: ref (series whose first samples reached the TSDB)
 const (
 	recSeries  byte = 1
@@ -29,8 +30,15 @@ type walSample struct {
 	start    int64
 	duration int64
 	hasTrace bool
+	failed   bool
 	traceID  [16]byte
 }
+
+// Flags of a WAL sample.
+const (
+	flagTrace  byte = 1
+	flagFailed byte = 2
+)
 
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -42,6 +50,7 @@ func appendSeriesRecord(b []byte, ss []*series) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ss)))
 	for _, s := range ss {
 		b = binary.AppendUvarint(b, s.ref)
+		b = append(b, byte(s.family))
 		b = appendString(b, s.key)
 		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
 		s.lset.Range(func(l labels.Label) {
@@ -75,9 +84,10 @@ func readLabels(d *recbuf.Reader, sb *labels.ScratchBuilder) labels.Labels {
 }
 
 type seriesEntry struct {
-	ref  uint64
-	key  string
-	lset labels.Labels
+	ref    uint64
+	family sample.Family
+	key    string
+	lset   labels.Labels
 }
 
 func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry) ([]seriesEntry, error) {
@@ -86,6 +96,10 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry
 	for range n {
 		var e seriesEntry
 		e.ref = d.Uvarint("series ref")
+		e.family = sample.Family(d.Byte("series family"))
+		if e.family >= sample.NumFamilies {
+			d.Fail("series family")
+		}
 		e.key = d.String("series key")
 		e.lset = readLabels(d, sb)
 		if d.Err() != nil {
@@ -106,13 +120,14 @@ func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
 		prev += d.Varint("sample start")
 		s.start = prev
 		s.duration = int64(d.Uvarint("sample duration"))
-		switch d.Byte("sample flag") {
-		case 0:
-		case 1:
+		flags := d.Byte("sample flags")
+		if flags&^(flagTrace|flagFailed) != 0 {
+			d.Fail("sample flags")
+		}
+		s.failed = flags&flagFailed != 0
+		if flags&flagTrace != 0 {
 			s.hasTrace = true
 			copy(s.traceID[:], d.Bytes(16, "trace id"))
-		default:
-			d.Fail("sample flag")
 		}
 		if d.Err() != nil {
 			break

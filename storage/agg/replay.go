@@ -85,7 +85,7 @@ func (t *tenantStore) replay(first int) error {
 		case recSeries:
 			entries, err = decodeSeriesRecord(rec, &sb, entries[:0])
 			for _, e := range entries {
-				s := lay.newSeries(e.ref, e.key, e.lset)
+				s := lay.newSeries(e.ref, e.key, e.lset, e.family)
 				t.series[e.key] = s
 				byRef[e.ref] = s
 				t.nextRef = max(t.nextRef, e.ref+1)
@@ -103,7 +103,7 @@ func (t *tenantStore) replay(first int) error {
 				if smp.hasTrace {
 					tid = &smp.traceID
 				}
-				s.observe(lay, smp.duration, smp.start+smp.duration, tid)
+				s.observe(lay, smp.duration, smp.start+smp.duration, tid, smp.failed)
 				nsamples++
 			}
 		case recCreated:

@@ -9,17 +9,20 @@ import (
 	"github.com/prometheus/prometheus/storage"
 
 	"github.com/hopwatch/hopwatch/internal/nativehist"
+	"github.com/hopwatch/hopwatch/sample"
 )
 
 // series is the in-memory aggregate of one span latency series: everything
 // the span metrics of that label set need, cumulative since the series was
 // created, as Prometheus counters are.
 type series struct {
-	ref  uint64
-	key  string
-	lset labels.Labels
+	ref    uint64
+	key    string
+	lset   labels.Labels
+	family sample.Family
 
-	count uint64
+	count  uint64
+	failed uint64
 	// sumHi:sumLo is the 128-bit sum of durations in ns, exact: a uint64
 	// of ns overflows after 292 years of summed latency, which a busy
 	// series reaches within weeks.
@@ -44,11 +47,11 @@ type series struct {
 // outSeries are the TSDB series one span series is flushed to, built on the
 // first flush and kept, so a flush allocates no labels.
 type outSeries struct {
-	calls, count, sum, native  labels.Labels
-	callsRef, countRef, sumRef storage.SeriesRef
-	nativeRef                  storage.SeriesRef
-	buckets                    []labels.Labels
-	bucketRefs                 []storage.SeriesRef
+	calls, failed, count, sum, native     labels.Labels
+	callsRef, failedRef, countRef, sumRef storage.SeriesRef
+	nativeRef                             storage.SeriesRef
+	buckets                               []labels.Labels
+	bucketRefs                            []storage.SeriesRef
 }
 
 // layout is the bucket layout shared by all series of a store.
@@ -61,8 +64,11 @@ type layout struct {
 	nbounds   *nativehist.Bounds
 }
 
-func (l *layout) newSeries(ref uint64, key string, lset labels.Labels) *series {
-	s := &series{ref: ref, key: key, lset: lset}
+func (l *layout) newSeries(ref uint64, key string, lset labels.Labels, family sample.Family) *series {
+	s := &series{ref: ref, key: key, lset: lset, family: family}
+	if families[family].hist == "" {
+		return s // a plain counter keeps no buckets
+	}
 	if l.classic {
 		s.classic = make([]uint64, len(l.boundsNs)+1)
 	}
@@ -73,8 +79,11 @@ func (l *layout) newSeries(ref uint64, key string, lset labels.Labels) *series {
 }
 
 // observe adds one sample.
-func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte) {
+func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte, failed bool) {
 	s.count++
+	if failed {
+		s.failed++
+	}
 	var carry uint64
 	s.sumLo, carry = bits.Add64(s.sumLo, uint64(duration), 0)
 	s.sumHi += carry
@@ -84,7 +93,7 @@ func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte) {
 	if s.native != nil {
 		s.native.Observe(float64(duration)/1e9, 1)
 	}
-	if traceID != nil && (!s.exValid || duration > s.exDuration) {
+	if traceID != nil && s.hasHist() && (!s.exValid || duration > s.exDuration) {
 		s.exValid, s.exDuration, s.exEnd, s.exTraceID = true, duration, end, *traceID
 	}
 }
@@ -92,10 +101,43 @@ func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte) {
 // exemplarCandidate tells whether a sample of this duration would become the
 // series' exemplar; only candidates carry their trace id into the WAL.
 func (s *series) exemplarCandidate(duration int64) bool {
-	return !s.exValid || duration > s.exDuration
+	return s.hasHist() && (!s.exValid || duration > s.exDuration)
 }
+
+func (s *series) hasHist() bool { return s.classic != nil || s.native != nil }
 
 // sumSeconds returns the sum of durations in seconds.
 func (s *series) sumSeconds() float64 {
 	return (float64(s.sumHi)*math.Exp2(64) + float64(s.sumLo)) / 1e9
+}
+
+// familyInfo names the output series of a family. An empty name writes
+// no series.
+type familyInfo struct {
+	counter string // the count of samples
+	failed  string // the count of failed samples
+	hist    string // the duration histogram: classic _bucket/_sum/_count and native
+	help    string
+}
+
+// families are the metric names each family writes, Tempo's where Tempo has
+// them (metrics-generator span metrics and service graphs).
+var families = [sample.NumFamilies]familyInfo{
+	sample.FamilySpan: {
+		counter: MetricCalls, hist: MetricLatency,
+		help: "span",
+	},
+	sample.FamilyEdgeServer: {
+		counter: "traces_service_graph_request_total", failed: "traces_service_graph_request_failed_total",
+		hist: "traces_service_graph_request_server_seconds", help: "service graph edge, server side",
+	},
+	sample.FamilyEdgeClient: {
+		hist: "traces_service_graph_request_client_seconds", help: "service graph edge, client side",
+	},
+	sample.FamilyUnpaired: {
+		counter: "traces_service_graph_unpaired_spans_total", help: "unpaired span",
+	},
+	sample.FamilyDropped: {
+		counter: "traces_service_graph_dropped_spans_total", help: "dropped span",
+	},
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
-	"github.com/prometheus/common/model"
 	"hash/crc32"
 	"math"
 	"os"
@@ -16,9 +15,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hopwatch/hopwatch/sample"
 )
 
 func TestFlushWritesExactSpanMetrics(t *testing.T) {
@@ -118,9 +120,9 @@ func TestFlushTwiceInOneMillisecondAdvancesTheTimestamp(t *testing.T) {
 
 func TestSumIsExactBeyond64Bits(t *testing.T) {
 	s, _ := openStore(t, testOptions(t.TempDir()))
-	sr := s.layout.newSeries(0, "k", seriesA)
+	sr := s.layout.newSeries(0, "k", seriesA, sample.FamilySpan)
 	for range 3 {
-		sr.observe(&s.layout, math.MaxInt64, 0, nil)
+		sr.observe(&s.layout, math.MaxInt64, 0, nil, false)
 	}
 	require.Equal(t, uint64(1), sr.sumHi)
 	require.Equal(t, 3*float64(math.MaxInt64)/1e9, sr.sumSeconds())
@@ -309,7 +311,7 @@ func TestCorruptCheckpointFailsOpenWithAdvice(t *testing.T) {
 		"bad magic":      func(b []byte) []byte { b[0] = 'X'; return b },
 		"bit flip":       func(b []byte) []byte { b[len(b)/2] ^= 1; return b },
 		"truncated":      func(b []byte) []byte { return b[:len(b)-7] },
-		"garbage":        func([]byte) []byte { return []byte("HWAGGCP1 and then some nonsense") },
+		"garbage":        func([]byte) []byte { return []byte("HWAGGCP2 and then some nonsense") },
 		"valid checksum": func(b []byte) []byte { return withCRC(append([]byte(nil), b[:len(b)-20]...)) },
 		"huge count": func([]byte) []byte {
 			return withCRC([]byte(checkpointMagic + "\x00\x00\x00\x00\x00\xff\xff\xff\xff\x0f"))

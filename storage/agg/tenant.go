@@ -67,7 +67,10 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		if s == nil {
 			// nextRef advances only once the batch is logged: number the
 			// new series of this batch after it, one ref each.
-			s = lay.newSeries(t.nextRef+uint64(len(fresh)), bs.Key, bs.Labels)
+			if bs.Family >= sample.NumFamilies {
+				return fmt.Errorf("hopwatch/agg: unknown series family %d", bs.Family)
+			}
+			s = lay.newSeries(t.nextRef+uint64(len(fresh)), bs.Key, bs.Labels, bs.Family)
 			fresh = append(fresh, s)
 		}
 		refs = append(refs, s)
@@ -89,11 +92,15 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		enc = binary.AppendVarint(enc, smp.Start-prev)
 		prev = smp.Start
 		enc = binary.AppendUvarint(enc, uint64(smp.Duration))
+		var flags byte
+		if smp.Failed {
+			flags |= flagFailed
+		}
 		if s.exemplarCandidate(smp.Duration) {
-			enc = append(enc, 1)
+			enc = append(enc, flags|flagTrace)
 			enc = append(enc, smp.TraceID[:]...)
 		} else {
-			enc = append(enc, 0)
+			enc = append(enc, flags)
 		}
 	}
 	t.enc = enc
@@ -118,7 +125,7 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	}
 	for i := range b.Samples {
 		smp := &b.Samples[i]
-		refs[smp.Series].observe(lay, smp.Duration, smp.Start+smp.Duration, &smp.TraceID)
+		refs[smp.Series].observe(lay, smp.Duration, smp.Start+smp.Duration, &smp.TraceID, smp.Failed)
 	}
 	clear(refs)
 	clear(fresh)
@@ -142,7 +149,7 @@ func (t *tenantStore) flush(ctx context.Context, now time.Time) (int, error) {
 	created := t.created[:0]
 	for _, s := range t.series {
 		if s.out == nil {
-			s.out = t.store.outSeries(s.lset)
+			s.out = t.store.outSeries(s.lset, s.family)
 		}
 		if !s.created {
 			// Start every new counter at zero, one millisecond before its
@@ -209,7 +216,13 @@ func (f *flusher) add(ref *storage.SeriesRef, ls labels.Labels, ts int64, v floa
 
 func (f *flusher) zero(s *series) {
 	o, ts := s.out, f.ts-1
-	f.add(&o.callsRef, o.calls, ts, 0, nil, nil)
+	fam := &families[s.family]
+	if fam.counter != "" {
+		f.add(&o.callsRef, o.calls, ts, 0, nil, nil)
+	}
+	if fam.failed != "" {
+		f.add(&o.failedRef, o.failed, ts, 0, nil, nil)
+	}
 	if s.classic != nil {
 		f.add(&o.countRef, o.count, ts, 0, nil, nil)
 		f.add(&o.sumRef, o.sum, ts, 0, nil, nil)
@@ -225,6 +238,7 @@ func (f *flusher) zero(s *series) {
 
 func (f *flusher) series(s *series) {
 	o := s.out
+	fam := &families[s.family]
 	var ex []exemplar.Exemplar
 	exBucket := -1
 	if s.exValid {
@@ -248,7 +262,12 @@ func (f *flusher) series(s *series) {
 		}
 	}
 	count := float64(s.count)
-	f.add(&o.callsRef, o.calls, f.ts, count, nil, nil)
+	if fam.counter != "" {
+		f.add(&o.callsRef, o.calls, f.ts, count, nil, nil)
+	}
+	if fam.failed != "" {
+		f.add(&o.failedRef, o.failed, f.ts, float64(s.failed), nil, nil)
+	}
 	if s.classic != nil {
 		f.add(&o.countRef, o.count, f.ts, count, nil, nil)
 		f.add(&o.sumRef, o.sum, f.ts, s.sumSeconds(), nil, nil)
@@ -270,8 +289,9 @@ func (f *flusher) series(s *series) {
 	}
 }
 
-// outSeries builds the label sets of the TSDB series for one span series.
-func (st *Store) outSeries(base labels.Labels) *outSeries {
+// outSeries builds the label sets of the TSDB series one series flushes to.
+func (st *Store) outSeries(base labels.Labels, family sample.Family) *outSeries {
+	fam := &families[family]
 	b := labels.NewBuilder(base)
 	with := func(name string, extra ...string) labels.Labels {
 		b.Reset(base)
@@ -281,19 +301,28 @@ func (st *Store) outSeries(base labels.Labels) *outSeries {
 		}
 		return b.Labels()
 	}
-	o := &outSeries{calls: with(MetricCalls)}
+	o := &outSeries{}
+	if fam.counter != "" {
+		o.calls = with(fam.counter)
+	}
+	if fam.failed != "" {
+		o.failed = with(fam.failed)
+	}
+	if fam.hist == "" {
+		return o
+	}
 	lay := &st.layout
 	if lay.classic {
-		o.count = with(MetricLatency + "_count")
-		o.sum = with(MetricLatency + "_sum")
+		o.count = with(fam.hist + "_count")
+		o.sum = with(fam.hist + "_sum")
 		o.buckets = make([]labels.Labels, len(lay.leValues))
 		o.bucketRefs = make([]storage.SeriesRef, len(lay.leValues))
 		for i, le := range lay.leValues {
-			o.buckets[i] = with(MetricLatency+"_bucket", labels.BucketLabel, le)
+			o.buckets[i] = with(fam.hist+"_bucket", labels.BucketLabel, le)
 		}
 	}
 	if lay.native {
-		o.native = with(MetricLatency)
+		o.native = with(fam.hist)
 	}
 	return o
 }

@@ -323,6 +323,13 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 	defer db.work.Put(w)
 	w.refs, w.maxT = w.refs[:0], w.maxT[:0]
 	for i := range b.Series {
+		if b.Series[i].Family != sample.FamilySpan {
+			// The raw tier keeps span durations; service graph edges and
+			// counters live in the aggregates only.
+			w.refs = append(w.refs, nil)
+			w.maxT = append(w.maxT, 0)
+			continue
+		}
 		s, err := db.getOrCreate(&b.Series[i], w)
 		if err != nil {
 			return 0, err
@@ -342,6 +349,10 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 	for i := range b.Samples {
 		smp := &b.Samples[i]
 		s := w.refs[smp.Series]
+		if s == nil {
+			w.keep = append(w.keep, false)
+			continue
+		}
 		// The window counts from the newest sample known so far, this
 		// batch's included.
 		maxT := w.maxT[smp.Series]
