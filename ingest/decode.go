@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/util/strutil"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 
 	"github.com/hopwatch/hopwatch/sample"
@@ -131,6 +132,79 @@ type Decoder struct {
 	resValues [][]byte
 	resFound  []bool
 	spanFound []bool
+
+	// cur collects what pairing needs of the span being decoded; hops
+	// collects, per request, the accepted spans that can form an edge.
+	cur  hopSpan
+	hops []hopSpan
+}
+
+// hopSpan is what service graph pairing needs of a client, server,
+// producer or consumer span. Slices view the request.
+type hopSpan struct {
+	traceID          [16]byte
+	spanID, parentID []byte
+	kind             ptrace.SpanKind
+	service          []byte
+	start, end       int64
+	failed           bool
+	// Where a client span goes when no server span answers it.
+	dbSystem, dbName, peerService []byte
+}
+
+// Attributes that name the peer of a client span (Tempo's defaults).
+const (
+	attrPeerService = "peer.service"
+	attrDBName      = "db.name"
+	attrDBNamespace = "db.namespace" // the newer name of db.name
+	attrDBSystem    = "db.system"
+)
+
+// beginSpan resets the per-span state before a span's fields are read.
+func (d *Decoder) beginSpan() {
+	d.cur = hopSpan{}
+	for i := range d.dims {
+		d.dimValues[i] = d.resValues[i]
+		d.spanFound[i] = false
+	}
+}
+
+// wantsAttribute tells whether a span attribute matters: a dimension or a
+// peer attribute.
+func (d *Decoder) wantsAttribute(key []byte) bool {
+	switch string(key) {
+	case attrPeerService, attrDBName, attrDBNamespace, attrDBSystem:
+		return true
+	}
+	for _, dim := range d.dims {
+		if string(key) == dim.Attribute {
+			return true
+		}
+	}
+	return false
+}
+
+// spanAttribute records a span attribute; the first of repeated keys wins.
+func (d *Decoder) spanAttribute(key, val []byte) {
+	switch string(key) {
+	case attrPeerService:
+		if d.cur.peerService == nil {
+			d.cur.peerService = val
+		}
+	case attrDBName, attrDBNamespace:
+		if d.cur.dbName == nil {
+			d.cur.dbName = val
+		}
+	case attrDBSystem:
+		if d.cur.dbSystem == nil {
+			d.cur.dbSystem = val
+		}
+	}
+	for i, dim := range d.dims {
+		if len(d.resValues[i]) == 0 && !d.spanFound[i] && string(key) == dim.Attribute {
+			d.dimValues[i], d.spanFound[i] = val, true
+		}
+	}
 }
 
 // maxKnownSeries bounds a decoder's series cache; past it the cache starts
@@ -158,6 +232,7 @@ func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 // It returns the number of spans seen.
 func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 	clear(d.index)
+	d.hops = d.hops[:0]
 	total := 0
 	rss := td.ResourceSpans()
 	for i := range rss.Len() {
@@ -183,13 +258,19 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 			}
 			for k := range spans.Len() {
 				span := spans.At(k)
-				for i, dim := range d.dims {
-					d.dimValues[i] = d.resValues[i]
-					if len(d.dimValues[i]) == 0 {
-						if v, ok := span.Attributes().Get(dim.Attribute); ok {
-							d.dimValues[i] = view(v.AsString())
-						}
+				d.beginSpan()
+				span.Attributes().Range(func(k string, v pcommon.Value) bool {
+					if d.wantsAttribute(view(k)) {
+						d.spanAttribute(view(k), view(v.AsString()))
 					}
+					return true
+				})
+				sid, pid := span.SpanID(), span.ParentSpanID()
+				if !sid.IsEmpty() {
+					d.cur.spanID = sid[:]
+				}
+				if !pid.IsEmpty() {
+					d.cur.parentID = pid[:]
 				}
 				tid := span.TraceID()
 				d.span(b, ref, service, view(span.Name()), int32(span.Kind()), int32(span.Status().Code()),
@@ -250,6 +331,16 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		Duration: int64(end - start),
 		TraceID:  [16]byte(tid),
 	})
+	switch k := ptrace.SpanKind(kind); k {
+	case ptrace.SpanKindClient, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer:
+		h := d.cur
+		h.traceID = [16]byte(tid)
+		h.kind = k
+		h.service = service
+		h.start, h.end = int64(start), int64(end)
+		h.failed = code == int32(ptrace.StatusCodeError)
+		d.hops = append(d.hops, h)
+	}
 }
 
 func (d *Decoder) labels(service, name []byte, kind, code int32) labels.Labels {

@@ -31,11 +31,13 @@ type Options struct {
 	MaxRequestBytes int
 	// Dimensions are attribute names added as labels to every series.
 	Dimensions []string
+	// Graph configures service graph pairing.
+	Graph GraphOptions
 }
 
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
-	return Options{MaxRequestBytes: 16 << 20}
+	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions()}
 }
 
 // Validate reports every problem with the options.
@@ -43,6 +45,12 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.MaxRequestBytes <= 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxRequestBytes %d: must be positive", o.MaxRequestBytes))
+	}
+	if o.Graph.Wait <= 0 {
+		errs = append(errs, fmt.Errorf("invalid Graph.Wait %s: must be positive", o.Graph.Wait))
+	}
+	if o.Graph.MaxItems <= 0 {
+		errs = append(errs, fmt.Errorf("invalid Graph.MaxItems %d: must be positive", o.Graph.MaxItems))
 	}
 	seen := map[string]string{}
 	for _, a := range o.Dimensions {
@@ -84,6 +92,7 @@ type receiverMetrics struct {
 	spansRefused    *prometheus.CounterVec   // protocol, reason
 	discarded       *prometheus.CounterVec   // tenant, reason
 	duration        *prometheus.HistogramVec // protocol
+	graphPending    prometheus.GaugeFunc
 }
 
 func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
@@ -131,6 +140,7 @@ type Receiver struct {
 	resolver tenant.Resolver
 	dims     []Dimension
 	metrics  *receiverMetrics
+	pairs    *pairer
 	logger   *slog.Logger
 	work     sync.Pool // *work
 }
@@ -155,8 +165,13 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 		app:      app,
 		resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled},
 		metrics:  newReceiverMetrics(reg),
+		pairs:    newPairer(opts.Graph),
 		logger:   logger,
 	}
+	r.metrics.graphPending = promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hopwatch_service_graph_pending_spans",
+		Help: "Client and server spans waiting for their peer to form a service graph edge.",
+	}, func() float64 { return float64(r.pairs.pendingCount()) })
 	for _, a := range opts.Dimensions {
 		r.dims = append(r.dims, NewDimension(a))
 	}
@@ -231,6 +246,8 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode
 		return exportResult{}, errMalformed{err}
 	}
 	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
+	// Edges whose two sides are now known go into the same durable append.
+	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano())
 
 	if len(w.batch.Samples) > 0 {
 		if err := r.app.Append(ctx, tenantID, &w.batch); err != nil {
@@ -262,6 +279,17 @@ func unmarshalProto(body []byte) (ptrace.Traces, error) {
 		return ptrace.Traces{}, fmt.Errorf("malformed OTLP protobuf ExportTraceServiceRequest (%d bytes): %w", len(body), err)
 	}
 	return req.Traces(), nil
+}
+
+// ExpireEdges ends the wait of the spans whose peer did not come by now:
+// client spans naming a peer become edges to a virtual node, the others
+// count as unpaired. Call it regularly (the server does, every flush).
+func (r *Receiver) ExpireEdges(ctx context.Context, now time.Time) {
+	r.pairs.expire(now.UnixNano(), func(tenantID string, b *sample.Batch) {
+		if err := r.app.Append(ctx, tenantID, b); err != nil {
+			r.logger.Warn("appending expired service graph spans failed", "tenant", tenantID, "err", err)
+		}
+	})
 }
 
 // DeleteTenantMetrics drops the per-tenant series of a tenant that is gone.

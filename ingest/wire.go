@@ -26,6 +26,8 @@ const (
 	fScopeSpansSpans = 2
 
 	fSpanTraceID    = 1
+	fSpanID         = 2
+	fSpanParentID   = 4
 	fSpanName       = 5
 	fSpanKind       = 6
 	fSpanStart      = 7
@@ -115,14 +117,21 @@ func (w *walker) sub() walker {
 // is tells whether the current field is number num with wire type typ; a
 // known field with the wrong wire type is malformed.
 func (w *walker) is(num protowire.Number, typ protowire.Type) bool {
-	if w.num != num {
-		return false
+	return w.num == num && w.typeIs(typ)
+}
+
+// typeIs checks the current field's wire type, failing the walk if it is
+// not typ.
+func (w *walker) typeIs(typ protowire.Type) bool {
+	if w.typ == typ {
+		return true
 	}
-	if w.typ != typ {
-		w.err = &wireError{fmt.Sprintf("wire type %d of field %d", w.typ, num), w.base + w.pos}
-		return false
-	}
-	return true
+	w.wrongType()
+	return false
+}
+
+func (w *walker) wrongType() {
+	w.err = &wireError{fmt.Sprintf("wire type %d of field %d", w.typ, w.num), w.base + w.pos}
 }
 
 // DecodeProto appends the samples of a protobuf ExportTraceServiceRequest
@@ -131,6 +140,7 @@ func (w *walker) is(num protowire.Number, typ protowire.Type) bool {
 // number of spans seen.
 func (d *Decoder) DecodeProto(body []byte, b *sample.Batch, ref *Refusals) (int, error) {
 	clear(d.index)
+	d.hops = d.hops[:0]
 	total := 0
 	req := walker{b: body}
 	for req.next() {
@@ -164,7 +174,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 			if !res.is(fResourceAttributes, protowire.BytesType) {
 				continue
 			}
-			key, val, err := keyValue(res.sub())
+			key, val, err := keyValue(res.sub(), nil)
 			if err != nil {
 				return 0, err
 			}
@@ -214,96 +224,126 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 
 func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refusals) error {
 	var (
-		tid, name   []byte
-		kind, code  int32
-		start, end  uint64
-		attrs       []walker
-		attrsInline [8]walker
+		tid, name  []byte
+		kind, code int32
+		start, end uint64
 	)
-	attrs = attrsInline[:0]
+	d.beginSpan()
 	for sp.next() {
-		switch {
-		case sp.is(fSpanTraceID, protowire.BytesType):
-			tid = sp.val
-		case sp.is(fSpanName, protowire.BytesType):
-			name = sp.val
-		case sp.is(fSpanKind, protowire.VarintType):
-			kind = int32(sp.u)
-		case sp.is(fSpanStart, protowire.Fixed64Type):
-			start = sp.u
-		case sp.is(fSpanEnd, protowire.Fixed64Type):
-			end = sp.u
-		case sp.is(fSpanStatus, protowire.BytesType):
+		// Switch on the field number first: one comparison per field
+		// instead of one call per case.
+		switch sp.num {
+		case fSpanTraceID:
+			if sp.typeIs(protowire.BytesType) {
+				tid = sp.val
+			}
+		case fSpanID:
+			if sp.typeIs(protowire.BytesType) {
+				d.cur.spanID = sp.val
+			}
+		case fSpanParentID:
+			if sp.typeIs(protowire.BytesType) {
+				d.cur.parentID = sp.val
+			}
+		case fSpanName:
+			if sp.typeIs(protowire.BytesType) {
+				name = sp.val
+			}
+		case fSpanKind:
+			if sp.typeIs(protowire.VarintType) {
+				kind = int32(sp.u)
+			}
+		case fSpanStart:
+			if sp.typeIs(protowire.Fixed64Type) {
+				start = sp.u
+			}
+		case fSpanEnd:
+			if sp.typeIs(protowire.Fixed64Type) {
+				end = sp.u
+			}
+		case fSpanStatus:
+			if !sp.typeIs(protowire.BytesType) {
+				break
+			}
 			st := sp.sub()
 			for st.next() {
-				if st.is(fStatusCode, protowire.VarintType) {
+				if st.num == fStatusCode && st.typeIs(protowire.VarintType) {
 					code = int32(st.u)
 				}
 			}
 			if st.err != nil {
 				return st.err
 			}
-		case len(d.dims) > 0 && sp.is(fSpanAttributes, protowire.BytesType):
-			attrs = append(attrs, sp.sub())
+		case fSpanAttributes:
+			if !sp.typeIs(protowire.BytesType) {
+				break
+			}
+			// Attributes are read where they stand, so that a span with
+			// many of them allocates nothing.
+			key, val, err := keyValue(sp.sub(), d.wantsAttribute)
+			if err != nil {
+				return err
+			}
+			if key != nil {
+				d.spanAttribute(key, val)
+			}
 		}
 	}
 	if sp.err != nil {
 		return sp.err
 	}
-	for i := range d.dims {
-		d.dimValues[i] = d.resValues[i]
-		d.spanFound[i] = false
-	}
-	for _, a := range attrs {
-		key, val, err := keyValue(a)
-		if err != nil {
-			return err
-		}
-		for i, dim := range d.dims {
-			if len(d.resValues[i]) == 0 && !d.spanFound[i] && string(key) == dim.Attribute {
-				d.dimValues[i], d.spanFound[i] = val, true
-			}
-		}
-	}
 	d.span(b, ref, service, name, kind, code, start, end, tid)
 	return nil
 }
 
-// keyValue reads a KeyValue whose value is a string, bool or int; other
-// value types return errNeedsPdata. The returned slices view the request.
-func keyValue(kv walker) (key, val []byte, err error) {
+// keyValue reads a KeyValue and returns its key and value, or a nil key when
+// want refuses the key (the value is then not rendered). Values must be
+// strings, bools or ints; others return errNeedsPdata if wanted. The
+// returned slices view the request. Encoders write the key and the value in
+// either order, so the value is rendered only once both are known.
+func keyValue(kv walker, want func(key []byte) bool) (key, val []byte, err error) {
+	var (
+		value  walker
+		hasVal bool
+	)
 	for kv.next() {
 		switch {
 		case kv.is(fKeyValueKey, protowire.BytesType):
 			key = kv.val
 		case kv.is(fKeyValueValue, protowire.BytesType):
-			av := kv.sub()
-			for av.next() {
-				switch av.num {
-				case fAnyString:
-					if av.is(fAnyString, protowire.BytesType) {
-						val = av.val
-					}
-				case fAnyBool:
-					if av.is(fAnyBool, protowire.VarintType) {
-						val = boolText[min(av.u, 1)]
-					}
-				case fAnyInt:
-					if av.is(fAnyInt, protowire.VarintType) {
-						// Rare enough in dimensions that a small allocation
-						// is fine; string attributes cost nothing.
-						val = strconv.AppendInt(nil, int64(av.u), 10)
-					}
-				default:
-					return nil, nil, errNeedsPdata
-				}
-			}
-			if av.err != nil {
-				return nil, nil, av.err
-			}
+			value, hasVal = kv.sub(), true
 		}
 	}
-	return key, val, kv.err
+	if kv.err != nil {
+		return nil, nil, kv.err
+	}
+	if key == nil || want != nil && !want(key) {
+		return nil, nil, nil
+	}
+	if !hasVal {
+		return key, nil, nil
+	}
+	for value.next() {
+		switch value.num {
+		case fAnyString:
+			if value.is(fAnyString, protowire.BytesType) {
+				val = value.val
+			}
+		case fAnyBool:
+			if value.is(fAnyBool, protowire.VarintType) {
+				val = boolText[min(value.u, 1)]
+			}
+		case fAnyInt:
+			if value.is(fAnyInt, protowire.VarintType) {
+				// Rare enough in dimensions that a small allocation is
+				// fine; string attributes cost nothing.
+				val = strconv.AppendInt(nil, int64(value.u), 10)
+			}
+		default:
+			return nil, nil, errNeedsPdata
+		}
+	}
+	return key, val, value.err
 }
 
 var boolText = [2][]byte{[]byte("false"), []byte("true")}

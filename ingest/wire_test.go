@@ -38,6 +38,16 @@ func requireSameDecoding(t *testing.T, body []byte, dims []Dimension) {
 	wb, wref, wn, err := viaWire(t, body, dims)
 	require.NoError(t, err)
 	pb, pref, pn := viaPdata(t, body, dims)
+	// The spans kept for service graph pairing agree too.
+	wd, pd := NewDecoder(dims), NewDecoder(dims)
+	var scratch sample.Batch
+	var r Refusals
+	_, err = wd.DecodeProto(body, &scratch, &r)
+	require.NoError(t, err)
+	td, err := unmarshalProto(body)
+	require.NoError(t, err)
+	pd.Decode(td, &scratch, &r)
+	require.Equal(t, normHops(pd.hops), normHops(wd.hops))
 	require.Equal(t, pn, wn)
 	require.Equal(t, pref, wref)
 	require.Equal(t, pb.Samples, wb.Samples)
@@ -145,4 +155,18 @@ func FuzzDecodeProto(f *testing.F) {
 			t.Fatalf("walker and pdata differ: spans %d/%d refusals %v/%v samples %d/%d", wn, pn, wref, pref, len(wb.Samples), len(pb.Samples))
 		}
 	})
+}
+
+// normHops makes empty and absent byte fields compare equal.
+func normHops(hs []hopSpan) []hopSpan {
+	out := make([]hopSpan, len(hs))
+	for i, h := range hs {
+		for _, f := range []*[]byte{&h.spanID, &h.parentID, &h.service, &h.dbSystem, &h.dbName, &h.peerService} {
+			if len(*f) == 0 {
+				*f = nil
+			}
+		}
+		out[i] = h
+	}
+	return out
 }

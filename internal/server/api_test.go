@@ -114,7 +114,9 @@ func TestPrometheusAPIEndpoints(t *testing.T) {
 			var names []string
 			r = f("owner", "/api/v1/labels", url.Values{"start": {start}, "end": {end}})
 			require.NoError(t, json.Unmarshal(r.Data, &names))
-			require.Equal(t, []string{"__name__", "le", "service", "span_kind", "span_name", "status_code"}, names)
+			// The root server span also makes a service graph edge from the
+			// virtual "user" node.
+			require.Equal(t, []string{"__name__", "client", "connection_type", "le", "server", "service", "span_kind", "span_name", "status_code"}, names)
 
 			var values []string
 			var md map[string][]map[string]string
@@ -123,7 +125,11 @@ func TestPrometheusAPIEndpoints(t *testing.T) {
 			if method == http.MethodGet { // as in Prometheus, these are GET only
 				r = f("owner", "/api/v1/label/__name__/values", url.Values{"start": {start}, "end": {end}})
 				require.NoError(t, json.Unmarshal(r.Data, &values))
-				require.Equal(t, []string{"traces_spanmetrics_calls_total", "traces_spanmetrics_latency",
+				require.Equal(t, []string{
+					"traces_service_graph_request_failed_total", "traces_service_graph_request_server_seconds",
+					"traces_service_graph_request_server_seconds_bucket", "traces_service_graph_request_server_seconds_count",
+					"traces_service_graph_request_server_seconds_sum", "traces_service_graph_request_total",
+					"traces_spanmetrics_calls_total", "traces_spanmetrics_latency",
 					"traces_spanmetrics_latency_bucket", "traces_spanmetrics_latency_count", "traces_spanmetrics_latency_sum"}, values)
 
 				r = f("owner", "/api/v1/metadata", url.Values{"metric": {"traces_spanmetrics_latency"}})
@@ -150,6 +156,11 @@ func TestPrometheusAPIEndpoints(t *testing.T) {
 			r = f("owner", "/api/v1/query_exemplars", url.Values{"query": {"traces_spanmetrics_latency"}, "start": {start}, "end": {end}})
 			require.NoError(t, json.Unmarshal(r.Data, &exemplars))
 			require.Len(t, exemplars, 1)
+
+			r = f("owner", "/api/v1/query", url.Values{"query": {`traces_service_graph_request_total{client="user", server="frontend", connection_type="virtual_node"}`}, "time": {end}})
+			require.NoError(t, json.Unmarshal(r.Data, &q))
+			require.Len(t, q.Result, 1)
+			require.Equal(t, "2", q.Result[0].Value[1])
 
 			// A tenant without data sees nothing anywhere.
 			r = f("stranger", "/api/v1/query", url.Values{"query": {"traces_spanmetrics_calls_total"}})

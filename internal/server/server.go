@@ -96,6 +96,12 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 var metricMetadata = []query.MetricMetadata{
 	{Name: agg.MetricCalls, Type: "counter", Help: "Spans received, per service, span name, kind and status."},
 	{Name: agg.MetricLatency, Type: "histogram", Help: "Span duration in seconds, per service, span name, kind and status.", Unit: "seconds"},
+	{Name: "traces_service_graph_request_total", Type: "counter", Help: "Requests between two services (client and server spans paired, or a client span and its database or virtual peer)."},
+	{Name: "traces_service_graph_request_failed_total", Type: "counter", Help: "Requests between two services where either side failed."},
+	{Name: "traces_service_graph_request_server_seconds", Type: "histogram", Help: "Server-side duration of requests between two services.", Unit: "seconds"},
+	{Name: "traces_service_graph_request_client_seconds", Type: "histogram", Help: "Client-side duration of requests between two services.", Unit: "seconds"},
+	{Name: "traces_service_graph_unpaired_spans_total", Type: "counter", Help: "Client or server spans whose peer did not arrive within the pairing wait."},
+	{Name: "traces_service_graph_dropped_spans_total", Type: "counter", Help: "Client or server spans dropped because the pairing store was full."},
 }
 
 type appenderFunc func(ctx context.Context, tenant string, b *sample.Batch) error
@@ -232,6 +238,7 @@ func (s *Server) flushLoop(st *agg.Store) {
 		case <-s.stop:
 			return
 		case now := <-t.C:
+			s.recv.ExpireEdges(context.Background(), now)
 			if err := st.Flush(context.Background(), now); err != nil {
 				s.logger.Error("flush failed", "err", err)
 			}

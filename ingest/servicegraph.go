@@ -1,0 +1,296 @@
+package ingest
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// Service graph labels and connection types, as Tempo's metrics-generator
+// writes them.
+const (
+	LabelClient         = "client"
+	LabelServer         = "server"
+	LabelConnectionType = "connection_type"
+
+	connMessaging = "messaging_system"
+	connDatabase  = "database"
+	connVirtual   = "virtual_node"
+
+	// virtualUser is the client of a root server span: the user.
+	virtualUser = "user"
+)
+
+// GraphOptions configures service graph pairing.
+type GraphOptions struct {
+	// Wait is how long a client or server span waits for its peer before it
+	// counts as unpaired (or, for a client span naming its peer, becomes an
+	// edge to a virtual node). Queue hops can take long: set it above the
+	// longest queue wait that matters.
+	Wait time.Duration
+	// MaxItems bounds the spans waiting per node; beyond it new spans are
+	// dropped and counted.
+	MaxItems int
+}
+
+// DefaultGraphOptions waits 30 s (Tempo's 10 s loses long queue waits) for
+// up to 100,000 spans.
+func DefaultGraphOptions() GraphOptions {
+	return GraphOptions{Wait: 30 * time.Second, MaxItems: 100_000}
+}
+
+// edgeKey identifies an edge being paired: the client span's trace and span
+// id, which is the server span's parent, within a tenant.
+type edgeKey struct {
+	tenant string
+	trace  [16]byte
+	span   [8]byte
+}
+
+// halfEdge is a client or server span waiting for its peer.
+type halfEdge struct {
+	client     bool // a client or producer span; else server or consumer
+	messaging  bool
+	service    string
+	start, end int64
+	failed     bool
+	virtual    string // a client span's peer when no server answers
+	connType   string
+	expires    int64 // ns, the pairer's clock
+}
+
+// pairer pairs client and server spans into edges across requests. Its
+// memory is bounded by MaxItems; spans waiting for a peer are lost on a
+// crash (the spans themselves are durable in the span metrics).
+type pairer struct {
+	opts GraphOptions
+
+	mtx     sync.Mutex
+	pending map[edgeKey]*halfEdge
+	// queue holds keys in arrival order, for expiry; entries paired
+	// earlier are skipped when popped.
+	queue []queued
+	// strs interns the strings pending entries keep (tenants, services,
+	// peers): there are few of them, seen again and again.
+	strs map[string]string
+	// series caches the output series by family and labels.
+	series  map[string]sample.Series
+	keyBuf  []byte
+	lsetBuf []string
+}
+
+type queued struct {
+	key     edgeKey
+	entry   *halfEdge
+	expires int64
+}
+
+func newPairer(opts GraphOptions) *pairer {
+	return &pairer{opts: opts, pending: map[edgeKey]*halfEdge{}, strs: map[string]string{}, series: map[string]sample.Series{}}
+}
+
+// maxInterned bounds the interning map; past it interning starts over.
+const maxInterned = 1 << 16
+
+func (p *pairer) intern(b []byte) string {
+	if s, ok := p.strs[string(b)]; ok {
+		return s
+	}
+	if len(p.strs) >= maxInterned {
+		clear(p.strs)
+	}
+	s := string(b)
+	p.strs[s] = s
+	return s
+}
+
+// graphOut collects the samples pairing produces for one tenant.
+type graphOut struct {
+	p     *pairer
+	batch *sample.Batch
+	index map[string]uint32
+}
+
+func (o *graphOut) add(family sample.Family, lset []string, smp sample.Sample) {
+	// The key: family, then the label pairs, 0xff-separated; known series
+	// cost a lookup, not an allocation.
+	k := append(o.p.keyBuf[:0], byte(family), 0xff)
+	for _, l := range lset {
+		k = append(append(k, l...), 0xff)
+	}
+	o.p.keyBuf = k
+	i, ok := o.index[string(k)]
+	if !ok {
+		s, ok := o.p.series[string(k)]
+		if !ok {
+			s = sample.Series{Family: family, Key: string(k), Labels: labels.FromStrings(lset...)}
+			if len(o.p.series) >= maxInterned {
+				clear(o.p.series)
+			}
+			o.p.series[s.Key] = s
+		}
+		i = uint32(len(o.batch.Series))
+		o.index[s.Key] = i
+		o.batch.Series = append(o.batch.Series, s)
+	}
+	smp.Series = i
+	o.batch.Samples = append(o.batch.Samples, smp)
+}
+
+// edgeLabels fills the pairer's scratch label list; valid until the next call.
+func (p *pairer) edgeLabels(client, server, connType string) []string {
+	l := append(p.lsetBuf[:0], LabelClient, client, LabelServer, server)
+	if connType != "" {
+		l = append(l, LabelConnectionType, connType)
+	}
+	p.lsetBuf = l
+	return l
+}
+
+// sideLabels fills the scratch label list with one side of an edge.
+func (p *pairer) sideLabels(side, service string) []string {
+	p.lsetBuf = append(p.lsetBuf[:0], side, service)
+	return p.lsetBuf
+}
+
+// emit writes the samples of one edge.
+func (o *graphOut) emit(client, server, connType string, clientDur, serverDur int64, start int64, failed bool, trace [16]byte, hasClient, hasServer bool) {
+	lset := o.p.edgeLabels(client, server, connType)
+	if hasServer || !hasClient {
+		o.add(sample.FamilyEdgeServer, lset, sample.Sample{Start: start, Duration: serverDur, TraceID: trace, Failed: failed})
+	} else {
+		// A virtual server: the request counts, its duration is the client's.
+		o.add(sample.FamilyEdgeServer, lset, sample.Sample{Start: start, Duration: clientDur, TraceID: trace, Failed: failed})
+	}
+	if hasClient {
+		o.add(sample.FamilyEdgeClient, lset, sample.Sample{Start: start, Duration: clientDur, TraceID: trace, Failed: failed})
+	}
+}
+
+// process pairs the hop spans of one request of tenant and appends the
+// resulting samples to b; now is the pairer's clock in ns.
+func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int64) {
+	if len(hops) == 0 {
+		return
+	}
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	out := graphOut{p: p, batch: b, index: map[string]uint32{}}
+	tenant = p.intern([]byte(tenant))
+	for i := range hops {
+		h := &hops[i]
+		client := h.kind == ptrace.SpanKindClient || h.kind == ptrace.SpanKindProducer
+		messaging := h.kind == ptrace.SpanKindProducer || h.kind == ptrace.SpanKindConsumer
+		var id []byte
+		if client {
+			id = h.spanID
+		} else {
+			id = h.parentID
+		}
+		if !client && len(id) == 0 {
+			// A root server span: its client is the user.
+			out.emit(virtualUser, p.intern(h.service), connVirtual, 0, h.end-h.start, h.start, h.failed, h.traceID, false, true)
+			continue
+		}
+		if len(id) != 8 {
+			continue // no usable span id: nothing can pair with it
+		}
+		key := edgeKey{tenant: tenant, trace: h.traceID, span: [8]byte(id)}
+		if peer, ok := p.pending[key]; ok && peer.client != client {
+			delete(p.pending, key)
+			me := halfEdge{client: client, service: p.intern(h.service), start: h.start, end: h.end, failed: h.failed}
+			c, s := peer, &me
+			if client {
+				c, s = s, peer
+			}
+			connType := ""
+			if messaging || peer.messaging {
+				connType = connMessaging
+			}
+			out.emit(c.service, s.service, connType, c.end-c.start, s.end-s.start, c.start, c.failed || s.failed, h.traceID, true, true)
+			continue
+		}
+		if len(p.pending) >= p.opts.MaxItems {
+			side := LabelServer
+			if client {
+				side = LabelClient
+			}
+			out.add(sample.FamilyDropped, p.sideLabels(side, p.intern(h.service)), sample.Sample{Start: h.start})
+			continue
+		}
+		e := &halfEdge{client: client, messaging: messaging, service: p.intern(h.service), start: h.start, end: h.end, failed: h.failed,
+			expires: now + p.opts.Wait.Nanoseconds()}
+		// A client span that names its peer becomes an edge to it if no
+		// server span answers: a database (db.name, else db.system) or a
+		// service that is not traced (peer.service).
+		switch {
+		case client && len(h.dbSystem) > 0:
+			server := h.dbName
+			if len(server) == 0 {
+				server = h.dbSystem
+			}
+			e.virtual, e.connType = p.intern(server), connDatabase
+		case client && len(h.peerService) > 0:
+			e.virtual, e.connType = p.intern(h.peerService), connVirtual
+		}
+		p.pending[key] = e
+		p.queue = append(p.queue, queued{key: key, entry: e, expires: e.expires})
+	}
+	if len(p.queue) > 4*p.opts.MaxItems {
+		// Mostly paired entries: drop them so the queue stays bounded too.
+		live := p.queue[:0]
+		for _, q := range p.queue {
+			if cur, ok := p.pending[q.key]; ok && cur == q.entry {
+				live = append(live, q)
+			}
+		}
+		clear(p.queue[len(live):])
+		p.queue = live
+	}
+}
+
+// expire removes the spans that waited past their deadline at now and
+// appends, per tenant, their virtual edges and unpaired counts.
+func (p *pairer) expire(now int64, out func(tenant string, b *sample.Batch)) {
+	p.mtx.Lock()
+	batches := map[string]*graphOut{}
+	n := 0
+	for ; n < len(p.queue) && p.queue[n].expires <= now; n++ {
+		q := p.queue[n]
+		if cur, ok := p.pending[q.key]; !ok || cur != q.entry {
+			continue // paired meanwhile
+		}
+		delete(p.pending, q.key)
+		o := batches[q.key.tenant]
+		if o == nil {
+			o = &graphOut{p: p, batch: &sample.Batch{}, index: map[string]uint32{}}
+			batches[q.key.tenant] = o
+		}
+		e := q.entry
+		if e.client && e.virtual != "" {
+			o.emit(e.service, e.virtual, e.connType, e.end-e.start, 0, e.start, e.failed, q.key.trace, true, false)
+			continue
+		}
+		side := LabelServer
+		if e.client {
+			side = LabelClient
+		}
+		o.add(sample.FamilyUnpaired, p.sideLabels(side, e.service), sample.Sample{Start: e.start})
+	}
+	p.queue = append(p.queue[:0], p.queue[n:]...)
+	p.mtx.Unlock()
+	for tenant, o := range batches {
+		out(tenant, o.batch)
+	}
+}
+
+// pendingCount returns how many spans wait for a peer.
+func (p *pairer) pendingCount() int {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	return len(p.pending)
+}
