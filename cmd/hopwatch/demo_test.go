@@ -71,6 +71,22 @@ func TestDemoShowsEveryService(t *testing.T) {
 	for _, s := range services {
 		require.True(t, got[s], "service %s has no calls", s)
 	}
+
+	// The service graph: paired client/server and producer/consumer hops.
+	edges := map[string]string{
+		`{client="web-frontend", server="api-gateway"}`:                                      "",
+		`{client="api-gateway", server="log-processor"}`:                                     "",
+		`{client="log-processor", server="log-indexer", connection_type="messaging_system"}`: "",
+		`{client="log-indexer", server="log-store"}`:                                         "",
+	}
+	for sel := range edges {
+		waitUntil(t, "edge "+sel, func() bool {
+			v, _, _, err := promv1.NewAPI(c).Query(ctx, "traces_service_graph_request_total"+sel, time.Now())
+			require.NoError(t, err)
+			vec := v.(model.Vector)
+			return len(vec) == 1 && vec[0].Value > 0
+		})
+	}
 	cancel()
 	require.NoError(t, <-done)
 }

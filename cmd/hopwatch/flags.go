@@ -51,6 +51,8 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(durationValue{&cfg.ShutdownTimeout}, "shutdown.timeout", "How long a graceful shutdown may take before in-flight requests are cut.")
 	fs.BoolVar(&cfg.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
 	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
+	fs.Var(durationValue{&cfg.Ingest.Graph.Wait}, "service-graph.wait", "How long a client or server span waits for its peer before it counts as unpaired (or becomes an edge to its database or peer.service).")
+	fs.IntVar(&cfg.Ingest.Graph.MaxItems, "service-graph.max-items", cfg.Ingest.Graph.MaxItems, "Most spans waiting for their peer; beyond it spans are dropped and counted.")
 	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
 	fs.BoolVar(&cfg.Storage.ClassicHistograms, "spanmetrics.classic-histograms", cfg.Storage.ClassicHistograms, "Write traces_spanmetrics_latency_bucket/_sum/_count.")
 	fs.BoolVar(&cfg.Storage.NativeHistograms, "spanmetrics.native-histograms", cfg.Storage.NativeHistograms, "Write traces_spanmetrics_latency as a native histogram.")
