@@ -135,8 +135,9 @@ type Decoder struct {
 
 	// cur collects what pairing needs of the span being decoded; hops
 	// collects, per request, the accepted spans that can form an edge.
-	cur  hopSpan
-	hops []hopSpan
+	cur     hopSpan
+	hops    []hopSpan
+	resNode []byte // the current resource's node: instance id, else host
 }
 
 // hopSpan is what service graph pairing needs of a client, server,
@@ -146,6 +147,7 @@ type hopSpan struct {
 	spanID, parentID []byte
 	kind             ptrace.SpanKind
 	service          []byte
+	node             []byte // service.instance.id, else host.name
 	start, end       int64
 	failed           bool
 	// Where a client span goes when no server span answers it.
@@ -158,6 +160,10 @@ const (
 	attrDBName      = "db.name"
 	attrDBNamespace = "db.namespace" // the newer name of db.name
 	attrDBSystem    = "db.system"
+
+	// The node a span ran on, for clock offsets.
+	attrInstance = "service.instance.id"
+	attrHost     = "host.name"
 )
 
 // beginSpan resets the per-span state before a span's fields are read.
@@ -241,6 +247,13 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 		var service []byte
 		if v, ok := rattrs.Get("service.name"); ok {
 			service = view(v.AsString())
+		}
+		d.resNode = nil
+		if v, ok := rattrs.Get(attrInstance); ok {
+			d.resNode = view(v.AsString())
+		}
+		if v, ok := rattrs.Get(attrHost); ok && len(d.resNode) == 0 {
+			d.resNode = view(v.AsString())
 		}
 		for j, dim := range d.dims {
 			d.resValues[j] = nil
@@ -337,6 +350,7 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		h.traceID = [16]byte(tid)
 		h.kind = k
 		h.service = service
+		h.node = d.resNode
 		h.start, h.end = int64(start), int64(end)
 		h.failed = code == int32(ptrace.StatusCodeError)
 		d.hops = append(d.hops, h)

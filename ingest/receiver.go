@@ -247,7 +247,14 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode
 	}
 	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
 	// Edges whose two sides are now known go into the same durable append.
-	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano())
+	var gs graphStats
+	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano(), &gs)
+	if gs.negativeNetwork > 0 {
+		r.metrics.discarded.WithLabelValues(tenantID, "negative_network_time").Add(float64(gs.negativeNetwork))
+	}
+	if gs.negativeQueue > 0 {
+		r.metrics.discarded.WithLabelValues(tenantID, "negative_queue_time").Add(float64(gs.negativeQueue))
+	}
 
 	if len(w.batch.Samples) > 0 {
 		if err := r.app.Append(ctx, tenantID, &w.batch); err != nil {

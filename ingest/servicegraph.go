@@ -56,6 +56,7 @@ type halfEdge struct {
 	client     bool // a client or producer span; else server or consumer
 	messaging  bool
 	service    string
+	node       string
 	start, end int64
 	failed     bool
 	virtual    string // a client span's peer when no server answers
@@ -81,6 +82,13 @@ type pairer struct {
 	series  map[string]sample.Series
 	keyBuf  []byte
 	lsetBuf []string
+	// clocks holds the offset estimate of every node pair seen.
+	clocks map[nodePair]*clockRing
+}
+
+// graphStats counts what pairing refused, for the discarded-samples metric.
+type graphStats struct {
+	negativeNetwork, negativeQueue int
 }
 
 type queued struct {
@@ -90,7 +98,8 @@ type queued struct {
 }
 
 func newPairer(opts GraphOptions) *pairer {
-	return &pairer{opts: opts, pending: map[edgeKey]*halfEdge{}, strs: map[string]string{}, series: map[string]sample.Series{}}
+	return &pairer{opts: opts, pending: map[edgeKey]*halfEdge{}, strs: map[string]string{}, series: map[string]sample.Series{},
+		clocks: map[nodePair]*clockRing{}}
 }
 
 // maxInterned bounds the interning map; past it interning starts over.
@@ -173,7 +182,7 @@ func (o *graphOut) emit(client, server, connType string, clientDur, serverDur in
 
 // process pairs the hop spans of one request of tenant and appends the
 // resulting samples to b; now is the pairer's clock in ns.
-func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int64) {
+func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int64, stats *graphStats) {
 	if len(hops) == 0 {
 		return
 	}
@@ -202,7 +211,7 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 		key := edgeKey{tenant: tenant, trace: h.traceID, span: [8]byte(id)}
 		if peer, ok := p.pending[key]; ok && peer.client != client {
 			delete(p.pending, key)
-			me := halfEdge{client: client, service: p.intern(h.service), start: h.start, end: h.end, failed: h.failed}
+			me := halfEdge{client: client, service: p.intern(h.service), node: p.intern(h.node), start: h.start, end: h.end, failed: h.failed}
 			c, s := peer, &me
 			if client {
 				c, s = s, peer
@@ -212,6 +221,11 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 				connType = connMessaging
 			}
 			out.emit(c.service, s.service, connType, c.end-c.start, s.end-s.start, c.start, c.failed || s.failed, h.traceID, true, true)
+			if connType == connMessaging {
+				p.queueHop(&out, tenant, c, s, h.traceID, stats)
+			} else {
+				p.requestHop(&out, tenant, c, s, h.traceID, stats)
+			}
 			continue
 		}
 		if len(p.pending) >= p.opts.MaxItems {
@@ -222,7 +236,7 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 			out.add(sample.FamilyDropped, p.sideLabels(side, p.intern(h.service)), sample.Sample{Start: h.start})
 			continue
 		}
-		e := &halfEdge{client: client, messaging: messaging, service: p.intern(h.service), start: h.start, end: h.end, failed: h.failed,
+		e := &halfEdge{client: client, messaging: messaging, service: p.intern(h.service), node: p.intern(h.node), start: h.start, end: h.end, failed: h.failed,
 			expires: now + p.opts.Wait.Nanoseconds()}
 		// A client span that names its peer becomes an edge to it if no
 		// server span answers: a database (db.name, else db.system) or a
@@ -293,4 +307,67 @@ func (p *pairer) pendingCount() int {
 	p.mtx.Lock()
 	defer p.mtx.Unlock()
 	return len(p.pending)
+}
+
+// requestHop derives from a paired request its network time (client minus
+// server duration) and, between two known nodes, a clock offset exchange.
+func (p *pairer) requestHop(out *graphOut, tenant string, c, s *halfEdge, trace [16]byte, stats *graphStats) {
+	network := (c.end - c.start) - (s.end - s.start)
+	if network < 0 {
+		// The server took longer than its client waited: broken
+		// instrumentation, not a time to record. Counted, not clamped.
+		stats.negativeNetwork++
+	} else {
+		out.add(sample.FamilyNetwork, p.edgeLabels(c.service, s.service, ""), sample.Sample{Start: c.start, Duration: network, TraceID: trace})
+	}
+	if c.node == "" || s.node == "" || c.node == s.node {
+		return
+	}
+	offset, delay := exchange(c.start, s.start, s.end, c.end)
+	if delay < 0 {
+		return
+	}
+	key := nodePair{tenant: tenant, client: c.node, server: s.node}
+	r := p.clocks[key]
+	if r == nil {
+		if len(p.clocks) >= maxInterned {
+			clear(p.clocks)
+		}
+		r = &clockRing{}
+		p.clocks[key] = r
+	}
+	est := r.add(offset, delay)
+	p.lsetBuf = append(p.lsetBuf[:0], "client_node", c.node, "server_node", s.node)
+	out.add(sample.FamilyClockOffset, p.lsetBuf, sample.Sample{Start: c.start, Duration: est})
+}
+
+// offset returns the estimated clock of node to minus that of node from,
+// and whether any exchange between them was seen.
+func (p *pairer) offset(tenant, from, to string) (int64, bool) {
+	if from == to {
+		return 0, true
+	}
+	if r := p.clocks[nodePair{tenant: tenant, client: from, server: to}]; r != nil {
+		return r.best(), true
+	}
+	if r := p.clocks[nodePair{tenant: tenant, client: to, server: from}]; r != nil {
+		return -r.best(), true
+	}
+	return 0, false
+}
+
+// queueHop records the time a message waited between its producer's end
+// and its consumer's start, corrected by the clock offset between their
+// nodes. What is still negative after correction is counted, not clamped.
+func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, trace [16]byte, stats *graphStats) {
+	wait := cons.start - prod.end
+	if off, ok := p.offset(tenant, prod.node, cons.node); ok {
+		wait -= off
+	}
+	if wait < 0 {
+		stats.negativeQueue++
+		return
+	}
+	p.lsetBuf = append(p.lsetBuf[:0], "producer", prod.service, "consumer", cons.service)
+	out.add(sample.FamilyQueue, p.lsetBuf, sample.Sample{Start: prod.end, Duration: wait, TraceID: trace})
 }

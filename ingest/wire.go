@@ -164,6 +164,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 	)
 	clear(d.resValues)
 	clear(d.resFound)
+	var instance, host []byte
 	scan := rs
 	for scan.next() {
 		if !scan.is(fResourceSpansResource, protowire.BytesType) {
@@ -179,8 +180,19 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 				return 0, err
 			}
 			// The first of repeated keys wins, as in pdata's Map.Get.
-			if string(key) == "service.name" && !serviceFound {
-				service, serviceFound = val, true
+			switch string(key) {
+			case "service.name":
+				if !serviceFound {
+					service, serviceFound = val, true
+				}
+			case attrInstance:
+				if instance == nil {
+					instance = val
+				}
+			case attrHost:
+				if host == nil {
+					host = val
+				}
 			}
 			for i, dim := range d.dims {
 				if string(key) == dim.Attribute && !d.resFound[i] {
@@ -194,6 +206,10 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 	}
 	if scan.err != nil {
 		return 0, scan.err
+	}
+	d.resNode = instance
+	if len(d.resNode) == 0 {
+		d.resNode = host
 	}
 
 	total := 0

@@ -19,6 +19,14 @@ const (
 	FamilyUnpaired
 	// FamilyDropped counts spans the pairing store had no room for.
 	FamilyDropped
+	// FamilyNetwork: client minus server duration of a paired request.
+	FamilyNetwork
+	// FamilyQueue: consumer start minus producer end of a messaging hop,
+	// corrected for the clock offset between their nodes.
+	FamilyQueue
+	// FamilyClockOffset: a gauge, the estimated clock offset between two
+	// nodes; Duration holds it in ns and may be negative.
+	FamilyClockOffset
 	// NumFamilies bounds the valid values.
 	NumFamilies
 )
@@ -41,7 +49,8 @@ type Sample struct {
 	Series uint32
 	// Start is the span's start time in Unix nanoseconds.
 	Start int64
-	// Duration is the latency in nanoseconds, never negative.
+	// Duration is the latency in nanoseconds, never negative (except for
+	// FamilyClockOffset, where it is a signed gauge value).
 	Duration int64
 	// TraceID is the trace the sample came from, for exemplars.
 	TraceID [16]byte

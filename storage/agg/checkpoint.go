@@ -24,7 +24,7 @@ import (
 //	first segment, next ref, last flush ms (varint)
 //	classic bounds: count, float64 bits each; native schema + 1 (0: off)
 //	series count, then per series:
-//	  ref, family (byte), key, labels, created (byte), count, failed, sumHi, sumLo,
+//	  ref, family (byte), key, labels, created (byte), count, failed, gauge, sumHi, sumLo,
 //	  classic counts (count, values), native (present byte; count,
 //	  zero count, sum bits, offset (varint), bucket count, values)
 //	CRC32 (Castagnoli) of all of the above, big endian
@@ -97,6 +97,7 @@ func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
 		b = append(b, created)
 		b = binary.AppendUvarint(b, s.count)
 		b = binary.AppendUvarint(b, s.failed)
+		b = binary.AppendVarint(b, s.gauge)
 		b = binary.AppendUvarint(b, s.sumHi)
 		b = binary.AppendUvarint(b, s.sumLo)
 		b = binary.AppendUvarint(b, uint64(len(s.classic)))
@@ -193,6 +194,7 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 		s.created = d.Byte("created") == 1
 		s.count = d.Uvarint("count")
 		s.failed = d.Uvarint("failed")
+		s.gauge = d.Varint("gauge")
 		s.sumHi = d.Uvarint("sum")
 		s.sumLo = d.Uvarint("sum")
 		nc := d.Count("classic count")

@@ -23,6 +23,7 @@ type series struct {
 
 	count  uint64
 	failed uint64
+	gauge  int64 // last value of a gauge family, ns
 	// sumHi:sumLo is the 128-bit sum of durations in ns, exact: a uint64
 	// of ns overflows after 292 years of summed latency, which a busy
 	// series reaches within weeks.
@@ -47,11 +48,11 @@ type series struct {
 // outSeries are the TSDB series one span series is flushed to, built on the
 // first flush and kept, so a flush allocates no labels.
 type outSeries struct {
-	calls, failed, count, sum, native     labels.Labels
-	callsRef, failedRef, countRef, sumRef storage.SeriesRef
-	nativeRef                             storage.SeriesRef
-	buckets                               []labels.Labels
-	bucketRefs                            []storage.SeriesRef
+	calls, failed, gauge, count, sum, native        labels.Labels
+	callsRef, failedRef, gaugeRef, countRef, sumRef storage.SeriesRef
+	nativeRef                                       storage.SeriesRef
+	buckets                                         []labels.Labels
+	bucketRefs                                      []storage.SeriesRef
 }
 
 // layout is the bucket layout shared by all series of a store.
@@ -83,6 +84,10 @@ func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte, fail
 	s.count++
 	if failed {
 		s.failed++
+	}
+	if families[s.family].gauge != "" {
+		s.gauge = duration
+		return
 	}
 	var carry uint64
 	s.sumLo, carry = bits.Add64(s.sumLo, uint64(duration), 0)
@@ -117,6 +122,7 @@ type familyInfo struct {
 	counter string // the count of samples
 	failed  string // the count of failed samples
 	hist    string // the duration histogram: classic _bucket/_sum/_count and native
+	gauge   string // the last value, in seconds
 	help    string
 }
 
@@ -139,5 +145,14 @@ var families = [sample.NumFamilies]familyInfo{
 	},
 	sample.FamilyDropped: {
 		counter: "traces_service_graph_dropped_spans_total", help: "dropped span",
+	},
+	sample.FamilyNetwork: {
+		hist: "hopwatch_hop_network_seconds", help: "network time of a request",
+	},
+	sample.FamilyQueue: {
+		hist: "hopwatch_hop_queue_seconds", help: "queue time of a messaging hop",
+	},
+	sample.FamilyClockOffset: {
+		gauge: "hopwatch_clock_offset_seconds", help: "clock offset between two nodes",
 	},
 }

@@ -223,6 +223,9 @@ func (f *flusher) zero(s *series) {
 	if fam.failed != "" {
 		f.add(&o.failedRef, o.failed, ts, 0, nil, nil)
 	}
+	if fam.gauge != "" {
+		return // a gauge has no start to mark
+	}
 	if s.classic != nil {
 		f.add(&o.countRef, o.count, ts, 0, nil, nil)
 		f.add(&o.sumRef, o.sum, ts, 0, nil, nil)
@@ -268,6 +271,9 @@ func (f *flusher) series(s *series) {
 	if fam.failed != "" {
 		f.add(&o.failedRef, o.failed, f.ts, float64(s.failed), nil, nil)
 	}
+	if fam.gauge != "" {
+		f.add(&o.gaugeRef, o.gauge, f.ts, float64(s.gauge)/1e9, nil, nil)
+	}
 	if s.classic != nil {
 		f.add(&o.countRef, o.count, f.ts, count, nil, nil)
 		f.add(&o.sumRef, o.sum, f.ts, s.sumSeconds(), nil, nil)
@@ -307,6 +313,9 @@ func (st *Store) outSeries(base labels.Labels, family sample.Family) *outSeries 
 	}
 	if fam.failed != "" {
 		o.failed = with(fam.failed)
+	}
+	if fam.gauge != "" {
+		o.gauge = with(fam.gauge)
 	}
 	if fam.hist == "" {
 		return o
