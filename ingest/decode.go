@@ -1,7 +1,9 @@
 package ingest
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"unsafe"
 
@@ -137,7 +139,9 @@ type Decoder struct {
 	// collects, per request, the accepted spans that can form an edge.
 	cur     hopSpan
 	hops    []hopSpan
-	resNode []byte // the current resource's node: instance id, else host
+	stages  Stages
+	events  []stageEvent // stage events of the current span
+	resNode []byte       // the current resource's node: instance id, else host
 }
 
 // hopSpan is what service graph pairing needs of a client, server,
@@ -169,6 +173,7 @@ const (
 // beginSpan resets the per-span state before a span's fields are read.
 func (d *Decoder) beginSpan() {
 	d.cur = hopSpan{}
+	d.events = d.events[:0]
 	for i := range d.dims {
 		d.dimValues[i] = d.resValues[i]
 		d.spanFound[i] = false
@@ -216,6 +221,40 @@ func (d *Decoder) spanAttribute(key, val []byte) {
 // maxKnownSeries bounds a decoder's series cache; past it the cache starts
 // over, which costs one allocation per series for the next requests.
 const maxKnownSeries = 1 << 16
+
+// Stages configures stage durations: span events that mark the stages a
+// message or request passes. An event is a stage if its name is one of
+// Names, or if it has the attribute Attribute whose value is one of Names.
+type Stages struct {
+	Names     []string
+	Attribute string
+}
+
+// DefaultStages are the stages of a message: enqueue, dequeue, arrive, done.
+func DefaultStages() Stages {
+	return Stages{Names: []string{"enqueue", "dequeue", "arrive", "done"}, Attribute: "stage"}
+}
+
+type stageEvent struct {
+	t    int64
+	name string // one of Stages.Names
+}
+
+// WithStages makes the decoder turn stage events into stage durations.
+func (d *Decoder) WithStages(s Stages) *Decoder {
+	d.stages = s
+	return d
+}
+
+// stageName returns the configured stage name equal to b, or "".
+func (d *Decoder) stageName(b []byte) string {
+	for _, n := range d.stages.Names {
+		if string(b) == n {
+			return n
+		}
+	}
+	return ""
+}
 
 // NewDecoder returns a decoder that adds dims to every series.
 func NewDecoder(dims []Dimension) *Decoder {
@@ -278,6 +317,21 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 					}
 					return true
 				})
+				if len(d.stages.Names) > 0 {
+					evs := span.Events()
+					for e := range evs.Len() {
+						ev := evs.At(e)
+						name := d.stageName(view(ev.Name()))
+						if name == "" && d.stages.Attribute != "" {
+							if v, ok := ev.Attributes().Get(d.stages.Attribute); ok {
+								name = d.stageName(view(v.AsString()))
+							}
+						}
+						if name != "" {
+							d.events = append(d.events, stageEvent{t: int64(ev.Timestamp()), name: name})
+						}
+					}
+				}
 				sid, pid := span.SpanID(), span.ParentSpanID()
 				if !sid.IsEmpty() {
 					d.cur.spanID = sid[:]
@@ -344,6 +398,9 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		Duration: int64(end - start),
 		TraceID:  [16]byte(tid),
 	})
+	if len(d.events) > 1 {
+		d.stageSamples(b, service, name, [16]byte(tid))
+	}
 	switch k := ptrace.SpanKind(kind); k {
 	case ptrace.SpanKindClient, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer:
 		h := d.cur
@@ -372,4 +429,36 @@ func (d *Decoder) labels(service, name []byte, kind, code int32) labels.Labels {
 	}
 	d.lb.Sort()
 	return d.lb.Labels()
+}
+
+// stageSamples appends, for consecutive stage events of the current span in
+// time order, the time from one stage to the next.
+func (d *Decoder) stageSamples(b *sample.Batch, service, name []byte, tid [16]byte) {
+	slices.SortStableFunc(d.events, func(x, y stageEvent) int { return cmp.Compare(x.t, y.t) })
+	for i := 1; i < len(d.events); i++ {
+		from, to := d.events[i-1], d.events[i]
+		// The key: a marker byte no span kind uses, then the values.
+		k := append(d.key[:0], 0xfe)
+		k = append(append(k, service...), 0xff)
+		k = append(append(k, name...), 0xff)
+		k = append(append(k, from.name...), 0xff)
+		k = append(append(k, to.name...), 0xff)
+		d.key = k
+		idx, ok := d.index[string(k)]
+		if !ok {
+			s, ok := d.known[string(k)]
+			if !ok {
+				if len(d.known) >= maxKnownSeries {
+					clear(d.known)
+				}
+				s = sample.Series{Family: sample.FamilyStage, Key: string(k), Labels: labels.FromStrings(
+					LabelService, string(service), LabelSpanName, string(name), "from_stage", from.name, "to_stage", to.name)}
+				d.known[s.Key] = s
+			}
+			idx = uint32(len(b.Series))
+			d.index[s.Key] = idx
+			b.Series = append(b.Series, s)
+		}
+		b.Samples = append(b.Samples, sample.Sample{Series: idx, Start: from.t, Duration: to.t - from.t, TraceID: tid})
+	}
 }

@@ -218,3 +218,54 @@ func BenchmarkDecode(b *testing.B) {
 	b.ReportMetric(1/perSpan, "spans/s")
 	b.ReportMetric(perSpan*1e9, "ns/span")
 }
+
+func TestStageDurations(t *testing.T) {
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	rs.Resource().Attributes().PutStr("service.name", "indexer")
+	s := rs.ScopeSpans().AppendEmpty().Spans().AppendEmpty()
+	s.SetName("logs process")
+	s.SetKind(ptrace.SpanKindConsumer)
+	s.SetTraceID(pcommon.TraceID{1})
+	s.SetStartTimestamp(1000)
+	s.SetEndTimestamp(9000)
+	ev := func(name string, ts uint64, attr string) {
+		e := s.Events().AppendEmpty()
+		e.SetName(name)
+		e.SetTimestamp(pcommon.Timestamp(ts))
+		if attr != "" {
+			e.Attributes().PutStr("stage", attr)
+		}
+	}
+	// Out of order on the wire; one stage named by its attribute; one
+	// event that is no stage.
+	ev("done", 8000, "")
+	ev("enqueue", 1000, "")
+	ev("checkpoint", 5000, "arrive")
+	ev("exception", 6000, "")
+	ev("dequeue", 3000, "")
+	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
+	require.NoError(t, err)
+
+	for _, path := range []string{"wire", "pdata"} {
+		var b sample.Batch
+		var ref Refusals
+		d := NewDecoder(nil).WithStages(DefaultStages())
+		if path == "wire" {
+			_, err := d.DecodeProto(body, &b, &ref)
+			require.NoError(t, err)
+		} else {
+			d.Decode(td, &b, &ref)
+		}
+		var got []string
+		for _, smp := range b.Samples {
+			sr := b.Series[smp.Series]
+			if sr.Family == sample.FamilyStage {
+				got = append(got, fmt.Sprintf("%s→%s %d", sr.Labels.Get("from_stage"), sr.Labels.Get("to_stage"), smp.Duration))
+				require.Equal(t, "indexer", sr.Labels.Get("service"))
+				require.Equal(t, "logs process", sr.Labels.Get("span_name"))
+			}
+		}
+		require.Equal(t, []string{"enqueue→dequeue 2000", "dequeue→arrive 2000", "arrive→done 3000"}, got, path)
+	}
+}

@@ -33,11 +33,13 @@ type Options struct {
 	Dimensions []string
 	// Graph configures service graph pairing.
 	Graph GraphOptions
+	// Stages configures stage durations from span events.
+	Stages Stages
 }
 
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
-	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions()}
+	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions(), Stages: DefaultStages()}
 }
 
 // Validate reports every problem with the options.
@@ -175,7 +177,7 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 	for _, a := range opts.Dimensions {
 		r.dims = append(r.dims, NewDimension(a))
 	}
-	r.work.New = func() any { return &work{dec: NewDecoder(r.dims)} }
+	r.work.New = func() any { return &work{dec: NewDecoder(r.dims).WithStages(opts.Stages)} }
 	return r, nil
 }
 

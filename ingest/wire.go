@@ -33,7 +33,12 @@ const (
 	fSpanStart      = 7
 	fSpanEnd        = 8
 	fSpanAttributes = 9
+	fSpanEvents     = 11
 	fSpanStatus     = 15
+
+	fEventTime       = 1
+	fEventName       = 2
+	fEventAttributes = 3
 
 	fStatusCode = 3
 
@@ -290,6 +295,13 @@ func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refu
 			if st.err != nil {
 				return st.err
 			}
+		case fSpanEvents:
+			if len(d.stages.Names) == 0 || !sp.typeIs(protowire.BytesType) {
+				break
+			}
+			if err := d.wireEvent(sp.sub()); err != nil {
+				return err
+			}
 		case fSpanAttributes:
 			if !sp.typeIs(protowire.BytesType) {
 				break
@@ -309,6 +321,42 @@ func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refu
 		return sp.err
 	}
 	d.span(b, ref, service, name, kind, code, start, end, tid)
+	return nil
+}
+
+// wireEvent records a span event if it marks a stage.
+func (d *Decoder) wireEvent(ev walker) error {
+	var (
+		t    int64
+		name string
+	)
+	for ev.next() {
+		switch ev.num {
+		case fEventTime:
+			if ev.typeIs(protowire.Fixed64Type) {
+				t = int64(ev.u)
+			}
+		case fEventName:
+			if ev.typeIs(protowire.BytesType) && name == "" {
+				name = d.stageName(ev.val)
+			}
+		case fEventAttributes:
+			if !ev.typeIs(protowire.BytesType) || name != "" || d.stages.Attribute == "" {
+				break
+			}
+			_, val, err := keyValue(ev.sub(), func(k []byte) bool { return string(k) == d.stages.Attribute })
+			if err != nil {
+				return err
+			}
+			name = d.stageName(val)
+		}
+	}
+	if ev.err != nil {
+		return ev.err
+	}
+	if name != "" {
+		d.events = append(d.events, stageEvent{t: t, name: name})
+	}
 	return nil
 }
 

@@ -22,14 +22,14 @@ func viaPdata(t testing.TB, body []byte, dims []Dimension) (sample.Batch, Refusa
 	require.NoError(t, err)
 	var b sample.Batch
 	var ref Refusals
-	n := NewDecoder(dims).Decode(td, &b, &ref)
+	n := NewDecoder(dims).WithStages(DefaultStages()).Decode(td, &b, &ref)
 	return b, ref, n
 }
 
 func viaWire(t testing.TB, body []byte, dims []Dimension) (sample.Batch, Refusals, int, error) {
 	var b sample.Batch
 	var ref Refusals
-	n, err := NewDecoder(dims).DecodeProto(body, &b, &ref)
+	n, err := NewDecoder(dims).WithStages(DefaultStages()).DecodeProto(body, &b, &ref)
 	return b, ref, n, err
 }
 
@@ -150,7 +150,7 @@ func FuzzDecodeProto(f *testing.F) {
 		}
 		var pb sample.Batch
 		var pref Refusals
-		pn := NewDecoder(testDims).Decode(td, &pb, &pref)
+		pn := NewDecoder(testDims).WithStages(DefaultStages()).Decode(td, &pb, &pref)
 		if pn != wn || pref != wref || len(pb.Samples) != len(wb.Samples) {
 			t.Fatalf("walker and pdata differ: spans %d/%d refusals %v/%v samples %d/%d", wn, pn, wref, pref, len(wb.Samples), len(pb.Samples))
 		}

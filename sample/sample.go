@@ -27,6 +27,9 @@ const (
 	// FamilyClockOffset: a gauge, the estimated clock offset between two
 	// nodes; Duration holds it in ns and may be negative.
 	FamilyClockOffset
+	// FamilyStage: the time between two consecutive stage events of a
+	// span (enqueue → dequeue → arrive → done).
+	FamilyStage
 	// NumFamilies bounds the valid values.
 	NumFamilies
 )

@@ -87,6 +87,13 @@ func TestDemoShowsEveryService(t *testing.T) {
 			return len(vec) == 1 && vec[0].Value > 0
 		})
 	}
+	// Stage durations from the consumer's span events.
+	waitUntil(t, "stage durations", func() bool {
+		v, _, _, err := promv1.NewAPI(c).Query(ctx, `count(hopwatch_stage_duration_seconds{service="log-indexer", from_stage="dequeue", to_stage="arrive"})`, time.Now())
+		require.NoError(t, err)
+		vec := v.(model.Vector)
+		return len(vec) == 1 && vec[0].Value == 1
+	})
 	cancel()
 	require.NoError(t, <-done)
 }

@@ -53,6 +53,8 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
 	fs.Var(durationValue{&cfg.Ingest.Graph.Wait}, "service-graph.wait", "How long a client or server span waits for its peer before it counts as unpaired (or becomes an edge to its database or peer.service).")
 	fs.IntVar(&cfg.Ingest.Graph.MaxItems, "service-graph.max-items", cfg.Ingest.Graph.MaxItems, "Most spans waiting for their peer; beyond it spans are dropped and counted.")
+	fs.Var(&stringList{dst: &cfg.Ingest.Stages.Names}, "stages.names", "Span event names that mark stages, in any order (comma-separated); the time between consecutive stage events becomes hopwatch_stage_duration_seconds.")
+	fs.StringVar(&cfg.Ingest.Stages.Attribute, "stages.attribute", cfg.Ingest.Stages.Attribute, "Event attribute whose value names the stage, for events named otherwise; empty turns it off.")
 	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
 	fs.BoolVar(&cfg.Storage.ClassicHistograms, "spanmetrics.classic-histograms", cfg.Storage.ClassicHistograms, "Write traces_spanmetrics_latency_bucket/_sum/_count.")
 	fs.BoolVar(&cfg.Storage.NativeHistograms, "spanmetrics.native-histograms", cfg.Storage.NativeHistograms, "Write traces_spanmetrics_latency as a native histogram.")

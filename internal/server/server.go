@@ -104,6 +104,7 @@ var metricMetadata = []query.MetricMetadata{
 	{Name: "traces_service_graph_dropped_spans_total", Type: "counter", Help: "Client or server spans dropped because the pairing store was full."},
 	{Name: "hopwatch_hop_network_seconds", Type: "histogram", Help: "Client minus server duration of paired requests: time on the network and in the client's stack.", Unit: "seconds"},
 	{Name: "hopwatch_hop_queue_seconds", Type: "histogram", Help: "Time a message waited between its producer's end and its consumer's start, clock-corrected.", Unit: "seconds"},
+	{Name: "hopwatch_stage_duration_seconds", Type: "histogram", Help: "Time between two consecutive stage events of a span (enqueue, dequeue, arrive, done).", Unit: "seconds"},
 	{Name: "hopwatch_clock_offset_seconds", Type: "gauge", Help: "Estimated server clock minus client clock between two nodes.", Unit: "seconds"},
 }
 

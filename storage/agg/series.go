@@ -152,6 +152,9 @@ var families = [sample.NumFamilies]familyInfo{
 	sample.FamilyQueue: {
 		hist: "hopwatch_hop_queue_seconds", help: "queue time of a messaging hop",
 	},
+	sample.FamilyStage: {
+		hist: "hopwatch_stage_duration_seconds", help: "time between two stages of a span",
+	},
 	sample.FamilyClockOffset: {
 		gauge: "hopwatch_clock_offset_seconds", help: "clock offset between two nodes",
 	},
