@@ -24,6 +24,12 @@ type series struct {
 	count  uint64
 	failed uint64
 	gauge  int64 // last value of a gauge family, ns
+
+	// active is set by every sample and cleared by a flush, which then
+	// moves lastActive (ms) to its time: a series idle past the timeout
+	// is closed.
+	active     bool
+	lastActive int64
 	// sumHi:sumLo is the 128-bit sum of durations in ns, exact: a uint64
 	// of ns overflows after 292 years of summed latency, which a busy
 	// series reaches within weeks.
@@ -82,6 +88,7 @@ func (l *layout) newSeries(ref uint64, key string, lset labels.Labels, family sa
 // observe adds one sample.
 func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte, failed bool) {
 	s.count++
+	s.active = true
 	if failed {
 		s.failed++
 	}

@@ -49,6 +49,9 @@ type Options struct {
 	// CheckpointInterval is how often the aggregate state is written out so
 	// that older WAL segments can be deleted; it bounds replay time.
 	CheckpointInterval time.Duration
+	// SeriesIdleTimeout closes a series (staleness markers, memory freed)
+	// that received no sample for this long; 0 keeps series forever.
+	SeriesIdleTimeout time.Duration
 	// WALSegmentSize is the size of one ingest WAL segment file.
 	WALSegmentSize int
 	// WALFsync fsyncs the WAL before every acknowledgement. Off, an
@@ -69,6 +72,7 @@ func DefaultOptions() Options {
 		ExemplarLabel:      "trace_id",
 		MaxExemplars:       100_000,
 		CheckpointInterval: 5 * time.Minute,
+		SeriesIdleTimeout:  15 * time.Minute,
 		WALSegmentSize:     32 << 20,
 	}
 }
@@ -108,6 +112,9 @@ func (o Options) Validate() error {
 	if o.MaxExemplars < 0 {
 		add("MaxExemplars must not be negative, got %d", o.MaxExemplars)
 	}
+	if o.SeriesIdleTimeout < 0 {
+		add("SeriesIdleTimeout must not be negative, got %s", o.SeriesIdleTimeout)
+	}
 	if o.CheckpointInterval <= 0 {
 		add("CheckpointInterval must be positive, got %s", o.CheckpointInterval)
 	}
@@ -127,6 +134,7 @@ type storeMetrics struct {
 	checkpoints      prometheus.Counter
 	checkpointFailed prometheus.Counter
 	walRepairs       prometheus.Counter
+	seriesExpired    prometheus.Counter
 	activeSeries     *prometheus.GaugeVec
 	tenants          prometheus.Gauge
 }
@@ -173,6 +181,10 @@ func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
 		walRepairs: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopwatch_ingest_wal_repairs_total",
 			Help: "Corrupt ingest WAL tails truncated at the last good record on replay.",
+		}),
+		seriesExpired: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_agg_series_expired_total",
+			Help: "Series closed after --spanmetrics.series-idle-timeout without samples (with staleness markers).",
 		}),
 		activeSeries: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hopwatch_agg_active_series",

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/wlog"
@@ -52,6 +54,7 @@ type tenantStore struct {
 	batchRefs []*series
 	newSeries []*series
 	created   []uint64
+	expired   []*series
 }
 
 // append logs the batch to the WAL and adds it to the aggregates.
@@ -147,7 +150,23 @@ func (t *tenantStore) flush(ctx context.Context, now time.Time) (int, error) {
 	app := t.db.AppenderV2(ctx)
 	f := flusher{t: t, app: app, lay: lay, ts: ts}
 	created := t.created[:0]
+	expired := t.expired[:0]
+	idle := t.store.opts.SeriesIdleTimeout.Milliseconds()
 	for _, s := range t.series {
+		switch {
+		case s.active || s.lastActive == 0:
+			s.active, s.lastActive = false, ts
+		case idle > 0 && ts-s.lastActive > idle:
+			// Idle past the timeout: the series ends, with Prometheus
+			// staleness markers so PromQL stops showing it at once, and
+			// its memory goes. If it comes back it starts from zero, which
+			// rate() reads as a counter reset.
+			if s.out != nil {
+				f.stale(s)
+			}
+			expired = append(expired, s)
+			continue
+		}
 		if s.out == nil {
 			s.out = t.store.outSeries(s.lset, s.family)
 		}
@@ -165,6 +184,12 @@ func (t *tenantStore) flush(ctx context.Context, now time.Time) (int, error) {
 		return 0, fmt.Errorf("hopwatch/agg: tenant %s: commit flush: %w", t.id, err)
 	}
 	t.lastFlushMs = ts
+	for _, s := range expired {
+		delete(t.series, s.key)
+	}
+	t.store.metrics.seriesExpired.Add(float64(len(expired)))
+	clear(expired)
+	t.expired = expired[:0]
 	if len(created) > 0 {
 		// Recorded after the commit: a crash in between costs at most one
 		// extra zero sample on restart, never a lost count.
@@ -236,6 +261,25 @@ func (f *flusher) zero(s *series) {
 	if s.native != nil {
 		h := &histogram.Histogram{Schema: f.lay.nbounds.Schema(), ZeroThreshold: 0}
 		f.add(&o.nativeRef, o.native, ts, 0, h, nil)
+	}
+}
+
+// stale writes a staleness marker to every output series of s.
+func (f *flusher) stale(s *series) {
+	o, nan := s.out, math.Float64frombits(value.StaleNaN)
+	for _, x := range []struct {
+		ref *storage.SeriesRef
+		ls  labels.Labels
+	}{{&o.callsRef, o.calls}, {&o.failedRef, o.failed}, {&o.gaugeRef, o.gauge}, {&o.countRef, o.count}, {&o.sumRef, o.sum}} {
+		if !x.ls.IsEmpty() {
+			f.add(x.ref, x.ls, f.ts, nan, nil, nil)
+		}
+	}
+	for i := range o.buckets {
+		f.add(&o.bucketRefs[i], o.buckets[i], f.ts, nan, nil, nil)
+	}
+	if !o.native.IsEmpty() {
+		f.add(&o.nativeRef, o.native, f.ts, 0, &histogram.Histogram{Sum: nan}, nil)
 	}
 }
 
