@@ -53,6 +53,7 @@ const (
 	ReasonMissingTimestamps
 	ReasonEndBeforeStart
 	ReasonInvalidTraceID
+	ReasonLabelValueTooLong
 	numReasons
 )
 
@@ -61,6 +62,7 @@ var reasonInfo = [numReasons]struct{ id, help string }{
 	ReasonMissingTimestamps:  {"missing_timestamps", "start_time_unix_nano and end_time_unix_nano must both be set"},
 	ReasonEndBeforeStart:     {"end_before_start", "end_time_unix_nano is before start_time_unix_nano"},
 	ReasonInvalidTraceID:     {"invalid_trace_id", "trace_id is empty or all zero"},
+	ReasonLabelValueTooLong:  {"label_value_too_long", "service.name, the span name or a dimension attribute is longer than --limits.max-label-value-length"},
 }
 
 // String returns the reason's fixed id.
@@ -137,11 +139,13 @@ type Decoder struct {
 
 	// cur collects what pairing needs of the span being decoded; hops
 	// collects, per request, the accepted spans that can form an edge.
-	cur     hopSpan
-	hops    []hopSpan
-	stages  Stages
-	events  []stageEvent // stage events of the current span
-	resNode []byte       // the current resource's node: instance id, else host
+	cur    hopSpan
+	hops   []hopSpan
+	stages Stages
+	events []stageEvent // stage events of the current span
+	// maxValueLen bounds label values (service, span name, dimensions).
+	maxValueLen int
+	resNode     []byte // the current resource's node: instance id, else host
 }
 
 // hopSpan is what service graph pairing needs of a client, server,
@@ -267,7 +271,18 @@ func NewDecoder(dims []Dimension) *Decoder {
 		resValues: make([][]byte, len(dims)),
 		resFound:  make([]bool, len(dims)),
 		spanFound: make([]bool, len(dims)),
+
+		maxValueLen: DefaultMaxLabelValueLength,
 	}
+}
+
+// DefaultMaxLabelValueLength is Mimir's and Tempo's limit on a label value.
+const DefaultMaxLabelValueLength = 2048
+
+// WithMaxLabelValueLength refuses spans whose label values exceed n bytes.
+func (d *Decoder) WithMaxLabelValueLength(n int) *Decoder {
+	d.maxValueLen = n
+	return d
 }
 
 // view returns the bytes of s without copying; the caller must not modify them.
@@ -360,6 +375,16 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	case len(tid) != 16 || [16]byte(tid) == [16]byte{}:
 		ref[ReasonInvalidTraceID]++
 		return
+	}
+	if len(service) > d.maxValueLen || len(name) > d.maxValueLen {
+		ref[ReasonLabelValueTooLong]++
+		return
+	}
+	for _, v := range d.dimValues {
+		if len(v) > d.maxValueLen {
+			ref[ReasonLabelValueTooLong]++
+			return
+		}
 	}
 	if kind < 0 || int(kind) >= len(spanKinds) {
 		kind = int32(ptrace.SpanKindUnspecified)

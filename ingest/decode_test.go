@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,6 +84,21 @@ func TestDecodeRefusals(t *testing.T) {
 	require.Equal(t, 6, NewDecoder(nil).Decode(td, &b, &ref))
 	require.Len(t, b.Samples, 1)
 	require.Equal(t, Refusals{ReasonMissingServiceName: 2, ReasonMissingTimestamps: 1, ReasonEndBeforeStart: 1, ReasonInvalidTraceID: 1}, ref)
+
+	// A label value over the limit refuses the span.
+	long := ptrace.NewTraces()
+	lrs := long.ResourceSpans().AppendEmpty()
+	lrs.Resource().Attributes().PutStr("service.name", "api")
+	ls := lrs.ScopeSpans().AppendEmpty().Spans().AppendEmpty()
+	ls.SetName(strings.Repeat("x", 33))
+	ls.SetTraceID(pcommon.TraceID{1})
+	ls.SetStartTimestamp(1)
+	ls.SetEndTimestamp(2)
+	var b2 sample.Batch
+	var ref2 Refusals
+	NewDecoder(nil).WithMaxLabelValueLength(32).Decode(long, &b2, &ref2)
+	require.Equal(t, Refusals{ReasonLabelValueTooLong: 1}, ref2)
+	require.Contains(t, ref2.Message(1), "--limits.max-label-value-length")
 	msg := ref.Message(6)
 	require.Contains(t, msg, "refused 5 of 6 spans: 2 missing_service_name")
 	require.Contains(t, msg, "1 end_before_start")
@@ -103,7 +119,9 @@ func TestOptionsValidate(t *testing.T) {
 	o := DefaultOptions()
 	o.MaxRequestBytes = 0
 	o.Dimensions = []string{"a.b", "a_b", ""}
+	o.MaxDimensions = 2
 	err := o.Validate()
+	require.ErrorContains(t, err, "more than MaxDimensions (2)")
 	require.ErrorContains(t, err, "MaxRequestBytes")
 	require.ErrorContains(t, err, `"a.b" and "a_b" both become label "a_b"`)
 	require.ErrorContains(t, err, "empty attribute name")

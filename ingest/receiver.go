@@ -35,11 +35,18 @@ type Options struct {
 	Graph GraphOptions
 	// Stages configures stage durations from span events.
 	Stages Stages
+	// MaxLabelValueLength refuses spans whose service, name or dimension
+	// values are longer (Mimir's label_value_too_long).
+	MaxLabelValueLength int
+	// MaxDimensions bounds the attributes promoted to labels: each one
+	// multiplies the series a span name can make.
+	MaxDimensions int
 }
 
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
-	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions(), Stages: DefaultStages()}
+	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions(), Stages: DefaultStages(),
+		MaxLabelValueLength: DefaultMaxLabelValueLength, MaxDimensions: 10}
 }
 
 // Validate reports every problem with the options.
@@ -54,11 +61,20 @@ func (o Options) Validate() error {
 	if o.Graph.MaxItems <= 0 {
 		errs = append(errs, fmt.Errorf("invalid Graph.MaxItems %d: must be positive", o.Graph.MaxItems))
 	}
+	if o.MaxLabelValueLength <= 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxLabelValueLength %d: must be positive", o.MaxLabelValueLength))
+	}
+	if len(o.Dimensions) > o.MaxDimensions {
+		errs = append(errs, fmt.Errorf("invalid Dimensions: %d attributes promoted to labels, more than MaxDimensions (%d); every one multiplies the series", len(o.Dimensions), o.MaxDimensions))
+	}
 	seen := map[string]string{}
 	for _, a := range o.Dimensions {
 		if a == "" {
 			errs = append(errs, errors.New("invalid Dimensions: empty attribute name"))
 			continue
+		}
+		if len(a) > maxLabelNameLength {
+			errs = append(errs, fmt.Errorf("invalid Dimensions: attribute name of %d bytes is longer than the label name limit of %d", len(a), maxLabelNameLength))
 		}
 		l := NewDimension(a).Label
 		if prev, ok := seen[l]; ok {
@@ -68,6 +84,9 @@ func (o Options) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// maxLabelNameLength is Mimir's and Tempo's limit on a label name.
+const maxLabelNameLength = 1024
 
 // Protocols, as metric label values.
 const (
@@ -177,7 +196,9 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 	for _, a := range opts.Dimensions {
 		r.dims = append(r.dims, NewDimension(a))
 	}
-	r.work.New = func() any { return &work{dec: NewDecoder(r.dims).WithStages(opts.Stages)} }
+	r.work.New = func() any {
+		return &work{dec: NewDecoder(r.dims).WithStages(opts.Stages).WithMaxLabelValueLength(opts.MaxLabelValueLength)}
+	}
 	return r, nil
 }
 

@@ -56,6 +56,8 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(&stringList{dst: &cfg.Ingest.Stages.Names}, "stages.names", "Span event names that mark stages, in any order (comma-separated); the time between consecutive stage events becomes hopwatch_stage_duration_seconds.")
 	fs.StringVar(&cfg.Ingest.Stages.Attribute, "stages.attribute", cfg.Ingest.Stages.Attribute, "Event attribute whose value names the stage, for events named otherwise; empty turns it off.")
 	fs.Var(durationValue{&cfg.Storage.SeriesIdleTimeout}, "spanmetrics.series-idle-timeout", "Close a series that got no sample for this long: staleness markers, memory freed (Tempo's stale_duration); 0 keeps series forever.")
+	fs.IntVar(&cfg.Ingest.MaxLabelValueLength, "limits.max-label-value-length", cfg.Ingest.MaxLabelValueLength, "Refuse spans whose service name, span name or dimension value is longer (reason label_value_too_long).")
+	fs.IntVar(&cfg.Ingest.MaxDimensions, "limits.max-dimensions", cfg.Ingest.MaxDimensions, "Most attributes --spanmetrics.dimensions may promote to labels.")
 	fs.Var(&floatList{dst: &cfg.Storage.ClassicBuckets}, "spanmetrics.histogram-buckets", "Classic histogram bucket upper bounds in seconds (comma-separated).")
 	fs.BoolVar(&cfg.Storage.ClassicHistograms, "spanmetrics.classic-histograms", cfg.Storage.ClassicHistograms, "Write traces_spanmetrics_latency_bucket/_sum/_count.")
 	fs.BoolVar(&cfg.Storage.NativeHistograms, "spanmetrics.native-histograms", cfg.Storage.NativeHistograms, "Write traces_spanmetrics_latency as a native histogram.")
