@@ -403,20 +403,9 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	}
 	d.key = k
 
-	idx, ok := d.index[string(k)]
-	if !ok {
-		s, ok := d.known[string(k)]
-		if !ok {
-			if len(d.known) >= maxKnownSeries {
-				clear(d.known)
-			}
-			s = sample.Series{Key: string(k), Labels: d.labels(service, name, kind, code)}
-			d.known[s.Key] = s
-		}
-		idx = uint32(len(b.Series))
-		d.index[s.Key] = idx
-		b.Series = append(b.Series, s)
-	}
+	idx := d.seriesIndex(b, k, func(key string) sample.Series {
+		return sample.Series{Key: key, Labels: d.labels(service, name, kind, code)}
+	})
 	b.Samples = append(b.Samples, sample.Sample{
 		Series:   idx,
 		Start:    int64(start),
@@ -469,21 +458,31 @@ func (d *Decoder) stageSamples(b *sample.Batch, service, name []byte, tid [16]by
 		k = append(append(k, from.name...), 0xff)
 		k = append(append(k, to.name...), 0xff)
 		d.key = k
-		idx, ok := d.index[string(k)]
-		if !ok {
-			s, ok := d.known[string(k)]
-			if !ok {
-				if len(d.known) >= maxKnownSeries {
-					clear(d.known)
-				}
-				s = sample.Series{Family: sample.FamilyStage, Key: string(k), Labels: labels.FromStrings(
-					LabelService, string(service), LabelSpanName, string(name), "from_stage", from.name, "to_stage", to.name)}
-				d.known[s.Key] = s
-			}
-			idx = uint32(len(b.Series))
-			d.index[s.Key] = idx
-			b.Series = append(b.Series, s)
-		}
+		idx := d.seriesIndex(b, k, func(key string) sample.Series {
+			return sample.Series{Family: sample.FamilyStage, Key: key, Labels: labels.FromStrings(
+				LabelService, string(service), LabelSpanName, string(name), "from_stage", from.name, "to_stage", to.name)}
+		})
 		b.Samples = append(b.Samples, sample.Sample{Series: idx, Start: from.t, Duration: to.t - from.t, TraceID: tid})
 	}
+}
+
+// seriesIndex returns the position in b.Series of the series with key k,
+// adding it from the decoder's cache, or from build on a miss. A known
+// series costs map lookups, no allocation.
+func (d *Decoder) seriesIndex(b *sample.Batch, k []byte, build func(key string) sample.Series) uint32 {
+	if idx, ok := d.index[string(k)]; ok {
+		return idx
+	}
+	s, ok := d.known[string(k)]
+	if !ok {
+		if len(d.known) >= maxKnownSeries {
+			clear(d.known)
+		}
+		s = build(string(k))
+		d.known[s.Key] = s
+	}
+	idx := uint32(len(b.Series))
+	d.index[s.Key] = idx
+	b.Series = append(b.Series, s)
+	return idx
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // Reader reads fields from b starting at an offset. After the first error
@@ -109,6 +111,32 @@ func (r *Reader) Count(what string) int {
 		return 0
 	}
 	return int(n)
+}
+
+// AppendLabels appends a label count and the length-prefixed name/value
+// pairs, the layout Labels reads.
+func AppendLabels(b []byte, lset labels.Labels) []byte {
+	b = binary.AppendUvarint(b, uint64(lset.Len()))
+	lset.Range(func(l labels.Label) {
+		b = binary.AppendUvarint(b, uint64(len(l.Name)))
+		b = append(b, l.Name...)
+		b = binary.AppendUvarint(b, uint64(len(l.Value)))
+		b = append(b, l.Value...)
+	})
+	return b
+}
+
+// Labels reads labels written by AppendLabels, sorted, built in sb.
+func (r *Reader) Labels(sb *labels.ScratchBuilder) labels.Labels {
+	n := r.Count("label count")
+	sb.Reset()
+	for range n {
+		name := r.String("label name")
+		value := r.String("label value")
+		sb.Add(name, value)
+	}
+	sb.Sort()
+	return sb.Labels()
 }
 
 // WriteFileSync writes b to name and fsyncs it, for files installed with

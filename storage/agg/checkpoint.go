@@ -82,14 +82,7 @@ func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(t.series)))
 	for _, s := range t.series {
-		b = binary.AppendUvarint(b, s.ref)
-		b = append(b, byte(s.family))
-		b = appendString(b, s.key)
-		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
-		s.lset.Range(func(l labels.Label) {
-			b = appendString(b, l.Name)
-			b = appendString(b, l.Value)
-		})
+		b = appendSeriesHead(b, s)
 		created := byte(0)
 		if s.created {
 			created = 1
@@ -186,7 +179,7 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 			d.Fail("series family")
 		}
 		key := d.String("series key")
-		lset := readLabels(d, &sb)
+		lset := d.Labels(&sb)
 		if d.Err() != nil {
 			return 0, corrupt("%v", d.Err())
 		}

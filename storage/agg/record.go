@@ -49,16 +49,18 @@ func appendSeriesRecord(b []byte, ss []*series) []byte {
 	b = append(b, recSeries)
 	b = binary.AppendUvarint(b, uint64(len(ss)))
 	for _, s := range ss {
-		b = binary.AppendUvarint(b, s.ref)
-		b = append(b, byte(s.family))
-		b = appendString(b, s.key)
-		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
-		s.lset.Range(func(l labels.Label) {
-			b = appendString(b, l.Name)
-			b = appendString(b, l.Value)
-		})
+		b = appendSeriesHead(b, s)
 	}
 	return b
+}
+
+// appendSeriesHead writes what identifies a series: ref, family, key and
+// labels (WAL series records and checkpoints share it).
+func appendSeriesHead(b []byte, s *series) []byte {
+	b = binary.AppendUvarint(b, s.ref)
+	b = append(b, byte(s.family))
+	b = appendString(b, s.key)
+	return recbuf.AppendLabels(b, s.lset)
 }
 
 func appendCreatedRecord(b []byte, refs []uint64) []byte {
@@ -68,19 +70,6 @@ func appendCreatedRecord(b []byte, refs []uint64) []byte {
 		b = binary.AppendUvarint(b, r)
 	}
 	return b
-}
-
-// readLabels reads a label count and that many name/value strings.
-func readLabels(d *recbuf.Reader, sb *labels.ScratchBuilder) labels.Labels {
-	n := d.Count("label count")
-	sb.Reset()
-	for range n {
-		name := d.String("label name")
-		value := d.String("label value")
-		sb.Add(name, value)
-	}
-	sb.Sort()
-	return sb.Labels()
 }
 
 type seriesEntry struct {
@@ -101,7 +90,7 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry
 			d.Fail("series family")
 		}
 		e.key = d.String("series key")
-		e.lset = readLabels(d, sb)
+		e.lset = d.Labels(sb)
 		if d.Err() != nil {
 			break
 		}

@@ -423,15 +423,7 @@ func (db *DB) writeCheckpoint(pending []ulid.ULID) (int, error) {
 	for _, s := range db.series {
 		s.mtx.Lock()
 		b = binary.AppendUvarint(b, s.ref)
-		b = binary.AppendUvarint(b, uint64(len(s.key)))
-		b = append(b, s.key...)
-		b = binary.AppendUvarint(b, uint64(s.lset.Len()))
-		s.lset.Range(func(l labels.Label) {
-			b = binary.AppendUvarint(b, uint64(len(l.Name)))
-			b = append(b, l.Name...)
-			b = binary.AppendUvarint(b, uint64(len(l.Value)))
-			b = append(b, l.Value...)
-		})
+		b = appendSeriesHead(b, s.key, s.lset)
 		b = binary.AppendVarint(b, s.maxT)
 		b = binary.AppendUvarint(b, uint64(len(s.chunks)))
 		for _, c := range s.chunks {
@@ -517,18 +509,11 @@ func (db *DB) loadCheckpoint() (int, error) {
 	for range n {
 		ref := r.Uvarint("series ref")
 		key := r.String("key")
-		nl := r.Count("label count")
-		sb.Reset()
-		for range nl {
-			name := r.Bytes(r.Uvarint("label name length"), "label name")
-			value := r.Bytes(r.Uvarint("label value length"), "label value")
-			sb.Add(string(name), string(value))
-		}
-		sb.Sort()
+		lset := r.Labels(&sb)
 		if r.Err() != nil {
 			return 0, corrupt(r.Err().Error())
 		}
-		s := db.newSeries(ref, key, sb.Labels())
+		s := db.newSeries(ref, key, lset)
 		s.maxT = r.Varint("max time")
 		nc := r.Count("chunk count")
 		for range nc {

@@ -27,16 +27,15 @@ func appendSeriesRecord(b []byte, ref uint64, key string, lset labels.Labels) []
 	b = append(b, recSeries)
 	b = binary.AppendUvarint(b, 1)
 	b = binary.AppendUvarint(b, ref)
+	return appendSeriesHead(b, key, lset)
+}
+
+// appendSeriesHead writes a series' key and labels (WAL series records and
+// the head checkpoint share it).
+func appendSeriesHead(b []byte, key string, lset labels.Labels) []byte {
 	b = binary.AppendUvarint(b, uint64(len(key)))
 	b = append(b, key...)
-	b = binary.AppendUvarint(b, uint64(lset.Len()))
-	lset.Range(func(l labels.Label) {
-		b = binary.AppendUvarint(b, uint64(len(l.Name)))
-		b = append(b, l.Name...)
-		b = binary.AppendUvarint(b, uint64(len(l.Value)))
-		b = append(b, l.Value...)
-	})
-	return b
+	return recbuf.AppendLabels(b, lset)
 }
 
 type walSample struct {
@@ -52,18 +51,11 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, f func(ref uint64
 	for range n {
 		ref := r.Uvarint("series ref")
 		key := r.String("series key")
-		nl := r.Count("label count")
-		sb.Reset()
-		for range nl {
-			name := r.Bytes(r.Uvarint("label name length"), "label name")
-			value := r.Bytes(r.Uvarint("label value length"), "label value")
-			sb.Add(string(name), string(value))
-		}
+		lset := r.Labels(sb)
 		if r.Err() != nil {
 			return r.Err()
 		}
-		sb.Sort()
-		f(ref, key, sb.Labels())
+		f(ref, key, lset)
 	}
 	return r.Err()
 }
