@@ -23,6 +23,8 @@ const (
 	LabelSpanName   = "span_name"
 	LabelSpanKind   = "span_kind"
 	LabelStatusCode = "status_code"
+	LabelFromStage  = "from_stage"
+	LabelToStage    = "to_stage"
 )
 
 // spanKinds and statusCodes are the label values: the OTLP enum names, as
@@ -55,6 +57,8 @@ const (
 	ReasonInvalidTraceID
 	ReasonLabelValueTooLong
 	numReasons
+
+	reasonNone = numReasons // not refused
 )
 
 var reasonInfo = [numReasons]struct{ id, help string }{
@@ -146,6 +150,27 @@ type Decoder struct {
 	// maxValueLen bounds label values (service, span name, dimensions).
 	maxValueLen int
 	resNode     []byte // the current resource's node: instance id, else host
+	// writers lists, per resource with accepted spans, who wrote them and
+	// the latest span end among them: the watermark's input.
+	writers   []writerProgress
+	resMaxEnd int64
+	// streamIdx maps the series of a stream batch to the sample batch's.
+	streamIdx []streamSeries
+}
+
+// writerProgress is what one resource of a request tells about its writer.
+// Slices view the request.
+type writerProgress struct {
+	service, instance, host []byte
+	maxEnd                  int64
+}
+
+// endResource records the progress of the resource just decoded.
+func (d *Decoder) endResource(service, instance, host []byte) {
+	if d.resMaxEnd > 0 {
+		d.writers = append(d.writers, writerProgress{service: service, instance: instance, host: host, maxEnd: d.resMaxEnd})
+	}
+	d.resMaxEnd = 0
 }
 
 // hopSpan is what service graph pairing needs of a client, server,
@@ -293,6 +318,7 @@ func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 	clear(d.index)
 	d.hops = d.hops[:0]
+	d.writers, d.resMaxEnd = d.writers[:0], 0
 	total := 0
 	rss := td.ResourceSpans()
 	for i := range rss.Len() {
@@ -302,12 +328,16 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 		if v, ok := rattrs.Get("service.name"); ok {
 			service = view(v.AsString())
 		}
-		d.resNode = nil
+		var instance, host []byte
 		if v, ok := rattrs.Get(attrInstance); ok {
-			d.resNode = view(v.AsString())
+			instance = view(v.AsString())
 		}
-		if v, ok := rattrs.Get(attrHost); ok && len(d.resNode) == 0 {
-			d.resNode = view(v.AsString())
+		if v, ok := rattrs.Get(attrHost); ok {
+			host = view(v.AsString())
+		}
+		d.resNode = instance
+		if len(d.resNode) == 0 {
+			d.resNode = host
 		}
 		for j, dim := range d.dims {
 			d.resValues[j] = nil
@@ -359,6 +389,7 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 					uint64(span.StartTimestamp()), uint64(span.EndTimestamp()), tid[:])
 			}
 		}
+		d.endResource(service, instance, host)
 	}
 	return total
 }
@@ -393,25 +424,14 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		code = int32(ptrace.StatusCodeUnset)
 	}
 
-	// The key: kind, code, then each value followed by 0xff, which cannot
-	// occur in valid UTF-8, so distinct label sets cannot share a key.
-	k := append(d.key[:0], byte(kind), byte(code))
-	k = append(append(k, service...), 0xff)
-	k = append(append(k, name...), 0xff)
-	for _, v := range d.dimValues {
-		k = append(append(k, v...), 0xff)
-	}
-	d.key = k
-
-	idx := d.seriesIndex(b, k, func(key string) sample.Series {
-		return sample.Series{Key: key, Labels: d.labels(service, name, kind, code)}
-	})
+	idx := d.spanSeries(b, service, name, kind, code)
 	b.Samples = append(b.Samples, sample.Sample{
 		Series:   idx,
 		Start:    int64(start),
 		Duration: int64(end - start),
 		TraceID:  [16]byte(tid),
 	})
+	d.resMaxEnd = max(d.resMaxEnd, int64(end))
 	if len(d.events) > 1 {
 		d.stageSamples(b, service, name, [16]byte(tid))
 	}
@@ -426,6 +446,23 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		h.failed = code == int32(ptrace.StatusCodeError)
 		d.hops = append(d.hops, h)
 	}
+}
+
+// spanSeries returns the index in b of the span series with the given
+// values and the dimension values in d.dimValues.
+func (d *Decoder) spanSeries(b *sample.Batch, service, name []byte, kind, code int32) uint32 {
+	// The key: kind, code, then each value followed by 0xff, which cannot
+	// occur in valid UTF-8, so distinct label sets cannot share a key.
+	k := append(d.key[:0], byte(kind), byte(code))
+	k = append(append(k, service...), 0xff)
+	k = append(append(k, name...), 0xff)
+	for _, v := range d.dimValues {
+		k = append(append(k, v...), 0xff)
+	}
+	d.key = k
+	return d.seriesIndex(b, k, func(key string) sample.Series {
+		return sample.Series{Key: key, Labels: d.labels(service, name, kind, code)}
+	})
 }
 
 func (d *Decoder) labels(service, name []byte, kind, code int32) labels.Labels {
@@ -451,19 +488,24 @@ func (d *Decoder) stageSamples(b *sample.Batch, service, name []byte, tid [16]by
 	slices.SortStableFunc(d.events, func(x, y stageEvent) int { return cmp.Compare(x.t, y.t) })
 	for i := 1; i < len(d.events); i++ {
 		from, to := d.events[i-1], d.events[i]
-		// The key: a marker byte no span kind uses, then the values.
-		k := append(d.key[:0], 0xfe)
-		k = append(append(k, service...), 0xff)
-		k = append(append(k, name...), 0xff)
-		k = append(append(k, from.name...), 0xff)
-		k = append(append(k, to.name...), 0xff)
-		d.key = k
-		idx := d.seriesIndex(b, k, func(key string) sample.Series {
-			return sample.Series{Family: sample.FamilyStage, Key: key, Labels: labels.FromStrings(
-				LabelService, string(service), LabelSpanName, string(name), "from_stage", from.name, "to_stage", to.name)}
-		})
+		idx := d.stageSeries(b, service, name, view(from.name), view(to.name))
 		b.Samples = append(b.Samples, sample.Sample{Series: idx, Start: from.t, Duration: to.t - from.t, TraceID: tid})
 	}
+}
+
+// stageSeries returns the index in b of a stage duration series.
+func (d *Decoder) stageSeries(b *sample.Batch, service, name, from, to []byte) uint32 {
+	// The key: a marker byte no span kind uses, then the values.
+	k := append(d.key[:0], 0xfe)
+	k = append(append(k, service...), 0xff)
+	k = append(append(k, name...), 0xff)
+	k = append(append(k, from...), 0xff)
+	k = append(append(k, to...), 0xff)
+	d.key = k
+	return d.seriesIndex(b, k, func(key string) sample.Series {
+		return sample.Series{Family: sample.FamilyStage, Key: key, Labels: labels.FromStrings(
+			LabelService, string(service), LabelSpanName, string(name), LabelFromStage, string(from), LabelToStage, string(to))}
+	})
 }
 
 // seriesIndex returns the position in b.Series of the series with key k,

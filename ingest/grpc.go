@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/gzip" // OTLP exporters may compress with gzip
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
@@ -51,6 +52,9 @@ func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
 		grpc.ForceServerCodecV2(rawCodec{proto: encoding.GetCodecV2("proto")}),
 		grpc.MaxRecvMsgSize(r.opts.MaxRequestBytes),
 		grpc.StatsHandler(refusalCounter{r}),
+		// Live per-message counters of every method, streams included.
+		grpc.ChainUnaryInterceptor(r.grpcMetrics.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(r.grpcMetrics.StreamServerInterceptor()),
 	}
 }
 
@@ -97,6 +101,9 @@ const exportMethod = "/opentelemetry.proto.collector.trace.v1.TraceService/Expor
 // created with GRPCServerOptions.
 func (r *Receiver) RegisterGRPC(s *grpc.Server) {
 	s.RegisterService(&traceServiceDesc, r)
+	r.registerStreamService(s)
+	r.registerWriterService(s)
+	r.grpcMetrics.InitializeMetrics(s)
 }
 
 // traceServiceDesc is opentelemetry.proto.collector.trace.v1.TraceService,
@@ -138,7 +145,15 @@ func (r *Receiver) exportGRPC(ctx context.Context, in *rawMessage) (*rawMessage,
 		}
 		return nil, status.Error(code, err.Error())
 	}
-	res, err := r.export(ctx, protoGRPC, tenantID, decodeProtobuf(in.b))
+	var writer string
+	if ids := metadata.ValueFromIncomingContext(ctx, writerMetadata); len(ids) > 0 {
+		writer = ids[0]
+		if err := writerFromHeader(writer); err != nil {
+			r.metrics.requestsRefused.WithLabelValues(protoGRPC, refusedWriter).Inc()
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	res, err := r.export(ctx, protoGRPC, tenantID, writer, decodeProtobuf(in.b))
 	var malformed errMalformed
 	if errors.As(err, &malformed) {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

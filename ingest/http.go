@@ -69,6 +69,11 @@ func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
 		fail(status, refusedTenant, err)
 		return
 	}
+	writer := req.Header.Get(WriterHeader)
+	if err := writerFromHeader(writer); err != nil {
+		fail(http.StatusBadRequest, refusedWriter, err)
+		return
+	}
 	body, status, reason, err := r.readBody(req)
 	if err != nil {
 		fail(status, reason, err)
@@ -79,7 +84,7 @@ func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
 	if mediaType == contentJSON {
 		decode = decodeJSON(body)
 	}
-	res, err := r.export(req.Context(), protoHTTP, tenantID, decode)
+	res, err := r.export(req.Context(), protoHTTP, tenantID, writer, decode)
 	var malformed errMalformed
 	if errors.As(err, &malformed) {
 		// Counted by export.

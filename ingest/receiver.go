@@ -8,11 +8,13 @@ import (
 	"sync"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 
+	"github.com/hopwatch/hopwatch/ingest/watermark"
 	"github.com/hopwatch/hopwatch/internal/tenant"
 	"github.com/hopwatch/hopwatch/sample"
 )
@@ -41,12 +43,17 @@ type Options struct {
 	// MaxDimensions bounds the attributes promoted to labels: each one
 	// multiplies the series a span name can make.
 	MaxDimensions int
+	// Watermark configures writer tracking.
+	Watermark watermark.Options
+	// StreamWindow is the credit of a streaming ingest client: the batches
+	// it may have sent and not yet had acknowledged.
+	StreamWindow int
 }
 
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
 	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions(), Stages: DefaultStages(),
-		MaxLabelValueLength: DefaultMaxLabelValueLength, MaxDimensions: 10}
+		MaxLabelValueLength: DefaultMaxLabelValueLength, MaxDimensions: 10, Watermark: watermark.DefaultOptions(), StreamWindow: 16}
 }
 
 // Validate reports every problem with the options.
@@ -60,6 +67,12 @@ func (o Options) Validate() error {
 	}
 	if o.Graph.MaxItems <= 0 {
 		errs = append(errs, fmt.Errorf("invalid Graph.MaxItems %d: must be positive", o.Graph.MaxItems))
+	}
+	if o.StreamWindow <= 0 || o.StreamWindow > 1<<16 {
+		errs = append(errs, fmt.Errorf("invalid StreamWindow %d: must be 1 to 65536 batches", o.StreamWindow))
+	}
+	if err := o.Watermark.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.MaxLabelValueLength <= 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxLabelValueLength %d: must be positive", o.MaxLabelValueLength))
@@ -90,8 +103,9 @@ const maxLabelNameLength = 1024
 
 // Protocols, as metric label values.
 const (
-	protoGRPC = "grpc"
-	protoHTTP = "http"
+	protoGRPC   = "grpc"
+	protoHTTP   = "http"
+	protoStream = "stream" // hopwatch.v1.IngestService
 )
 
 // Reasons a whole request is refused, as metric label values.
@@ -103,17 +117,40 @@ const (
 	refusedTenant      = "invalid_tenant"
 	refusedMethod      = "method_not_allowed"
 	refusedUnavailable = "unavailable"
+	refusedWriter      = "invalid_writer"
+	refusedCredit      = "credit_exceeded"
 )
 
+// WriterHeader names the writer of a request, for the watermark: an HTTP
+// header, or gRPC metadata (lower case there). Without it, each resource's
+// service.instance.id names its writer.
+const WriterHeader = "X-Hopwatch-Writer"
+
+// writerMetadata is WriterHeader as gRPC metadata.
+const writerMetadata = "x-hopwatch-writer"
+
+// maxWriterLength bounds a writer id.
+const maxWriterLength = 256
+
+// writerFromHeader checks a writer id taken from a header.
+func writerFromHeader(id string) error {
+	if len(id) > maxWriterLength {
+		return fmt.Errorf("%s is %d bytes, longer than the limit of %d", WriterHeader, len(id), maxWriterLength)
+	}
+	return nil
+}
+
 type receiverMetrics struct {
-	requests        *prometheus.CounterVec   // protocol
-	requestsRefused *prometheus.CounterVec   // protocol, reason
-	spansReceived   *prometheus.CounterVec   // protocol
-	spansAccepted   *prometheus.CounterVec   // protocol
-	spansRefused    *prometheus.CounterVec   // protocol, reason
-	discarded       *prometheus.CounterVec   // tenant, reason
-	duration        *prometheus.HistogramVec // protocol
-	graphPending    prometheus.GaugeFunc
+	requests         *prometheus.CounterVec // protocol
+	requestsRefused  *prometheus.CounterVec // protocol, reason
+	spansReceived    *prometheus.CounterVec // protocol
+	spansAccepted    *prometheus.CounterVec // protocol
+	spansRefused     *prometheus.CounterVec // protocol, reason
+	discarded        *prometheus.CounterVec // tenant, reason
+	lateSpans        *prometheus.CounterVec // tenant
+	streamDuplicates prometheus.Counter
+	duration         *prometheus.HistogramVec // protocol
+	graphPending     prometheus.GaugeFunc
 }
 
 func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
@@ -143,6 +180,14 @@ func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
 			Name: "hopwatch_discarded_samples_total",
 			Help: "Latency samples not stored, by tenant and reason.",
 		}, []string{"tenant", "reason"}),
+		streamDuplicates: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_stream_duplicate_batches_total",
+			Help: "Streamed batches acknowledged as duplicates (a writer's seq already applied) and not applied again.",
+		}),
+		lateSpans: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_late_spans_total",
+			Help: "Spans accepted that end at or before their tenant's watermark: their windows had been declared complete.",
+		}, []string{"tenant"}),
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                            "hopwatch_otlp_request_duration_seconds",
 			Help:                            "Time from a decoded-enough OTLP export request to its answer: decoding, WAL writes and aggregation.",
@@ -162,8 +207,12 @@ type Receiver struct {
 	dims     []Dimension
 	metrics  *receiverMetrics
 	pairs    *pairer
-	logger   *slog.Logger
-	work     sync.Pool // *work
+	marks    *watermark.Tracker
+	streams  streamWriters
+	// grpcMetrics counts gRPC calls and messages per method, live.
+	grpcMetrics *grpcprom.ServerMetrics
+	logger      *slog.Logger
+	work        sync.Pool // *work
 }
 
 // work is the per-request scratch space, pooled so that steady-state
@@ -171,6 +220,7 @@ type Receiver struct {
 type work struct {
 	dec   *Decoder
 	batch sample.Batch
+	id    []byte // a writer id being built
 }
 
 // New returns a receiver that appends to app.
@@ -187,7 +237,18 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 		resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled},
 		metrics:  newReceiverMetrics(reg),
 		pairs:    newPairer(opts.Graph),
+		streams:  streamWriters{writers: map[streamWriterKey]*streamWriter{}},
 		logger:   logger,
+	}
+	var err error
+	if r.marks, err = watermark.New(opts.Watermark, reg); err != nil {
+		return nil, err
+	}
+	r.grpcMetrics = grpcprom.NewServerMetrics()
+	if reg != nil {
+		if err := reg.Register(r.grpcMetrics); err != nil {
+			return nil, err
+		}
 	}
 	r.metrics.graphPending = promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hopwatch_service_graph_pending_spans",
@@ -254,8 +315,12 @@ type errMalformed struct{ err error }
 func (e errMalformed) Error() string { return e.err.Error() }
 func (e errMalformed) Unwrap() error { return e.err }
 
-// export decodes a request and appends its samples for tenantID.
-func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode decodeFunc) (exportResult, error) {
+// Watermarks returns the receiver's writer tracker.
+func (r *Receiver) Watermarks() *watermark.Tracker { return r.marks }
+
+// export decodes a request and appends its samples for tenantID; writer,
+// if not empty, names the request's writer.
+func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string, decode decodeFunc) (exportResult, error) {
 	start := time.Now()
 	defer func() { r.metrics.duration.WithLabelValues(protocol).Observe(time.Since(start).Seconds()) }()
 	w := r.work.Get().(*work)
@@ -285,21 +350,78 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID string, decode
 			r.logger.Warn("append failed", "tenant", tenantID, "spans", len(w.batch.Samples), "err", err)
 			return exportResult{}, errUnavailable{err}
 		}
-		r.metrics.spansAccepted.WithLabelValues(protocol).Add(float64(len(w.batch.Samples)))
+		r.countLate(tenantID, &w.batch)
 	}
+	r.metrics.spansAccepted.WithLabelValues(protocol).Add(float64(total - ref.Total()))
+	r.observeWriters(w, tenantID, writer, time.Now().UnixNano())
 	res := exportResult{}
 	if n := ref.Total(); n > 0 {
-		for reason, c := range ref {
-			if c > 0 {
-				id := Reason(reason).String()
-				r.metrics.spansRefused.WithLabelValues(protocol, id).Add(float64(c))
-				r.metrics.discarded.WithLabelValues(tenantID, id).Add(float64(c))
-			}
-		}
+		r.countRefusals(protocol, tenantID, &ref)
 		res.rejected = int64(n)
 		res.message = ref.Message(total)
 	}
 	return res, nil
+}
+
+// countRefusals counts refused spans (or records) by reason.
+func (r *Receiver) countRefusals(protocol, tenantID string, ref *Refusals) {
+	for reason, c := range ref {
+		if c > 0 {
+			id := Reason(reason).String()
+			r.metrics.spansRefused.WithLabelValues(protocol, id).Add(float64(c))
+			r.metrics.discarded.WithLabelValues(tenantID, id).Add(float64(c))
+		}
+	}
+}
+
+// countLate counts the spans that end at or before their tenant's
+// watermark: their windows were already complete when they came.
+func (r *Receiver) countLate(tenantID string, b *sample.Batch) {
+	mark := r.marks.Mark(tenantID)
+	if mark == 0 {
+		return
+	}
+	late := 0
+	for i := range b.Samples {
+		smp := &b.Samples[i]
+		if smp.Start+smp.Duration <= mark && b.Series[smp.Series].Family == sample.FamilySpan {
+			late++
+		}
+	}
+	if late > 0 {
+		r.metrics.lateSpans.WithLabelValues(tenantID).Add(float64(late))
+	}
+}
+
+// observeWriters moves the writers of an accepted request forward. A
+// request's writer is the header's, else each resource's: its
+// service.instance.id, else service.name@host.name, else service.name.
+func (r *Receiver) observeWriters(w *work, tenantID, header string, now int64) {
+	progress := w.dec.writers
+	if len(progress) == 0 {
+		return
+	}
+	if header != "" {
+		var end int64
+		for _, p := range progress {
+			end = max(end, p.maxEnd)
+		}
+		r.marks.Observe(tenantID, append(w.id[:0], header...), end, now)
+		return
+	}
+	for _, p := range progress {
+		id := w.id[:0]
+		switch {
+		case len(p.instance) > 0:
+			id = append(id, p.instance...)
+		case len(p.host) > 0:
+			id = append(append(append(id, p.service...), '@'), p.host...)
+		default:
+			id = append(id, p.service...)
+		}
+		w.id = id
+		r.marks.Observe(tenantID, id, p.maxEnd, now)
+	}
 }
 
 // unmarshalProto decodes an OTLP protobuf request.
@@ -311,10 +433,15 @@ func unmarshalProto(body []byte) (ptrace.Traces, error) {
 	return req.Traces(), nil
 }
 
+// streamWriterTTL is how long the sequence number of a streaming writer is
+// remembered after its last batch: a resend after that is applied again.
+const streamWriterTTL = time.Hour
+
 // ExpireEdges ends the wait of the spans whose peer did not come by now:
 // client spans naming a peer become edges to a virtual node, the others
 // count as unpaired. Call it regularly (the server does, every flush).
 func (r *Receiver) ExpireEdges(ctx context.Context, now time.Time) {
+	r.streams.expire(now.Add(-streamWriterTTL).UnixNano())
 	r.pairs.expire(now.UnixNano(), func(tenantID string, b *sample.Batch) {
 		if err := r.app.Append(ctx, tenantID, b); err != nil {
 			r.logger.Warn("appending expired service graph spans failed", "tenant", tenantID, "err", err)
@@ -325,4 +452,6 @@ func (r *Receiver) ExpireEdges(ctx context.Context, now time.Time) {
 // DeleteTenantMetrics drops the per-tenant series of a tenant that is gone.
 func (r *Receiver) DeleteTenantMetrics(tenantID string) {
 	r.metrics.discarded.DeletePartialMatch(prometheus.Labels{"tenant": tenantID})
+	r.metrics.lateSpans.DeletePartialMatch(prometheus.Labels{"tenant": tenantID})
+	r.marks.DeleteTenant(tenantID)
 }

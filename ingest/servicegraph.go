@@ -16,6 +16,8 @@ const (
 	LabelClient         = "client"
 	LabelServer         = "server"
 	LabelConnectionType = "connection_type"
+	LabelProducer       = "producer"
+	LabelConsumer       = "consumer"
 
 	connMessaging = "messaging_system"
 	connDatabase  = "database"
@@ -124,13 +126,19 @@ type graphOut struct {
 	index map[string]uint32
 }
 
-func (o *graphOut) add(family sample.Family, lset []string, smp sample.Sample) {
-	// The key: family, then the label pairs, 0xff-separated; known series
-	// cost a lookup, not an allocation.
-	k := append(o.p.keyBuf[:0], byte(family), 0xff)
+// appendGraphKey appends the series key of a service graph family: the
+// family, then the label pairs, 0xff-separated.
+func appendGraphKey(k []byte, family sample.Family, lset []string) []byte {
+	k = append(k, byte(family), 0xff)
 	for _, l := range lset {
 		k = append(append(k, l...), 0xff)
 	}
+	return k
+}
+
+func (o *graphOut) add(family sample.Family, lset []string, smp sample.Sample) {
+	// Known series cost a lookup, not an allocation.
+	k := appendGraphKey(o.p.keyBuf[:0], family, lset)
 	o.p.keyBuf = k
 	i, ok := o.index[string(k)]
 	if !ok {
@@ -368,6 +376,6 @@ func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, tr
 		stats.negativeQueue++
 		return
 	}
-	p.lsetBuf = append(p.lsetBuf[:0], "producer", prod.service, "consumer", cons.service)
+	p.lsetBuf = append(p.lsetBuf[:0], LabelProducer, prod.service, LabelConsumer, cons.service)
 	out.add(sample.FamilyQueue, p.lsetBuf, sample.Sample{Start: prod.end, Duration: wait, TraceID: trace})
 }

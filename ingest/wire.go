@@ -146,6 +146,7 @@ func (w *walker) wrongType() {
 func (d *Decoder) DecodeProto(body []byte, b *sample.Batch, ref *Refusals) (int, error) {
 	clear(d.index)
 	d.hops = d.hops[:0]
+	d.writers, d.resMaxEnd = d.writers[:0], 0
 	total := 0
 	req := walker{b: body}
 	for req.next() {
@@ -240,6 +241,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 			return total, ss.err
 		}
 	}
+	d.endResource(service, instance, host)
 	return total, rs.err
 }
 

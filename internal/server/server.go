@@ -323,6 +323,8 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) webHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.api.Handler())
+	mux.Handle(ingest.WritersPath, s.recv.WritersHandler())
+	mux.Handle(ingest.WritersPath+"/", s.recv.WritersHandler())
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, EnableOpenMetrics: true}))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "hopwatch is Healthy.")
