@@ -351,6 +351,7 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string
 			return exportResult{}, errUnavailable{err}
 		}
 		r.countLate(tenantID, &w.batch)
+		r.countLimited(tenantID, &w.batch, &ref, false)
 	}
 	r.metrics.spansAccepted.WithLabelValues(protocol).Add(float64(total - ref.Total()))
 	r.observeWriters(w, tenantID, writer, time.Now().UnixNano())
@@ -371,6 +372,24 @@ func (r *Receiver) countRefusals(protocol, tenantID string, ref *Refusals) {
 			r.metrics.spansRefused.WithLabelValues(protocol, id).Add(float64(c))
 			r.metrics.discarded.WithLabelValues(tenantID, id).Add(float64(c))
 		}
+	}
+}
+
+// countLimited moves what storage refused for the series limit into ref:
+// spans (records, for streams) are reported to the client; other samples
+// refused with them are counted here.
+func (r *Receiver) countLimited(tenantID string, b *sample.Batch, ref *Refusals, records bool) {
+	rs := b.Refused
+	if rs.Samples == 0 {
+		return
+	}
+	reported := rs.Spans
+	if records {
+		reported = rs.Samples
+	}
+	ref[ReasonSeriesLimit] += reported
+	if extra := rs.Samples - reported; extra > 0 {
+		r.metrics.discarded.WithLabelValues(tenantID, ReasonSeriesLimit.String()).Add(float64(extra))
 	}
 }
 

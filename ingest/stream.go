@@ -204,6 +204,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 			return ack
 		}
 		r.countLate(tenantID, &w.batch)
+		r.countLimited(tenantID, &w.batch, &ref, true)
 	}
 	dedup.last = seq
 	rejected := ref.Total()

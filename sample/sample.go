@@ -66,6 +66,16 @@ type Sample struct {
 type Batch struct {
 	Series  []Series
 	Samples []Sample
+	// Refused counts what storage took out of the batch for a limit.
+	Refused Refused
+}
+
+// Refused counts the samples storage removed from a batch because their
+// series would have taken the tenant over its active series limit.
+type Refused struct {
+	// Samples of every family, and of them the span samples (one per
+	// span), which ingest reports back to the client.
+	Samples, Spans int
 }
 
 // Reset empties the batch and keeps its capacity.
@@ -73,4 +83,5 @@ func (b *Batch) Reset() {
 	clear(b.Series) // drop label references so they can be collected
 	b.Series = b.Series[:0]
 	b.Samples = b.Samples[:0]
+	b.Refused = Refused{}
 }

@@ -57,6 +57,7 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.StringVar(&cfg.Ingest.Stages.Attribute, "stages.attribute", cfg.Ingest.Stages.Attribute, "Event attribute whose value names the stage, for events named otherwise; empty turns it off.")
 	fs.Var(durationValue{&cfg.Storage.SeriesIdleTimeout}, "spanmetrics.series-idle-timeout", "Close a series that got no sample for this long: staleness markers, memory freed (Tempo's stale_duration); 0 keeps series forever.")
 	fs.IntVar(&cfg.Ingest.MaxLabelValueLength, "limits.max-label-value-length", cfg.Ingest.MaxLabelValueLength, "Refuse spans whose service name, span name or dimension value is longer (reason label_value_too_long).")
+	fs.IntVar(&cfg.Storage.MaxSeriesPerTenant, "limits.max-series-per-tenant", cfg.Storage.MaxSeriesPerTenant, "Most active series per tenant; spans of new series beyond it are refused (reason per_user_series_limit); 0 means no limit.")
 	fs.IntVar(&cfg.Ingest.MaxDimensions, "limits.max-dimensions", cfg.Ingest.MaxDimensions, "Most attributes --spanmetrics.dimensions may promote to labels.")
 	fs.Var(durationValue{&cfg.Ingest.Watermark.HeartbeatTimeout}, "watermark.heartbeat-timeout", "How long a writer may stay silent before it stops holding its tenant's watermark; its next write brings it back.")
 	fs.Var(durationValue{&cfg.Ingest.Watermark.ForgetAfter}, "watermark.forget-after", "How long an idle writer is remembered and listed before it is dropped (excluded writers are kept).")

@@ -52,6 +52,10 @@ type Options struct {
 	// SeriesIdleTimeout closes a series (staleness markers, memory freed)
 	// that received no sample for this long; 0 keeps series forever.
 	SeriesIdleTimeout time.Duration
+	// MaxSeriesPerTenant bounds a tenant's active series (Mimir's
+	// max_global_series_per_user); samples of further new series are
+	// refused and counted in the batch. 0 means no limit.
+	MaxSeriesPerTenant int
 	// WALSegmentSize is the size of one ingest WAL segment file.
 	WALSegmentSize int
 	// WALFsync fsyncs the WAL before every acknowledgement. Off, an
@@ -73,6 +77,7 @@ func DefaultOptions() Options {
 		MaxExemplars:       100_000,
 		CheckpointInterval: 5 * time.Minute,
 		SeriesIdleTimeout:  15 * time.Minute,
+		MaxSeriesPerTenant: 150000,
 		WALSegmentSize:     32 << 20,
 	}
 }
@@ -111,6 +116,9 @@ func (o Options) Validate() error {
 	}
 	if o.MaxExemplars < 0 {
 		add("MaxExemplars must not be negative, got %d", o.MaxExemplars)
+	}
+	if o.MaxSeriesPerTenant < 0 {
+		add("MaxSeriesPerTenant must not be negative, got %d", o.MaxSeriesPerTenant)
 	}
 	if o.SeriesIdleTimeout < 0 {
 		add("SeriesIdleTimeout must not be negative, got %s", o.SeriesIdleTimeout)

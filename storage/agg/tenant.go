@@ -52,9 +52,51 @@ type tenantStore struct {
 	enc       []byte
 	enc2      []byte
 	batchRefs []*series
+	remap     []uint32
 	newSeries []*series
 	created   []uint64
 	expired   []*series
+}
+
+// dropUnadmitted removes from b the series refs has no series for (new
+// series over the tenant's limit) and their samples, counting them in
+// b.Refused; it returns refs matching the compacted b.Series.
+func (t *tenantStore) dropUnadmitted(b *sample.Batch, refs []*series) []*series {
+	const dropped = math.MaxUint32
+	remap := t.remap[:0]
+	kept := uint32(0)
+	for _, s := range refs {
+		if s == nil {
+			remap = append(remap, dropped)
+			continue
+		}
+		remap = append(remap, kept)
+		kept++
+	}
+	t.remap = remap
+	n := 0
+	for _, smp := range b.Samples {
+		to := remap[smp.Series]
+		if to == dropped {
+			b.Refused.Samples++
+			if b.Series[smp.Series].Family == sample.FamilySpan {
+				b.Refused.Spans++
+			}
+			continue
+		}
+		smp.Series = to
+		b.Samples[n] = smp
+		n++
+	}
+	b.Samples = b.Samples[:n]
+	for i, to := range remap {
+		if to != dropped {
+			b.Series[to], refs[to] = b.Series[i], refs[i]
+		}
+	}
+	clear(b.Series[kept:])
+	b.Series = b.Series[:kept]
+	return refs[:kept]
 }
 
 // append logs the batch to the WAL and adds it to the aggregates.
@@ -65,8 +107,15 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	lay := &t.store.layout
 	refs := t.batchRefs[:0]
 	fresh := t.newSeries[:0]
+	limit := t.store.opts.MaxSeriesPerTenant
+	limited := false
 	for _, bs := range b.Series {
 		s := t.series[bs.Key]
+		if s == nil && limit > 0 && len(t.series)+len(fresh) >= limit {
+			refs = append(refs, nil)
+			limited = true
+			continue
+		}
 		if s == nil {
 			// nextRef advances only once the batch is logged: number the
 			// new series of this batch after it, one ref each.
@@ -77,6 +126,9 @@ func (t *tenantStore) append(b *sample.Batch) error {
 			fresh = append(fresh, s)
 		}
 		refs = append(refs, s)
+	}
+	if limited {
+		refs = t.dropUnadmitted(b, refs)
 	}
 	t.batchRefs, t.newSeries = refs, fresh
 

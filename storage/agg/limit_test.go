@@ -1,0 +1,66 @@
+package agg
+
+import (
+	"context"
+	"testing"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hopwatch/hopwatch/sample"
+)
+
+// TestMaxSeriesPerTenant: new series beyond the limit are taken out of the
+// batch with their samples and counted; known series keep being accepted,
+// and what was accepted is aggregated exactly, across a restart.
+func TestMaxSeriesPerTenant(t *testing.T) {
+	opts := testOptions(t.TempDir())
+	opts.MaxSeriesPerTenant = 2
+	s, _ := openStore(t, opts)
+
+	first := genObs(1, 40, seriesA, seriesB)
+	appendObs(t, s, first)
+
+	// seriesC is a third series: refused; A and B go on.
+	mixed := genObs(2, 60, seriesC, seriesA, seriesB)
+	b := batchOf(mixed)
+	for i := range b.Series {
+		if labels.Equal(b.Series[i].Labels, seriesC) {
+			b.Series[i].Family = sample.FamilyStage // refused samples of other families count too
+		}
+	}
+	wantRefused := 0
+	for _, o := range mixed {
+		if labels.Equal(o.lset, seriesC) {
+			wantRefused++
+		}
+	}
+	require.NoError(t, s.Append(context.Background(), testTenant, b))
+	require.Equal(t, sample.Refused{Samples: wantRefused, Spans: 0}, b.Refused)
+	require.Len(t, b.Series, 2, "the refused series is taken out of the batch")
+	require.Len(t, b.Samples, len(mixed)-wantRefused)
+	for _, smp := range b.Samples {
+		require.False(t, labels.Equal(b.Series[smp.Series].Labels, seriesC), "a sample of the refused series is left")
+	}
+
+	spanC := batchOf(genObs(3, 10, seriesC))
+	require.NoError(t, s.Append(context.Background(), testTenant, spanC))
+	require.Equal(t, sample.Refused{Samples: 10, Spans: 10}, spanC.Refused)
+	require.Empty(t, spanC.Samples)
+
+	// Another tenant has its own budget.
+	other := batchOf(genObs(4, 10, seriesC))
+	require.NoError(t, s.Append(context.Background(), "team-b", other))
+	require.Zero(t, other.Refused.Samples)
+
+	var accepted []obs
+	accepted = append(accepted, first...)
+	for _, o := range mixed {
+		if !labels.Equal(o.lset, seriesC) {
+			accepted = append(accepted, o)
+		}
+	}
+	ts := base.UnixMilli()
+	require.NoError(t, s.Flush(context.Background(), base))
+	requireAggregates(t, s, testTenant, ts, accepted) // and no seriesC at all
+}
