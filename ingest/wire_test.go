@@ -48,6 +48,8 @@ func requireSameDecoding(t *testing.T, body []byte, dims []Dimension) {
 	require.NoError(t, err)
 	pd.Decode(td, &scratch, &r)
 	require.Equal(t, normHops(pd.hops), normHops(wd.hops))
+	// So does the writers' progress, the watermark's input.
+	require.Equal(t, normWriters(pd.writers), normWriters(wd.writers))
 	require.Equal(t, pn, wn)
 	require.Equal(t, pref, wref)
 	require.Equal(t, pb.Samples, wb.Samples)
@@ -169,4 +171,47 @@ func normHops(hs []hopSpan) []hopSpan {
 		out[i] = h
 	}
 	return out
+}
+
+type writerView struct {
+	service, instance, host string
+	maxEnd                  int64
+}
+
+func normWriters(ws []writerProgress) []writerView {
+	var out []writerView
+	for _, w := range ws {
+		out = append(out, writerView{string(w.service), string(w.instance), string(w.host), w.maxEnd})
+	}
+	return out
+}
+
+func TestWriterProgressPerResource(t *testing.T) {
+	td := ptrace.NewTraces()
+	add := func(attrs map[string]string, ends ...uint64) {
+		rs := td.ResourceSpans().AppendEmpty()
+		for k, v := range attrs {
+			rs.Resource().Attributes().PutStr(k, v)
+		}
+		spans := rs.ScopeSpans().AppendEmpty().Spans()
+		for _, e := range ends {
+			s := spans.AppendEmpty()
+			s.SetName("op")
+			s.SetTraceID(pcommon.TraceID{1})
+			s.SetStartTimestamp(pcommon.Timestamp(e - 10))
+			s.SetEndTimestamp(pcommon.Timestamp(e))
+		}
+	}
+	add(map[string]string{"service.name": "a", "service.instance.id": "a-1", "host.name": "h1"}, 500, 900, 700)
+	add(map[string]string{"service.name": "b", "host.name": "h2"}, 300)
+	add(map[string]string{"service.name": "c"}, 0) // refused (no timestamps): no progress
+	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
+	require.NoError(t, err)
+	d := NewDecoder(nil)
+	var b sample.Batch
+	var ref Refusals
+	_, err = d.DecodeProto(body, &b, &ref)
+	require.NoError(t, err)
+	require.Equal(t, []writerView{{"a", "a-1", "h1", 900}, {"b", "", "h2", 300}}, normWriters(d.writers))
+	requireSameDecoding(t, body, nil)
 }
