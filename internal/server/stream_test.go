@@ -153,6 +153,25 @@ func TestStreamingIngest(t *testing.T) {
 	require.InDelta(t, float64(lastEnd.UnixNano())/1e9, ws.Writers[0].Position, 1e-6)
 	require.InDelta(t, ws.Writers[0].Position, ws.Watermark, 1e-6)
 
+	// Excluded by API while its stream stays open: the stream goes on, the
+	// writer stays out of the watermark.
+	wc := hopwatchv1.NewWriterServiceClient(conn)
+	tctx := metadata.AppendToOutgoingContext(context.Background(), "x-scope-orgid", "team-s")
+	ex, err := wc.ExcludeWriter(tctx, &hopwatchv1.ExcludeWriterRequest{Writer: "loader-1"})
+	require.NoError(t, err)
+	require.Equal(t, hopwatchv1.WriterState_WRITER_STATE_EXCLUDED, ex.GetWriter().GetState())
+	require.NoError(t, stream.Send(hopBatch(8, 10, start.Add(8*time.Second), time.Millisecond)))
+	ack, err = stream.Recv()
+	require.NoError(t, err)
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, ack.GetStatus())
+	list, err := wc.ListWriters(tctx, &hopwatchv1.ListWritersRequest{})
+	require.NoError(t, err)
+	require.Len(t, list.GetWriters(), 1)
+	require.Equal(t, hopwatchv1.WriterState_WRITER_STATE_EXCLUDED, list.GetWriters()[0].GetState())
+	require.Equal(t, start.Add(8*time.Second+9*time.Millisecond+time.Millisecond).UnixNano(), list.GetWriters()[0].GetPositionUnixNano())
+	_, err = wc.ListWriters(context.Background(), &hopwatchv1.ListWritersRequest{})
+	require.Equal(t, codes.Unauthenticated, status.Code(err), "the writer API needs a tenant with multi-tenancy on")
+
 	// Credit is enforced: a client that sends beyond it loses the stream.
 	greedy, err := client.Stream(metadata.AppendToOutgoingContext(context.Background(), "x-scope-orgid", "team-s", "x-hopwatch-writer", "greedy"))
 	require.NoError(t, err)
