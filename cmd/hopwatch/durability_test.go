@@ -95,8 +95,10 @@ func waitValue(t *testing.T, p *proc, q string, want float64) {
 func TestAcknowledgedSpansSurviveSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	// An hour-long flush interval: nothing reaches the TSDB before the kill,
-	// so the counts after restart can only come from the WAL.
-	p := startProc(t, "--storage.path="+dir, "--flush.interval=1h")
+	// so the counts after restart can only come from the WAL. Raw-tier
+	// sampling is off: under a loaded machine it could keep fewer samples,
+	// and this test counts every one.
+	p := startProc(t, "--storage.path="+dir, "--flush.interval=1h", "--storage.raw.sampling.enabled=false")
 	waitReady(t, p)
 	for range 3 {
 		exportAcked(t, p.addrs.grpc, "checkout", 100, 7)
@@ -104,14 +106,14 @@ func TestAcknowledgedSpansSurviveSIGKILL(t *testing.T) {
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 	require.Equal(t, -1, p.wait(t), "killed by a signal")
 
-	p = startProc(t, "--storage.path="+dir, "--flush.interval=1h")
+	p = startProc(t, "--storage.path="+dir, "--flush.interval=1h", "--storage.raw.sampling.enabled=false")
 	waitReady(t, p)
 	require.True(t, p.hasLog("WAL replay done"))
 	exportAcked(t, p.addrs.grpc, "checkout", 50, 3)
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 	p.wait(t)
 
-	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s")
+	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s", "--storage.raw.sampling.enabled=false")
 	waitReady(t, p)
 	// The raw tier kept every sample too.
 	n, ok := p.logField("raw WAL replay done", "samples")
@@ -127,7 +129,7 @@ func TestAcknowledgedSpansSurviveSIGKILL(t *testing.T) {
 	require.Equal(t, 0, p.wait(t), fmt.Sprint(p.logLines()))
 	require.True(t, p.hasLog("shutdown complete"))
 
-	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s")
+	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s", "--storage.raw.sampling.enabled=false")
 	waitReady(t, p)
 	require.True(t, p.hasLog("checkpoint loaded"))
 	waitValue(t, p, "traces_spanmetrics_calls_total"+sel, 350)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/storage/agg"
 	"github.com/hopwatch/hopwatch/storage/raw"
@@ -32,6 +33,12 @@ type Config struct {
 	RawEnabled bool
 	// Raw configures the raw tier; its Dir is derived from Storage.Dir.
 	Raw raw.Options
+	// RawSamplingEnabled lets the raw tier keep a consistent sample of
+	// traces, with weights, while the node is overloaded; the aggregates
+	// count every span regardless.
+	RawSamplingEnabled bool
+	// RawSampling says when the raw tier samples and how much.
+	RawSampling sampling.Options
 	// CompactInterval is how often the raw tier cuts blocks, compacts and
 	// applies retention.
 	CompactInterval time.Duration
@@ -62,6 +69,8 @@ func DefaultConfig() Config {
 		Storage:               agg.DefaultOptions(),
 		RawEnabled:            true,
 		Raw:                   raw.DefaultOptions(),
+		RawSamplingEnabled:    true,
+		RawSampling:           sampling.DefaultOptions(),
 		CompactInterval:       time.Minute,
 		Query:                 query.DefaultOptions(),
 	}
@@ -103,6 +112,14 @@ func (c Config) Validate() error {
 		}
 		if c.CompactInterval <= 0 {
 			add(fmt.Errorf("storage.raw.compact-interval: must be positive, got %s", c.CompactInterval))
+		}
+		if c.RawSamplingEnabled {
+			if err := c.RawSampling.Validate(); err != nil {
+				add(fmt.Errorf("storage.raw.sampling: %w", err))
+			}
+			if c.RawSampling.MaxLevel > raw.MaxSamplingLevel {
+				add(fmt.Errorf("storage.raw.sampling: MaxLevel %d above the raw tier's %d", c.RawSampling.MaxLevel, raw.MaxSamplingLevel))
+			}
 		}
 	}
 	if err := c.Query.Validate(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/version"
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/sample"
@@ -35,6 +36,12 @@ type Server struct {
 	raw   *raw.Store                // nil with the raw tier off; set before store
 	recv  *ingest.Receiver
 	api   *query.API
+	// sampler sets the raw tier's sampling level; nil with sampling or the
+	// raw tier off.
+	sampler *sampling.Controller
+	// rawInFlight counts raw appends in progress, the sampler's queue
+	// depth. Every append writes it, so it has a cache line of its own.
+	rawInFlight paddedInt64
 
 	webLn, grpcLn, httpLn net.Listener
 	web, otlpHTTP         *http.Server
@@ -45,6 +52,14 @@ type Server struct {
 	stopOnce sync.Once
 	stop     chan struct{} // closed to end the flush loop
 	flushed  chan struct{} // closed when the flush loop has ended
+}
+
+// paddedInt64 is an atomic counter alone on its cache line, so that
+// appends updating it do not slow down readers of the fields around it.
+type paddedInt64 struct {
+	_ [64]byte
+	atomic.Int64
+	_ [56]byte
 }
 
 // errNotReady is returned to ingest while storage replays its WAL; OTLP
@@ -89,6 +104,12 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, err
 	}
+	if cfg.RawEnabled && cfg.RawSamplingEnabled {
+		s.sampler, err = sampling.New(cfg.RawSampling, reg, logger.With("component", "sampling"))
+		if err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -119,15 +140,28 @@ func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) err
 	if st == nil {
 		return errNotReady
 	}
-	// Both tiers log the batch before it is acknowledged. Samples the raw
-	// tier finds too old for its out-of-order window are counted there
-	// and still aggregated.
+	// Both tiers log the batch before it is acknowledged. The aggregates
+	// go first: they take out the series over the tenant's series limit,
+	// so the raw tier never holds a series the aggregates refused. Samples
+	// the raw tier finds too old for its out-of-order window, or leaves out
+	// while sampling under overload, are counted there and still
+	// aggregated.
+	if err := st.Append(ctx, tenant, b); err != nil {
+		return err
+	}
 	if s.raw != nil {
-		if _, err := s.raw.Append(tenant, b); err != nil {
+		level := 0
+		if s.sampler != nil {
+			level = s.sampler.Level()
+		}
+		s.rawInFlight.Add(1)
+		_, _, err := s.raw.AppendSampled(tenant, b, level)
+		s.rawInFlight.Add(-1)
+		if err != nil {
 			return err
 		}
 	}
-	return st.Append(ctx, tenant, b)
+	return nil
 }
 
 func (s *Server) tenantDB(id string) query.Queryable {
@@ -215,6 +249,15 @@ func (s *Server) Start() error {
 		}
 		s.store.Store(st)
 		s.logger.Info("ready", "startup_seconds", time.Since(start).Seconds(), "tenants", len(st.Tenants()))
+		if s.sampler != nil && s.raw != nil {
+			// Started once ready, so that the work of the replay does not
+			// count as load.
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.sampler.Run(s.stop, func() int { return int(s.rawInFlight.Load()) })
+			}()
+		}
 		s.flushLoop(st)
 	}()
 	return nil

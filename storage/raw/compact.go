@@ -7,6 +7,7 @@ import (
 	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"hash/crc32"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -396,10 +397,31 @@ func chunkSamples(c []byte) int {
 // still has, so that the WAL before the cut can be deleted, and names the
 // blocks cut from the head with it:
 //
-//	"HWRHCP1" firstSegment nPending (ulid 16 bytes)… nextRef nSeries
-//	  (ref key labels maxT nChunks (len data minT maxT)… nOpen (t lat traceID)…)…
+//	"HWRHCP2" firstSegment nPending (ulid 16 bytes)… nextRef nSeries
+//	  (ref key labels maxT nChunks (len data minT maxT)… nOpen (t lat traceID)…
+//	   nWeights weight…)…
 //	crc32c
-const headCheckpointMagic = "HWRHCP1"
+//
+// nWeights is 0 when every open sample has weight 1, else nOpen. Version 1
+// ("HWRHCP1") has no weights and is still read.
+const (
+	headCheckpointMagic   = "HWRHCP2"
+	headCheckpointMagicV1 = "HWRHCP1"
+)
+
+// checkpointVersion returns 2 or 1 for a checkpoint with that magic, 0 for
+// anything else. Both magics have the same length.
+func checkpointVersion(b []byte) int {
+	switch {
+	case len(b) < len(headCheckpointMagic):
+		return 0
+	case string(b[:len(headCheckpointMagic)]) == headCheckpointMagic:
+		return 2
+	case string(b[:len(headCheckpointMagicV1)]) == headCheckpointMagicV1:
+		return 1
+	}
+	return 0
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -438,6 +460,10 @@ func (db *DB) writeCheckpoint(pending []ulid.ULID) (int, error) {
 			b = binary.AppendUvarint(b, uint64(s.lat[i]))
 			b = append(b, s.ids[i][:]...)
 		}
+		b = binary.AppendUvarint(b, uint64(len(s.wt)))
+		for _, v := range s.wt {
+			b = binary.AppendUvarint(b, uint64(v))
+		}
 		s.mtx.Unlock()
 	}
 	db.mtx.RUnlock()
@@ -465,7 +491,7 @@ func (db *DB) checkpointPending() ([]ulid.ULID, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < len(headCheckpointMagic)+4 || string(b[:len(headCheckpointMagic)]) != headCheckpointMagic ||
+	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 ||
 		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
 		return nil, nil // loadCheckpoint reports it
 	}
@@ -493,7 +519,8 @@ func (db *DB) loadCheckpoint() (int, error) {
 	corrupt := func(why string) error {
 		return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start from the WAL alone", errCorruptCheckpoint, db.checkpointPath(), len(b), why)
 	}
-	if len(b) < len(headCheckpointMagic)+4 || string(b[:len(headCheckpointMagic)]) != headCheckpointMagic {
+	version := checkpointVersion(b)
+	if len(b) < len(headCheckpointMagic)+4 || version == 0 {
 		return 0, corrupt("bad magic")
 	}
 	body := b[:len(b)-4]
@@ -531,6 +558,19 @@ func (db *DB) loadCheckpoint() (int, error) {
 			s.t = append(s.t, r.Varint("open time"))
 			s.lat = append(s.lat, int64(r.Uvarint("open latency")))
 			s.ids = append(s.ids, [16]byte(padTo16(r.Bytes(16, "open trace id"))))
+		}
+		if version >= 2 {
+			if nw := r.Count("open weight count"); nw != 0 && nw != no {
+				r.Fail("open weight count")
+			} else {
+				for range nw {
+					v := r.Uvarint("open weight")
+					if v == 0 || v > math.MaxUint32 {
+						r.Fail("open weight")
+					}
+					s.wt = append(s.wt, uint32(v))
+				}
+			}
 		}
 		if r.Err() != nil {
 			return 0, corrupt(r.Err().Error())

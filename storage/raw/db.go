@@ -105,6 +105,7 @@ func (o Options) Validate() error {
 type dbMetrics struct {
 	appended    prometheus.Counter
 	tooOld      prometheus.Counter
+	sampledOut  prometheus.Counter
 	series      prometheus.Gauge
 	chunksCut   prometheus.Counter
 	walCommits  prometheus.Counter
@@ -127,6 +128,7 @@ func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
 	return &dbMetrics{
 		appended:    c("hopwatch_raw_samples_appended_total", "Raw samples logged and added to the head."),
 		tooOld:      c("hopwatch_raw_samples_too_old_total", "Raw samples refused: older than the series' newest sample by more than the out-of-order window."),
+		sampledOut:  c("hopwatch_raw_samples_sampled_out_total", "Raw samples not kept because sampling under overload left their trace out; the kept ones carry the weight."),
 		series:      f.NewGauge(prometheus.GaugeOpts{Name: "hopwatch_raw_head_series", Help: "Series in the raw head."}),
 		chunksCut:   c("hopwatch_raw_head_chunks_cut_total", "Head chunks encoded."),
 		walCommits:  c("hopwatch_raw_wal_commits_total", "WAL writes; each serves one or more appends (group commit)."),
@@ -180,6 +182,10 @@ type memSeries struct {
 	t   []int64
 	lat []int64
 	ids [][16]byte
+	// wt holds the weights of the open chunk's samples, or nothing while
+	// every weight is 1 (no sampling): len(wt) is 0 or len(t). 32 bits
+	// suffice for 2^MaxSamplingLevel and keep the column at 4 B a sample.
+	wt []uint32
 	// Encoded chunks, in cut order; their time ranges may overlap when
 	// out-of-order samples arrived.
 	chunks []headChunk
@@ -199,6 +205,7 @@ type appendWork struct {
 	rec      []byte
 	enc      chunkenc.Encoder
 	cut      chunkenc.Samples
+	weights  []uint64 // the memory of cut.Weight, which is nil for unweighted chunks
 	order    []int
 	ids      [][16]byte
 	exIdx    []int
@@ -317,6 +324,18 @@ const minTime = -1 << 63
 // out-of-order window are refused and counted; it returns how many.
 // When Append returns nil the accepted samples survive a crash.
 func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
+	tooOld, _, err = db.AppendSampled(b, 0)
+	return tooOld, err
+}
+
+// AppendSampled is Append at a sampling level (see sampling.go): it keeps
+// only the samples of the traces the level keeps, each with weight
+// 2^level, and returns how many it left out besides how many were too old.
+// Level 0 keeps everything and is Append. The batch is not modified.
+func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int, err error) {
+	if err := checkSamplingLevel(level); err != nil {
+		return 0, 0, err
+	}
 	db.appendMtx.RLock()
 	defer db.appendMtx.RUnlock()
 	w := db.work.Get().(*appendWork)
@@ -332,7 +351,7 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 		}
 		s, err := db.getOrCreate(&b.Series[i], w)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		w.refs = append(w.refs, s)
 		s.mtx.Lock()
@@ -340,10 +359,20 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 		s.mtx.Unlock()
 	}
 	window := db.opts.OutOfOrderWindow.Nanoseconds()
+	threshold := samplingThreshold(level)
+	weight := uint32(1) << level
 	w.keep = w.keep[:0]
-	rec := append(w.rec[:0], recSamples)
+	rec := w.rec[:0]
+	if level == 0 {
+		rec = append(rec, recSamples)
+	} else {
+		rec = append(rec, recWeightedSamples)
+	}
 	rec = appendUvarintPlaceholder(rec)
 	countAt := len(rec)
+	if level > 0 {
+		rec = appendUvarint(rec, uint64(weight))
+	}
 	kept := 0
 	var prevT int64
 	for i := range b.Samples {
@@ -351,6 +380,13 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 		s := w.refs[smp.Series]
 		if s == nil {
 			w.keep = append(w.keep, false)
+			continue
+		}
+		// Sampling comes first: a sample left out never reaches the raw
+		// tier, so it moves no series' out-of-order window either.
+		if traceRandomness(&smp.TraceID) < threshold {
+			w.keep = append(w.keep, false)
+			sampledOut++
 			continue
 		}
 		// The window counts from the newest sample known so far, this
@@ -375,27 +411,33 @@ func (db *DB) Append(b *sample.Batch) (tooOld int, err error) {
 	if tooOld > 0 {
 		db.metrics.tooOld.Add(float64(tooOld))
 	}
+	if sampledOut > 0 {
+		db.metrics.sampledOut.Add(float64(sampledOut))
+	}
 	if kept == 0 {
-		return tooOld, nil
+		clear(w.refs)
+		return tooOld, sampledOut, nil
 	}
 	if err := db.commit.commit(rec); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for i := range b.Samples {
 		if w.keep[i] {
 			smp := &b.Samples[i]
-			db.add(w.refs[smp.Series], smp.Start, smp.Duration, smp.TraceID, w)
+			db.add(w.refs[smp.Series], smp.Start, smp.Duration, smp.TraceID, weight, w)
 		}
 	}
 	db.metrics.appended.Add(float64(kept))
 	clear(w.refs)
-	return tooOld, nil
+	return tooOld, sampledOut, nil
 }
 
-// add puts one sample in its series' open chunk, cutting it when full.
-func (db *DB) add(s *memSeries, t, latency int64, id [16]byte, w *appendWork) {
+// add puts one sample of the given weight in its series' open chunk,
+// cutting it when full.
+func (db *DB) add(s *memSeries, t, latency int64, id [16]byte, weight uint32, w *appendWork) {
 	s.mtx.Lock()
 	defer s.mtx.Unlock()
+	s.addWeight(weight)
 	s.t = append(s.t, t)
 	s.lat = append(s.lat, latency)
 	s.ids = append(s.ids, id)
@@ -405,6 +447,22 @@ func (db *DB) add(s *memSeries, t, latency int64, id [16]byte, w *appendWork) {
 	}
 }
 
+// addWeight records the weight of the sample about to be appended to the
+// open chunk; the caller holds s.mtx. The column exists only once a weight
+// other than 1 arrives, so the unsampled case neither stores nor encodes
+// one.
+func (s *memSeries) addWeight(weight uint32) {
+	if len(s.wt) == 0 {
+		if weight == 1 {
+			return
+		}
+		for range s.t {
+			s.wt = append(s.wt, 1)
+		}
+	}
+	s.wt = append(s.wt, weight)
+}
+
 // cut encodes the open chunk of s, sorted by time, with its exemplars; the
 // caller holds s.mtx.
 func (db *DB) cut(s *memSeries, w *appendWork) {
@@ -412,11 +470,18 @@ func (db *DB) cut(s *memSeries, w *appendWork) {
 	c := &w.cut
 	c.Reset()
 	c.Weight = nil
+	weighted := len(s.wt) > 0
+	ws := w.weights[:0]
 	ids := s.ids
 	if slices.IsSorted(s.t) {
 		// In-order arrival, the common case: the columns are ready.
 		c.T = append(c.T, s.t...)
 		c.Latency = append(c.Latency, s.lat...)
+		if weighted {
+			for _, v := range s.wt {
+				ws = append(ws, uint64(v))
+			}
+		}
 	} else {
 		w.order = w.order[:0]
 		for i := range n {
@@ -428,8 +493,15 @@ func (db *DB) cut(s *memSeries, w *appendWork) {
 			c.T = append(c.T, s.t[i])
 			c.Latency = append(c.Latency, s.lat[i])
 			w.ids = append(w.ids, s.ids[i])
+			if weighted {
+				ws = append(ws, uint64(s.wt[i]))
+			}
 		}
 		ids = w.ids
+	}
+	w.weights = ws
+	if weighted {
+		c.Weight = ws
 	}
 	c.Exemplars, w.exIdx = selectExemplars(c.Exemplars[:0], c.Latency, ids, db.opts.Exemplars, s.rng, w.exIdx)
 	data, err := w.enc.AppendChunk(nil, c, db.bounds)
@@ -439,7 +511,7 @@ func (db *DB) cut(s *memSeries, w *appendWork) {
 		return
 	}
 	s.chunks = append(s.chunks, headChunk{data: data, minT: c.T[0], maxT: c.T[n-1]})
-	s.t, s.lat, s.ids = s.t[:0], s.lat[:0], s.ids[:0]
+	s.t, s.lat, s.ids, s.wt = s.t[:0], s.lat[:0], s.ids[:0], s.wt[:0]
 	db.metrics.chunksCut.Inc()
 }
 
@@ -481,7 +553,7 @@ func (db *DB) replay(from int) error {
 				}
 				db.nextRef = max(db.nextRef, ref+1)
 			})
-		case recSamples:
+		case recSamples, recWeightedSamples:
 			samples, err = decodeSamplesRecord(rec, samples[:0])
 			for _, smp := range samples {
 				s := db.byRef[smp.ref]
@@ -489,7 +561,7 @@ func (db *DB) replay(from int) error {
 					db.metrics.unknownRefs.Inc()
 					continue
 				}
-				db.add(s, smp.t, smp.latency, smp.traceID, &w)
+				db.add(s, smp.t, smp.latency, smp.traceID, smp.weight, &w)
 				n++
 			}
 		default:

@@ -3,6 +3,7 @@ package raw
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"math/rand/v2"
 	"os"
 	"testing"
 
@@ -23,6 +24,11 @@ func FuzzDecodeSamplesRecord(f *testing.F) {
 		rec = append(rec, s.TraceID[:]...)
 	}
 	f.Add(fillCount(rec, 1+countWidth, len(b.Samples)))
+	// The same samples as a weighted record, weight 4.
+	weighted := append([]byte{recWeightedSamples}, rec[1:1+countWidth]...)
+	weighted = appendUvarint(weighted, 4)
+	weighted = append(weighted, rec[1+countWidth:]...)
+	f.Add(fillCount(weighted, 1+countWidth, len(b.Samples)))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		out, err := decodeSamplesRecord(rec, nil)
@@ -31,6 +37,7 @@ func FuzzDecodeSamplesRecord(f *testing.F) {
 		}
 		for _, s := range out {
 			require.GreaterOrEqual(t, s.latency, int64(0))
+			require.GreaterOrEqual(t, s.weight, uint32(1))
 		}
 	})
 }
@@ -54,8 +61,9 @@ func FuzzLoadHeadCheckpoint(f *testing.F) {
 	dir := f.TempDir()
 	db, err := Open(blockOptions(dir), nil, nil)
 	require.NoError(f, err)
-	for _, b := range testBatches(f, 2, 3000, 500) {
-		_, err := db.Append(b)
+	// Some open samples are weighted, so the weights section is exercised.
+	for i, b := range withRandomTraceIDs(testBatches(f, 2, 3000, 500), rand.New(rand.NewPCG(1, 1))) {
+		_, _, err := db.AppendSampled(b, i%2)
 		require.NoError(f, err)
 	}
 	db.appendMtx.Lock()

@@ -20,7 +20,8 @@ type Series struct {
 	// time ranges may overlap, and a chunk may hold samples outside
 	// [mint, maxt]: readers filter.
 	Chunks [][]byte
-	// Open holds the samples not yet in a chunk, within [mint, maxt].
+	// Open holds the samples not yet in a chunk, within [mint, maxt]. Its
+	// Weight is nil when every one of them has weight 1 (not sampled).
 	Open chunkenc.Samples
 }
 
@@ -52,9 +53,16 @@ func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
 			}
 		}
 		sort.SliceStable(idx, func(a, b int) bool { return s.t[idx[a]] < s.t[idx[b]] })
+		weighted := false
 		for _, i := range idx {
 			sr.Open.T = append(sr.Open.T, s.t[i])
 			sr.Open.Latency = append(sr.Open.Latency, s.lat[i])
+			weighted = weighted || len(s.wt) > 0 && s.wt[i] != 1
+		}
+		if weighted {
+			for _, i := range idx {
+				sr.Open.Weight = append(sr.Open.Weight, uint64(s.wt[i]))
+			}
 		}
 		s.mtx.Unlock()
 		if len(sr.Chunks) == 0 && len(sr.Open.T) == 0 {

@@ -121,6 +121,16 @@ func (s *Store) Append(id string, b *sample.Batch) (tooOld int, err error) {
 	return db.Append(b)
 }
 
+// AppendSampled appends a batch to a tenant's DB at a sampling level; see
+// DB.AppendSampled.
+func (s *Store) AppendSampled(id string, b *sample.Batch, level int) (tooOld, sampledOut int, err error) {
+	db, err := s.tenantDB(id)
+	if err != nil {
+		return 0, 0, err
+	}
+	return db.AppendSampled(b, level)
+}
+
 // Compact compacts every tenant's DB; see DB.Compact.
 func (s *Store) Compact() error {
 	var errs []error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/hopwatch/hopwatch/internal/recbuf"
+	"math"
 	"sync"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -13,12 +14,17 @@ import (
 
 // WAL record types. A record is a type byte, a count and that many entries:
 //
-//	series:  ref, key (length-prefixed), label count, (name, value) length-prefixed
-//	samples: ref, time (delta from the previous entry, signed), latency,
-//	         trace id (16 bytes)
+//	series:   ref, key (length-prefixed), label count, (name, value) length-prefixed
+//	samples:  ref, time (delta from the previous entry, signed), latency,
+//	          trace id (16 bytes)
+//	weighted: as samples, with one weight for every entry after the count:
+//	          the samples of a sampled append (see sampling.go)
+//
+// Unsampled appends write samples records, so weight 1 costs nothing.
 const (
-	recSeries  byte = 1
-	recSamples byte = 2
+	recSeries          byte = 1
+	recSamples         byte = 2
+	recWeightedSamples byte = 3
 )
 
 var errCorruptRecord = errors.New("hopwatch/raw: corrupt WAL record")
@@ -43,6 +49,7 @@ type walSample struct {
 	t       int64
 	latency int64
 	traceID [16]byte
+	weight  uint32
 }
 
 func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, f func(ref uint64, key string, lset labels.Labels)) error {
@@ -60,12 +67,23 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, f func(ref uint64
 	return r.Err()
 }
 
+// decodeSamplesRecord decodes a samples or weighted samples record.
 func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
 	r := recbuf.New(rec, 1, errCorruptRecord)
 	n := r.Count("sample count")
+	weight := uint64(1)
+	if len(rec) > 0 && rec[0] == recWeightedSamples {
+		weight = r.Uvarint("sample weight")
+		if r.Err() == nil && (weight == 0 || weight > math.MaxUint32) {
+			r.Fail("sample weight")
+		}
+	}
+	if r.Err() != nil {
+		return dst, r.Err()
+	}
 	var t int64
 	for range n {
-		var s walSample
+		s := walSample{weight: uint32(weight)}
 		s.ref = r.Uvarint("sample ref")
 		t += r.Varint("sample time")
 		s.t = t

@@ -1,0 +1,10 @@
+package server
+
+import "github.com/hopwatch/hopwatch/storage/raw"
+
+// PinRawSampling fixes the raw tier's sampling level of a node built with
+// sampling on.
+func PinRawSampling(s *Server, level int) { s.sampler.Pin(level) }
+
+// RawStore returns the raw tier of a ready node.
+func RawStore(s *Server) *raw.Store { return s.raw }
