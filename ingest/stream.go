@@ -38,6 +38,10 @@ type streamWriter struct {
 	mtx      sync.Mutex
 	last     uint64
 	lastUsed int64
+	// gap is the lowest seq storage could not take (UNAVAILABLE), 0 for
+	// none. Later batches wait for it: applying them first would make its
+	// resend look like a duplicate of an applied batch.
+	gap uint64
 }
 
 type streamWriterKey struct{ tenant, writer string }
@@ -188,6 +192,12 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
 		return ack
 	}
+	if dedup.gap != 0 && seq > dedup.gap {
+		r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
+		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE
+		ack.ErrorMessage = fmt.Sprintf("batch %d waits for batch %d, which storage could not take: resend from batch %d", seq, dedup.gap, dedup.gap)
+		return ack
+	}
 
 	w.batch.Reset()
 	var ref Refusals
@@ -201,12 +211,18 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 			r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
 			r.logger.Warn("append failed", "tenant", tenantID, "writer", writer, "seq", seq, "records", len(w.batch.Samples), "err", err)
 			ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, errUnavailable{err}.Error()
+			if dedup.gap == 0 || seq < dedup.gap {
+				dedup.gap = seq
+			}
 			return ack
 		}
 		r.countLate(tenantID, &w.batch)
 		r.countLimited(tenantID, &w.batch, &ref, true)
 	}
 	dedup.last = seq
+	if seq == dedup.gap {
+		dedup.gap = 0
+	}
 	rejected := ref.Total()
 	r.metrics.spansAccepted.WithLabelValues(protoStream).Add(float64(n - rejected))
 	r.countRefusals(protoStream, tenantID, &ref)

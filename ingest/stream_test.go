@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -183,4 +185,50 @@ func BenchmarkDecodeHopBatch(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
 	})
+}
+
+// flakyAppender fails while fail is set.
+type flakyAppender struct {
+	fail    bool
+	applied int
+}
+
+func (a *flakyAppender) Append(_ context.Context, _ string, b *sample.Batch) error {
+	if a.fail {
+		return errors.New("disk full")
+	}
+	a.applied += len(b.Samples)
+	return nil
+}
+
+// TestStreamUnavailableHoldsLaterBatches: a batch storage could not take
+// holds the writer's later batches back, so that its resend is applied and
+// not mistaken for a duplicate of an applied batch.
+func TestStreamUnavailableHoldsLaterBatches(t *testing.T) {
+	app := &flakyAppender{}
+	r, err := New(DefaultOptions(), app, nil, nil)
+	require.NoError(t, err)
+	w := r.work.Get().(*work)
+	dedup := r.streams.get("anonymous", "w")
+	batch := func(seq uint64) *hopwatchv1.HopBatch {
+		return &hopwatchv1.HopBatch{
+			Seq:                    seq,
+			Series:                 []*hopwatchv1.HopSeries{{Kind: hopwatchv1.HopKind_HOP_KIND_NETWORK, Labels: hopLabels("client", "a", "server", "b")}},
+			SeriesIndex:            []uint32{0},
+			StartTimeDeltaUnixNano: []int64{int64(seq) * 1000},
+			DurationNano:           []uint64{5},
+		}
+	}
+	apply := func(seq uint64) hopwatchv1.AckStatus {
+		return r.applyBatch(context.Background(), "anonymous", "w", dedup, w, batch(seq)).GetStatus()
+	}
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, apply(1))
+	app.fail = true
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, apply(2))
+	app.fail = false
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, apply(3), "batch 3 must wait for batch 2")
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, apply(2))
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, apply(3))
+	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE, apply(2))
+	require.Equal(t, 3, app.applied, "every batch applied exactly once")
 }

@@ -1,21 +1,31 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
 	"github.com/hopwatch/hopwatch/internal/bench"
 )
 
 // runBench runs `hopwatch bench <what>`.
 func runBench(args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "ingest" {
-		return runBenchIngest(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "ingest":
+			return runBenchIngest(args[1:], stdout, stderr)
+		case "stream":
+			return runBenchStream(args[1:], stdout, stderr)
+		case "stream-load":
+			return runBenchStreamLoad(args[1:], stdout, stderr)
+		}
 	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage|ingest [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest|stream [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)
@@ -52,4 +62,44 @@ func runBenchIngest(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err := bench.Ingest(stdout, o)
 	return err
+}
+
+// runBenchStream runs `hopwatch bench stream`: this binary's stream-load
+// in a child process against a node in this one.
+func runBenchStream(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultStreamOptions()
+	fs := flag.NewFlagSet("hopwatch bench stream", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Var(durationValue{&o.Duration}, "duration", "how long the load sends")
+	fs.IntVar(&o.Writers, "writers", o.Writers, "client streams in the load process")
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "records/s per writer; 0 sends as fast as the client takes them")
+	fs.IntVar(&o.BatchRecords, "batch-records", o.BatchRecords, "records per batch")
+	fs.BoolVar(&o.Raw, "raw", o.Raw, "keep the raw tier on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o.Loader = []string{exe, "bench", "stream-load"}
+	_, err = bench.Stream(stdout, o)
+	return err
+}
+
+// runBenchStreamLoad is the load process of `hopwatch bench stream`.
+func runBenchStreamLoad(args []string, stdout, stderr io.Writer) error {
+	var o bench.LoadOptions
+	fs := flag.NewFlagSet("hopwatch bench stream-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Addr, "addr", "127.0.0.1:4317", "hopwatch's gRPC address")
+	o.Duration = 10 * time.Second
+	fs.Var(durationValue{&o.Duration}, "duration", "how long to send")
+	fs.IntVar(&o.Writers, "writers", 4, "client streams")
+	fs.Float64Var(&o.Rate, "rate", 0, "records/s per writer; 0 is unthrottled")
+	fs.IntVar(&o.BatchRecords, "batch-records", 1000, "records per batch")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return bench.StreamLoad(context.Background(), stdout, o)
 }

@@ -62,6 +62,7 @@ Usage:
   hopwatch demo [flags]      run a node with an in-process synthetic workload
   hopwatch bench storage     measure the raw tier's codecs on datasets D1-D4
   hopwatch bench ingest      measure end-to-end ingest with OpenTelemetry's telemetrygen
+  hopwatch bench stream      measure end-to-end streaming ingest with the Go client
   hopwatch --version         print the version
 `
 

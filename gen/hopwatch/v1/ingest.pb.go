@@ -110,7 +110,8 @@ const (
 	// backwards); error_message says why. Resending it cannot succeed.
 	AckStatus_ACK_STATUS_REJECTED AckStatus = 3
 	// Storage could not take the batch now; resend it later with the same
-	// seq.
+	// seq. Until it is applied, the writer's later batches are answered
+	// UNAVAILABLE too (they wait for it), so resend from the lowest one.
 	AckStatus_ACK_STATUS_UNAVAILABLE AckStatus = 4
 )
 
