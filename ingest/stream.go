@@ -206,19 +206,27 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		return reject(refusedMalformed, fmt.Sprintf("malformed batch %d: %v", seq, err))
 	}
 	r.metrics.spansReceived.WithLabelValues(protoStream).Add(float64(n))
-	if len(w.batch.Samples) > 0 {
-		if err := r.app.Append(ctx, tenantID, &w.batch); err != nil {
-			r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
-			r.logger.Warn("append failed", "tenant", tenantID, "writer", writer, "seq", seq, "records", len(w.batch.Samples), "err", err)
-			ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, errUnavailable{err}.Error()
-			if dedup.gap == 0 || seq < dedup.gap {
-				dedup.gap = seq
-			}
-			return ack
-		}
-		r.countLate(tenantID, &w.batch)
-		r.countLimited(tenantID, &w.batch, &ref, true)
+	// Storage logs the seq with the samples and refuses a seq it applied
+	// before a restart, which the in-memory check above cannot know.
+	w.batch.Writer, w.batch.Seq = writer, seq
+	err = r.app.Append(ctx, tenantID, &w.batch)
+	if errors.Is(err, sample.ErrDuplicate) {
+		dedup.last = max(dedup.last, seq)
+		r.metrics.streamDuplicates.Inc()
+		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
+		return ack
 	}
+	if err != nil {
+		r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
+		r.logger.Warn("append failed", "tenant", tenantID, "writer", writer, "seq", seq, "records", len(w.batch.Samples), "err", err)
+		ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, errUnavailable{err}.Error()
+		if dedup.gap == 0 || seq < dedup.gap {
+			dedup.gap = seq
+		}
+		return ack
+	}
+	r.countLate(tenantID, &w.batch)
+	r.countLimited(tenantID, &w.batch, &ref, true)
 	dedup.last = seq
 	if seq == dedup.gap {
 		dedup.gap = 0

@@ -1,6 +1,10 @@
 package sample
 
-import "github.com/prometheus/prometheus/model/labels"
+import (
+	"errors"
+
+	"github.com/prometheus/prometheus/model/labels"
+)
 
 // Family says which metrics a series feeds; storage names the output
 // series by it.
@@ -68,7 +72,16 @@ type Batch struct {
 	Samples []Sample
 	// Refused counts what storage took out of the batch for a limit.
 	Refused Refused
+	// Writer and Seq identify a streamed batch (Seq ≥ 1; 0 for OTLP):
+	// storage applies a writer's seq once, across restarts, and answers
+	// ErrDuplicate for a seq at or below the last it applied.
+	Writer string
+	Seq    uint64
 }
+
+// ErrDuplicate is returned by storage for a batch whose writer and seq it
+// has applied before; nothing of the batch is applied again.
+var ErrDuplicate = errors.New("hopwatch: batch already applied (same writer and seq)")
 
 // Refused counts the samples storage removed from a batch because their
 // series would have taken the tenant over its active series limit.
@@ -84,4 +97,5 @@ func (b *Batch) Reset() {
 	b.Series = b.Series[:0]
 	b.Samples = b.Samples[:0]
 	b.Refused = Refused{}
+	b.Writer, b.Seq = "", 0
 }

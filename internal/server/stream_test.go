@@ -276,3 +276,42 @@ func TestWatermarkWritersOverOTLP(t *testing.T) {
 	require.Greater(t, counter(t, reg, "hopwatch_late_spans_total", map[string]string{"tenant": "anonymous"}), 0.0,
 		"pod-a's second span ended before the watermark")
 }
+
+// TestStreamResendAfterRestart: batches applied before a restart are
+// recognised when a client resends them to the restarted node.
+func TestStreamResendAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Now().Add(-time.Minute).Truncate(time.Second)
+	send := func(addrs server.Addrs, seqs ...uint64) []hopwatchv1.AckStatus {
+		t.Helper()
+		conn := dialGRPC(t, addrs.OTLPGRPC)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "x-hopwatch-writer", "restarter")
+		stream, err := hopwatchv1.NewIngestServiceClient(conn).Stream(ctx)
+		require.NoError(t, err)
+		_, err = stream.Recv()
+		require.NoError(t, err)
+		var out []hopwatchv1.AckStatus
+		for _, seq := range seqs {
+			require.NoError(t, stream.Send(hopBatch(seq, 100, start.Add(time.Duration(seq)*time.Second), time.Millisecond)))
+			ack, err := stream.Recv()
+			require.NoError(t, err)
+			out = append(out, ack.GetStatus())
+		}
+		require.NoError(t, stream.CloseSend())
+		return out
+	}
+	ok, dup := hopwatchv1.AckStatus_ACK_STATUS_OK, hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
+	srv, addrs := startServer(t, func(c *server.Config) { c.Storage.Dir = dir })
+	require.Equal(t, []hopwatchv1.AckStatus{ok, ok, ok}, send(addrs, 1, 2, 3))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, srv.Shutdown(ctx))
+
+	_, addrs = startServer(t, func(c *server.Config) { c.Storage.Dir = dir })
+	require.Equal(t, []hopwatchv1.AckStatus{dup, dup, ok}, send(addrs, 2, 3, 4))
+	prom := promClient(t, addrs.Web, "")
+	waitFor(t, "four batches counted once", func() bool {
+		v, ok := queryScalar(t, prom, `sum(hopwatch_stage_duration_seconds_count{service="queue-worker"})`)
+		return ok && v == 400
+	})
+}

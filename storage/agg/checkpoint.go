@@ -20,15 +20,20 @@ import (
 // it holds every sample of the segments before FirstSegment and none after.
 // Replay loads it and reads the WAL from FirstSegment on.
 //
-//	magic "HWAGGCP2"
+//	magic "HWAGGCP3" ("HWAGGCP2" is read too: it has no stream seqs)
 //	first segment, next ref, last flush ms (varint)
 //	classic bounds: count, float64 bits each; native schema + 1 (0: off)
 //	series count, then per series:
 //	  ref, family (byte), key, labels, created (byte), count, failed, gauge, sumHi, sumLo,
 //	  classic counts (count, values), native (present byte; count,
 //	  zero count, sum bits, offset (varint), bucket count, values)
+//	stream seq count, then per streaming writer: writer, last seq, last
+//	  use (Unix seconds, varint); writers unused for StreamSeqTTL are left out
 //	CRC32 (Castagnoli) of all of the above, big endian
-const checkpointMagic = "HWAGGCP2"
+const (
+	checkpointMagic   = "HWAGGCP3"
+	checkpointMagicV2 = "HWAGGCP2"
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -112,6 +117,21 @@ func (t *tenantStore) encodeCheckpoint(firstSegment int) []byte {
 			b = binary.AppendUvarint(b, c)
 		}
 	}
+	cutoff := time.Now().Add(-StreamSeqTTL).Unix()
+	n := 0
+	for _, sq := range t.seqs {
+		if sq.lastUsed >= cutoff {
+			n++
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	for w, sq := range t.seqs {
+		if sq.lastUsed >= cutoff {
+			b = appendString(b, w)
+			b = binary.AppendUvarint(b, sq.seq)
+			b = binary.AppendVarint(b, sq.lastUsed)
+		}
+	}
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
@@ -136,7 +156,11 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 		return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start this tenant from its WAL alone",
 			errCorruptCheckpoint, t.checkpointPath(), len(buf), fmt.Sprintf(format, args...))
 	}
-	if len(buf) < len(checkpointMagic)+4 || string(buf[:len(checkpointMagic)]) != checkpointMagic {
+	if len(buf) < len(checkpointMagic)+4 {
+		return 0, corrupt("bad magic")
+	}
+	magic := string(buf[:len(checkpointMagic)])
+	if magic != checkpointMagic && magic != checkpointMagicV2 {
 		return 0, corrupt("bad magic")
 	}
 	body := buf[:len(buf)-4]
@@ -220,9 +244,20 @@ func (t *tenantStore) loadCheckpoint() (int, error) {
 		t.series[key] = s
 		t.nextRef = max(t.nextRef, ref+1)
 	}
+	if magic == checkpointMagic {
+		ns := d.Count("stream seq count")
+		for range ns {
+			w := d.String("stream writer")
+			sq := streamSeq{seq: d.Uvarint("stream seq"), lastUsed: d.Varint("stream last use")}
+			if d.Err() != nil {
+				break
+			}
+			t.seqs[w] = sq
+		}
+	}
 	if d.Err() != nil {
 		return 0, corrupt("%v", d.Err())
 	}
-	t.logger.Info("checkpoint loaded", "series", len(t.series), "first_segment", first)
+	t.logger.Info("checkpoint loaded", "series", len(t.series), "stream_writers", len(t.seqs), "first_segment", first)
 	return first, nil
 }

@@ -16,10 +16,13 @@ import (
 //	samples: ref, start delta from the previous sample (signed), duration,
 //	         flags (1: a 16-byte trace id follows; 2: failed)
 //	created: ref (series whose first samples reached the TSDB)
+//	samples of a streamed batch: a samples record, then writer (len +
+//	         bytes) and seq, so that the batch and its seq are logged at once
 const (
-	recSeries  byte = 1
-	recSamples byte = 2
-	recCreated byte = 3
+	recSeries     byte = 1
+	recSamples    byte = 2
+	recCreated    byte = 3
+	recSamplesSeq byte = 4
 )
 
 // errCorruptRecord is wrapped by every decoding error of a WAL record.
@@ -101,6 +104,22 @@ func decodeSeriesRecord(rec []byte, sb *labels.ScratchBuilder, dst []seriesEntry
 
 func decodeSamplesRecord(rec []byte, dst []walSample) ([]walSample, error) {
 	d := recbuf.New(rec, 1, errCorruptRecord) // an empty record fails, not panics
+	return decodeSamples(d, dst)
+}
+
+// decodeSamplesSeqRecord decodes a recSamplesSeq record.
+func decodeSamplesSeqRecord(rec []byte, dst []walSample) (_ []walSample, writer string, seq uint64, err error) {
+	d := recbuf.New(rec, 1, errCorruptRecord)
+	dst, err = decodeSamples(d, dst)
+	if err != nil {
+		return dst, "", 0, err
+	}
+	writer = d.String("writer")
+	seq = d.Uvarint("seq")
+	return dst, writer, seq, d.Err()
+}
+
+func decodeSamples(d *recbuf.Reader, dst []walSample) ([]walSample, error) {
 	n := d.Count("sample count")
 	var prev int64
 	for range n {

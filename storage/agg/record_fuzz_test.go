@@ -230,7 +230,7 @@ func FuzzLoadCheckpoint(f *testing.F) {
 	f.Cleanup(func() { _ = s.Close() })
 	dir := f.TempDir()
 	fresh := func() *tenantStore {
-		return &tenantStore{id: "fuzz", dir: dir, store: s, logger: slog.New(slog.DiscardHandler), series: map[string]*series{}}
+		return &tenantStore{id: "fuzz", dir: dir, store: s, logger: slog.New(slog.DiscardHandler), series: map[string]*series{}, seqs: map[string]streamSeq{}}
 	}
 
 	f.Fuzz(func(t *testing.T, data []byte, fixCRC bool) {

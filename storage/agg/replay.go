@@ -90,8 +90,19 @@ func (t *tenantStore) replay(first int) error {
 				byRef[e.ref] = s
 				t.nextRef = max(t.nextRef, e.ref+1)
 			}
-		case recSamples:
-			samples, err = decodeSamplesRecord(rec, samples[:0])
+		case recSamples, recSamplesSeq:
+			if rec[0] == recSamples {
+				samples, err = decodeSamplesRecord(rec, samples[:0])
+			} else {
+				var (
+					writer string
+					seq    uint64
+				)
+				samples, writer, seq, err = decodeSamplesSeqRecord(rec, samples[:0])
+				if err == nil && seq > t.seqs[writer].seq {
+					t.seqs[writer] = streamSeq{seq: seq, lastUsed: time.Now().Unix()}
+				}
+			}
 			for i := range samples {
 				smp := &samples[i]
 				s := byRef[smp.ref]

@@ -282,6 +282,7 @@ func (s *Store) openTenant(id string) (*tenantStore, error) {
 		store:          s,
 		logger:         s.logger.With("tenant", id),
 		series:         map[string]*series{},
+		seqs:           map[string]streamSeq{},
 		lastCheckpoint: time.Now(),
 	}
 	treg := prometheus.WrapRegistererWith(prometheus.Labels{"tenant": id}, s.reg)

@@ -48,6 +48,11 @@ type tenantStore struct {
 	lastFlushMs    int64
 	lastCheckpoint time.Time
 
+	// seqs holds, per streaming writer, the last seq applied: restored from
+	// the checkpoint and the WAL, so a resend after a restart is still
+	// recognised.
+	seqs map[string]streamSeq
+
 	// Scratch space reused across calls under mtx.
 	enc       []byte
 	enc2      []byte
@@ -57,6 +62,16 @@ type tenantStore struct {
 	created   []uint64
 	expired   []*series
 }
+
+// streamSeq is the last seq applied for a streaming writer, and when.
+type streamSeq struct {
+	seq      uint64
+	lastUsed int64 // Unix seconds
+}
+
+// StreamSeqTTL is how long a streaming writer's last seq is kept after its
+// last batch: a resend later than that is applied again.
+const StreamSeqTTL = time.Hour
 
 // dropUnadmitted removes from b the series refs has no series for (new
 // series over the tenant's limit) and their samples, counting them in
@@ -104,6 +119,11 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	t.mtx.Lock()
 	defer t.mtx.Unlock()
 
+	if b.Seq != 0 {
+		if last, ok := t.seqs[b.Writer]; ok && b.Seq <= last.seq {
+			return sample.ErrDuplicate
+		}
+	}
 	lay := &t.store.layout
 	refs := t.batchRefs[:0]
 	fresh := t.newSeries[:0]
@@ -137,7 +157,11 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		t.enc2 = appendSeriesRecord(t.enc2[:0], fresh)
 		recs = append(recs, t.enc2)
 	}
-	enc := append(t.enc[:0], recSamples)
+	typ := recSamples
+	if b.Seq != 0 {
+		typ = recSamplesSeq
+	}
+	enc := append(t.enc[:0], typ)
 	enc = binary.AppendUvarint(enc, uint64(len(b.Samples)))
 	var prev int64
 	for i := range b.Samples {
@@ -158,6 +182,10 @@ func (t *tenantStore) append(b *sample.Batch) error {
 			enc = append(enc, flags)
 		}
 	}
+	if b.Seq != 0 {
+		enc = appendString(enc, b.Writer)
+		enc = binary.AppendUvarint(enc, b.Seq)
+	}
 	t.enc = enc
 	recs = append(recs, enc)
 
@@ -177,6 +205,9 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	for _, s := range fresh {
 		t.series[s.key] = s
 		t.nextRef++
+	}
+	if b.Seq != 0 {
+		t.seqs[b.Writer] = streamSeq{seq: b.Seq, lastUsed: time.Now().Unix()}
 	}
 	for i := range b.Samples {
 		smp := &b.Samples[i]
