@@ -52,31 +52,11 @@ type IngestResult struct {
 // Ingest runs the benchmark and writes a Markdown table to w.
 func Ingest(w io.Writer, o IngestOptions) (IngestResult, error) {
 	var res IngestResult
-	dir, err := os.MkdirTemp("", "hopwatch-bench-ingest-")
+	srv, reg, stop, err := startNode("ingest", o.Raw)
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(dir)
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress, cfg.OTLPGRPCListenAddress, cfg.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Storage.Dir = dir
-	cfg.RawEnabled = o.Raw
-	reg := prometheus.NewRegistry()
-	srv, err := server.New(cfg, reg, nil)
-	if err != nil {
-		return res, err
-	}
-	if err := srv.Start(); err != nil {
-		return res, err
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
-	for !srv.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	defer stop()
 	endpoint := srv.Addrs().OTLPGRPC
 	args := []string{"traces", "--otlp-insecure", "--duration", o.Duration.String(), "--workers", strconv.Itoa(o.Workers),
 		"--rate", strconv.FormatFloat(o.Rate, 'f', -1, 64), "--batch-size", strconv.Itoa(o.BatchSize)}
@@ -121,6 +101,38 @@ func Ingest(w io.Writer, o IngestOptions) (IngestResult, error) {
 		res.Spans/res.Seconds, res.ServerCPU/res.Seconds, res.ServerCPU/res.Spans*1e6, res.P50*1e3, res.P99*1e3,
 		res.PeakRSS/(1<<20), res.GeneratorCPU/res.Seconds, res.Requests, res.RefusedSpans)
 	return res, nil
+}
+
+// startNode runs a node on loopback ports with its data in a temporary
+// directory, and waits until it is ready; stop shuts it down and removes
+// the directory.
+func startNode(name string, raw bool) (srv *server.Server, reg *prometheus.Registry, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "hopwatch-bench-"+name+"-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfg := server.DefaultConfig()
+	cfg.WebListenAddress, cfg.OTLPGRPCListenAddress, cfg.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Storage.Dir = dir
+	cfg.RawEnabled = raw
+	reg = prometheus.NewRegistry()
+	if srv, err = server.New(cfg, reg, nil); err == nil {
+		err = srv.Start()
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	for !srv.Ready() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		os.RemoveAll(dir)
+	}
+	return srv, reg, stop, nil
 }
 
 type families map[string]*dto.MetricFamily

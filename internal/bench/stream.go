@@ -13,13 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hopwatch/hopwatch/client"
 	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
-	"github.com/hopwatch/hopwatch/internal/server"
 )
 
 // StreamOptions configures the streaming ingest benchmark: a load process
@@ -59,31 +57,11 @@ func Stream(w io.Writer, o StreamOptions) (StreamResult, error) {
 	if len(o.Loader) == 0 {
 		return res, errors.New("no load command")
 	}
-	dir, err := os.MkdirTemp("", "hopwatch-bench-stream-")
+	srv, reg, stop, err := startNode("stream", o.Raw)
 	if err != nil {
 		return res, err
 	}
-	defer os.RemoveAll(dir)
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress, cfg.OTLPGRPCListenAddress, cfg.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Storage.Dir = dir
-	cfg.RawEnabled = o.Raw
-	reg := prometheus.NewRegistry()
-	srv, err := server.New(cfg, reg, nil)
-	if err != nil {
-		return res, err
-	}
-	if err := srv.Start(); err != nil {
-		return res, err
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
-	for !srv.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	defer stop()
 	args := append(o.Loader[1:len(o.Loader):len(o.Loader)], "-addr", srv.Addrs().OTLPGRPC, "-duration", o.Duration.String(),
 		"-writers", strconv.Itoa(o.Writers), "-rate", strconv.FormatFloat(o.Rate, 'f', -1, 64), "-batch-records", strconv.Itoa(o.BatchRecords))
 
