@@ -149,6 +149,7 @@ type receiverMetrics struct {
 	discarded        *prometheus.CounterVec // tenant, reason
 	lateSpans        *prometheus.CounterVec // tenant
 	streamDuplicates prometheus.Counter
+	writerChanges    *prometheus.CounterVec   // action, result
 	duration         *prometheus.HistogramVec // protocol
 	graphPending     prometheus.GaugeFunc
 }
@@ -180,6 +181,10 @@ func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
 			Name: "hopwatch_discarded_samples_total",
 			Help: "Latency samples not stored, by tenant and reason.",
 		}, []string{"tenant", "reason"}),
+		writerChanges: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_writer_api_requests_total",
+			Help: "Writer API calls (HTTP and gRPC) by action (list, exclude, include) and result (ok, unknown_writer, invalid_writer, invalid_tenant).",
+		}, []string{"action", "result"}),
 		streamDuplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopwatch_stream_duplicate_batches_total",
 			Help: "Streamed batches acknowledged as duplicates (a writer's seq already applied) and not applied again.",

@@ -43,10 +43,11 @@ func toWriterJSON(w watermark.Writer) writerJSON {
 func (r *Receiver) WritersHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+WritersPath, func(w http.ResponseWriter, req *http.Request) {
-		id, ok := r.apiTenant(w, req)
+		id, ok := r.apiTenant(w, req, "list")
 		if !ok {
 			return
 		}
+		r.metrics.writerChanges.WithLabelValues("list", "ok").Inc()
 		mark, ws := r.marks.Writers(id, time.Now().UnixNano())
 		out := struct {
 			Watermark *float64     `json:"watermark"`
@@ -63,7 +64,7 @@ func (r *Receiver) WritersHandler() http.Handler {
 	})
 	change := func(exclude bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, req *http.Request) {
-			id, ok := r.apiTenant(w, req)
+			id, ok := r.apiTenant(w, req, action(exclude))
 			if !ok {
 				return
 			}
@@ -88,9 +89,17 @@ func (r *Receiver) WritersHandler() http.Handler {
 	return mux
 }
 
-func (r *Receiver) apiTenant(w http.ResponseWriter, req *http.Request) (string, bool) {
+func action(exclude bool) string {
+	if exclude {
+		return "exclude"
+	}
+	return "include"
+}
+
+func (r *Receiver) apiTenant(w http.ResponseWriter, req *http.Request, act string) (string, bool) {
 	id, err := r.resolver.FromHTTP(req)
 	if err != nil {
+		r.metrics.writerChanges.WithLabelValues(act, "invalid_tenant").Inc()
 		code := http.StatusBadRequest
 		if errors.Is(err, tenant.ErrMissing) {
 			code = http.StatusUnauthorized
@@ -104,6 +113,7 @@ func (r *Receiver) apiTenant(w http.ResponseWriter, req *http.Request) (string, 
 // setExcluded excludes or includes a writer, logging the change.
 func (r *Receiver) setExcluded(tenantID, writer string, exclude bool) (watermark.Writer, error) {
 	if writer == "" || strings.TrimSpace(writer) != writer || len(writer) > maxWriterLength {
+		r.metrics.writerChanges.WithLabelValues(action(exclude), "invalid_writer").Inc()
 		return watermark.Writer{}, errors.New("invalid writer id: it must be 1 to 256 bytes without surrounding spaces")
 	}
 	now := time.Now().UnixNano()
@@ -116,10 +126,13 @@ func (r *Receiver) setExcluded(tenantID, writer string, exclude bool) (watermark
 	} else {
 		w, err = r.marks.Include(tenantID, writer, now)
 	}
-	if err == nil {
-		r.logger.Info("writer state changed", "tenant", tenantID, "writer", writer, "state", w.State.String())
+	if err != nil {
+		r.metrics.writerChanges.WithLabelValues(action(exclude), "unknown_writer").Inc()
+		return w, err
 	}
-	return w, err
+	r.metrics.writerChanges.WithLabelValues(action(exclude), "ok").Inc()
+	r.logger.Info("writer state changed", "tenant", tenantID, "writer", writer, "state", w.State.String())
+	return w, nil
 }
 
 // writeAPI answers in the Prometheus API envelope.
@@ -144,9 +157,10 @@ type writerService struct {
 	r *Receiver
 }
 
-func (s writerService) tenant(ctx context.Context) (string, error) {
+func (s writerService) tenant(ctx context.Context, act string) (string, error) {
 	id, err := s.r.resolver.FromGRPC(ctx)
 	if err != nil {
+		s.r.metrics.writerChanges.WithLabelValues(act, "invalid_tenant").Inc()
 		code := codes.InvalidArgument
 		if errors.Is(err, tenant.ErrMissing) {
 			code = codes.Unauthenticated
@@ -161,10 +175,11 @@ func toWriterPB(w watermark.Writer) *hopwatchv1.Writer {
 }
 
 func (s writerService) ListWriters(ctx context.Context, _ *hopwatchv1.ListWritersRequest) (*hopwatchv1.ListWritersResponse, error) {
-	id, err := s.tenant(ctx)
+	id, err := s.tenant(ctx, "list")
 	if err != nil {
 		return nil, err
 	}
+	s.r.metrics.writerChanges.WithLabelValues("list", "ok").Inc()
 	mark, ws := s.r.marks.Writers(id, time.Now().UnixNano())
 	out := &hopwatchv1.ListWritersResponse{WatermarkUnixNano: mark}
 	for _, w := range ws {
@@ -174,7 +189,7 @@ func (s writerService) ListWriters(ctx context.Context, _ *hopwatchv1.ListWriter
 }
 
 func (s writerService) change(ctx context.Context, writer string, exclude bool) (*hopwatchv1.Writer, error) {
-	id, err := s.tenant(ctx)
+	id, err := s.tenant(ctx, action(exclude))
 	if err != nil {
 		return nil, err
 	}

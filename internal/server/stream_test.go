@@ -273,6 +273,9 @@ func TestWatermarkWritersOverOTLP(t *testing.T) {
 	code, resp = call(t, addrs.Web, "", http.MethodPost, "/api/v1/writers/nobody/exclude", url.Values{})
 	require.Equal(t, http.StatusNotFound, code)
 	require.Contains(t, resp.Error, "no such writer")
+	require.Equal(t, 2.0, counter(t, reg, "hopwatch_writer_api_requests_total", map[string]string{"action": "exclude", "result": "unknown_writer"}), "the gRPC NotFound and the HTTP 404")
+	require.Equal(t, 1.0, counter(t, reg, "hopwatch_writer_api_requests_total", map[string]string{"action": "exclude", "result": "ok"}))
+	require.Equal(t, 1.0, counter(t, reg, "hopwatch_writer_api_requests_total", map[string]string{"action": "include", "result": "ok"}))
 	require.Greater(t, counter(t, reg, "hopwatch_late_spans_total", map[string]string{"tenant": "anonymous"}), 0.0,
 		"pod-a's second span ended before the watermark")
 }
