@@ -82,6 +82,16 @@ func (r *Receiver) WritersHandler() http.Handler {
 	}
 	mux.HandleFunc("POST "+WritersPath+"/{writer}/exclude", change(true))
 	mux.HandleFunc("POST "+WritersPath+"/{writer}/include", change(false))
+	mux.HandleFunc(WritersPath, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Allow", http.MethodGet)
+		writeAPI(w, http.StatusMethodNotAllowed, nil, "bad_data", "method "+req.Method+" not allowed on "+WritersPath+"; use GET")
+	})
+	for _, act := range []string{"exclude", "include"} {
+		mux.HandleFunc(WritersPath+"/{writer}/"+act, func(w http.ResponseWriter, req *http.Request) {
+			w.Header().Set("Allow", http.MethodPost)
+			writeAPI(w, http.StatusMethodNotAllowed, nil, "bad_data", "method "+req.Method+" not allowed on "+req.URL.Path+"; use POST")
+		})
+	}
 	mux.HandleFunc(WritersPath+"/", func(w http.ResponseWriter, req *http.Request) {
 		writeAPI(w, http.StatusNotFound, nil, "not_found",
 			"unknown writer API path "+req.URL.Path+"; use GET "+WritersPath+" or POST "+WritersPath+"/{writer}/exclude|include")
