@@ -214,6 +214,9 @@ type Receiver struct {
 	pairs    *pairer
 	marks    *watermark.Tracker
 	streams  streamWriters
+	// draining is closed when the node shuts down: streams end.
+	draining  chan struct{}
+	drainOnce sync.Once
 	// grpcMetrics counts gRPC calls and messages per method, live.
 	grpcMetrics *grpcprom.ServerMetrics
 	logger      *slog.Logger
@@ -243,6 +246,7 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 		metrics:  newReceiverMetrics(reg),
 		pairs:    newPairer(opts.Graph),
 		streams:  streamWriters{writers: map[streamWriterKey]*streamWriter{}},
+		draining: make(chan struct{}),
 		logger:   logger,
 	}
 	var err error
@@ -319,6 +323,11 @@ type errMalformed struct{ err error }
 
 func (e errMalformed) Error() string { return e.err.Error() }
 func (e errMalformed) Unwrap() error { return e.err }
+
+// Drain ends every open ingest stream after the batch it is applying, with
+// UNAVAILABLE, and every stream opened later at once: call it when the node
+// shuts down, before stopping the gRPC server gracefully.
+func (r *Receiver) Drain() { r.drainOnce.Do(func() { close(r.draining) }) }
 
 // Watermarks returns the receiver's writer tracker.
 func (r *Receiver) Watermarks() *watermark.Tracker { return r.marks }

@@ -139,11 +139,22 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 	w := r.work.Get().(*work)
 	defer r.work.Put(w)
 	dedup := r.streams.get(tenantID, writer)
-	for req := range batches {
+	for {
+		var req *hopwatchv1.StreamRequest
 		select {
+		case <-r.draining:
+			return errDraining
 		case err := <-readErr:
 			return err
-		default:
+		case req = <-batches:
+		}
+		if req == nil { // the client closed its side and every batch is applied
+			select {
+			case err := <-readErr:
+				return err
+			default:
+				return nil
+			}
 		}
 		ack := r.applyBatch(ctx, tenantID, writer, dedup, w, req.GetBatch())
 		ack.Credit = 1
@@ -153,13 +164,11 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 			return err
 		}
 	}
-	select {
-	case err := <-readErr:
-		return err
-	default:
-		return nil
-	}
 }
+
+// errDraining ends the streams of a node that shuts down; clients resend
+// what is unacknowledged to the node when it is back (or to another).
+var errDraining = status.Error(codes.Unavailable, "hopwatch is shutting down: reconnect and resend the unacknowledged batches")
 
 func tenantCode(err error) codes.Code {
 	if errors.Is(err, tenant.ErrMissing) {

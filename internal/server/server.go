@@ -308,6 +308,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	s.stopOnce.Do(func() {
 		drained := make(chan struct{})
+		// Open ingest streams end with UNAVAILABLE after their current batch,
+		// so that graceful stop does not wait on long-lived clients.
+		s.recv.Drain()
 		go func() { s.grpc.GracefulStop(); close(drained) }()
 		if err := s.otlpHTTP.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("otlp http shutdown: %w", err))

@@ -309,9 +309,18 @@ func TestStreamResendAfterRestart(t *testing.T) {
 	ok, dup := hopwatchv1.AckStatus_ACK_STATUS_OK, hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
 	srv, addrs := startServer(t, func(c *server.Config) { c.Storage.Dir = dir })
 	require.Equal(t, []hopwatchv1.AckStatus{ok, ok, ok}, send(addrs, 1, 2, 3))
+	// A stream left open does not hold the shutdown: it ends UNAVAILABLE.
+	open, err := hopwatchv1.NewIngestServiceClient(dialGRPC(t, addrs.OTLPGRPC)).Stream(
+		metadata.AppendToOutgoingContext(context.Background(), "x-hopwatch-writer", "idle"))
+	require.NoError(t, err)
+	_, err = open.Recv()
+	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	require.NoError(t, srv.Shutdown(ctx))
+	_, err = open.Recv()
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), "shutting down")
 
 	_, addrs = startServer(t, func(c *server.Config) { c.Storage.Dir = dir })
 	require.Equal(t, []hopwatchv1.AckStatus{dup, dup, ok}, send(addrs, 2, 3, 4))
