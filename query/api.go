@@ -38,6 +38,15 @@ type Options struct {
 	Timeout time.Duration
 	// MaxSamples bounds the samples one query may hold in memory.
 	MaxSamples int
+	// MaxConcurrent bounds the queries evaluated at once; more wait.
+	MaxConcurrent int
+	// MaxSeries bounds the series one query may select (0: no bound).
+	MaxSeries int
+	// MaxLength bounds end − start of a range query (0: no bound).
+	MaxLength time.Duration
+	// DisableExactPath leaves quantile_over_time over the raw tier to
+	// Prometheus's engine (which sees every weight as 1).
+	DisableExactPath bool
 	// Version, Revision, Branch, BuildDate describe the build for /status/buildinfo.
 	Version, Revision, Branch, BuildDate string
 	// ConfigYAML returns the running configuration for /status/config.
@@ -50,7 +59,14 @@ type Options struct {
 
 // DefaultOptions returns Prometheus's defaults for the same settings.
 func DefaultOptions() Options {
-	return Options{LookbackDelta: 5 * time.Minute, Timeout: 2 * time.Minute, MaxSamples: 50_000_000}
+	return Options{
+		LookbackDelta: 5 * time.Minute,
+		Timeout:       2 * time.Minute,
+		MaxSamples:    50_000_000,
+		MaxConcurrent: 20,
+		MaxSeries:     100_000,
+		MaxLength:     32 * 24 * time.Hour,
+	}
 }
 
 // Validate reports every problem with the options, naming the field.
@@ -64,6 +80,15 @@ func (o Options) Validate() error {
 	}
 	if o.MaxSamples <= 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxSamples %d: must be positive", o.MaxSamples))
+	}
+	if o.MaxConcurrent <= 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxConcurrent %d: must be positive", o.MaxConcurrent))
+	}
+	if o.MaxSeries < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxSeries %d: must be 0 (no limit) or positive", o.MaxSeries))
+	}
+	if o.MaxLength < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxLength %s: must be 0 (no limit) or positive", o.MaxLength))
 	}
 	return errors.Join(errs...)
 }
@@ -81,13 +106,43 @@ type API struct {
 	opts     Options
 	handler  http.Handler
 	engine   *promql.Engine
+	parser   parser.Parser
+	raw      RawStorage
+	limits   *limiter
+	metrics  *apiMetrics
 	resolver tenant.Resolver
 	logger   *slog.Logger
 }
 
-// New builds the API over src. ready tells whether storage has finished
-// replaying; until then query endpoints answer 503.
-func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer, logger *slog.Logger) (*API, error) {
+type apiMetrics struct {
+	exactQueries prometheus.Counter
+	refused      *prometheus.CounterVec
+}
+
+func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
+	m := &apiMetrics{
+		exactQueries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_query_exact_path_total",
+			Help: "PromQL queries whose raw-tier quantile_over_time calls were answered by the exact window path.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_query_refused_total",
+			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout} {
+		m.refused.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.exactQueries, m.refused)
+	}
+	return m
+}
+
+// New builds the API over the aggregate tier src and the raw tier rawSrc
+// (nil: no raw tier). ready tells whether storage has finished replaying;
+// until then query endpoints answer 503.
+func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg prometheus.Registerer, logger *slog.Logger) (*API, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("hopwatch/query: invalid options: %w", err)
 	}
@@ -109,7 +164,7 @@ func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer
 		EnablePerStepStats:   true,
 		Parser:               pp,
 	})
-	q := tenantQueryable{src: src}
+	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples}
 	readyFunc := func(f http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if !ready() {
@@ -166,8 +221,20 @@ func New(opts Options, src Storage, ready func() bool, reg prometheus.Registerer
 	router := route.New()
 	api.Register(router.WithPrefix("/api/v1"))
 
-	a := &API{opts: opts, engine: engine, resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled}, logger: logger}
+	metrics := newAPIMetrics(reg)
+	a := &API{
+		opts:     opts,
+		engine:   engine,
+		parser:   pp,
+		raw:      rawSrc,
+		limits:   newLimiter(opts, metrics.refused),
+		metrics:  metrics,
+		resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled},
+		logger:   logger,
+	}
 	mux := http.NewServeMux()
+	mux.Handle("/api/v1/query", readyFunc(a.fastPath(true, router).ServeHTTP))
+	mux.Handle("/api/v1/query_range", readyFunc(a.fastPath(false, router).ServeHTTP))
 	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
 	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
 	mux.Handle("/api/v1/", router)

@@ -39,26 +39,55 @@ var errNoTenant = errors.New("hopwatch/query: no tenant in request context")
 // tenantQueryable routes every query to the storage of the tenant carried
 // by its context, so one Prometheus API serves all tenants and a request of
 // tenant A can only ever open tenant A's TSDB.
-type tenantQueryable struct{ src Storage }
+type tenantQueryable struct {
+	src        Storage
+	raw        RawStorage // nil: no raw tier
+	maxSamples int
+}
 
 var (
 	_ storage.SampleAndChunkQueryable = tenantQueryable{}
 	_ storage.ExemplarQueryable       = tenantQueryable{}
 )
 
+// Querier merges the tenant's aggregate tier with its raw tier, which
+// PromQL sees as MetricRaw.
 func (q tenantQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
 	return &tenantQuerier{lazyQuerier[storage.Querier]{
-		src:   q.src,
-		open:  func(db Queryable) (storage.Querier, error) { return db.Querier(mint, maxt) },
-		empty: storage.NoopQuerier,
+		open: func(id string) (storage.Querier, error) {
+			var qs []storage.Querier
+			if db := q.src.Tenant(id); db != nil {
+				aq, err := db.Querier(mint, maxt)
+				if err != nil {
+					return nil, err
+				}
+				qs = append(qs, aq)
+			}
+			if q.raw != nil {
+				if rdb := q.raw.RawTenant(id); rdb != nil {
+					qs = append(qs, &rawQuerier{db: rdb, mint: msToNs(mint, false), maxt: msToNs(maxt, true), maxSamples: q.maxSamples})
+				}
+			}
+			switch len(qs) {
+			case 0:
+				return storage.NoopQuerier(), nil
+			case 1:
+				return qs[0], nil
+			}
+			return storage.NewMergeQuerier(qs, nil, storage.ChainedSeriesMerge), nil
+		},
 	}}, nil
 }
 
+// ChunkQuerier serves the aggregate tier only (remote read is not served).
 func (q tenantQueryable) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
 	return &tenantChunkQuerier{lazyQuerier[storage.ChunkQuerier]{
-		src:   q.src,
-		open:  func(db Queryable) (storage.ChunkQuerier, error) { return db.ChunkQuerier(mint, maxt) },
-		empty: storage.NoopChunkedQuerier,
+		open: func(id string) (storage.ChunkQuerier, error) {
+			if db := q.src.Tenant(id); db != nil {
+				return db.ChunkQuerier(mint, maxt)
+			}
+			return storage.NoopChunkedQuerier(), nil
+		},
 	}}, nil
 }
 
@@ -83,9 +112,7 @@ func (emptyExemplarQuerier) Select(int64, int64, ...[]*labels.Matcher) ([]exempl
 // lazyQuerier opens the tenant's querier on first use, when the context
 // (and with it the tenant) is known.
 type lazyQuerier[Q storage.LabelQuerier] struct {
-	src    Storage
-	open   func(db Queryable) (Q, error)
-	empty  func() Q
+	open   func(tenant string) (Q, error)
 	mtx    sync.Mutex
 	q      Q
 	opened bool
@@ -101,15 +128,11 @@ func (lq *lazyQuerier[Q]) get(ctx context.Context) (Q, error) {
 	if !ok {
 		return lq.q, errNoTenant
 	}
-	if db := lq.src.Tenant(id); db == nil {
-		lq.q = lq.empty()
-	} else {
-		q, err := lq.open(db)
-		if err != nil {
-			return q, err
-		}
-		lq.q = q
+	q, err := lq.open(id)
+	if err != nil {
+		return q, err
 	}
+	lq.q = q
 	lq.opened = true
 	return lq.q, nil
 }
@@ -142,11 +165,42 @@ func (lq *lazyQuerier[Q]) Close() error {
 type tenantQuerier struct{ lazyQuerier[storage.Querier] }
 
 func (tq *tenantQuerier) Select(ctx context.Context, sortSeries bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+	if ss, ok := precomputedSelect(ctx, ms); ok {
+		return ss
+	}
 	q, err := tq.get(ctx)
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
-	return q.Select(ctx, sortSeries, hints, ms...)
+	ss := q.Select(ctx, sortSeries, hints, ms...)
+	if lim := queryLimitsFrom(ctx); lim != nil {
+		return &countingSeriesSet{SeriesSet: ss, lim: lim}
+	}
+	return ss
+}
+
+// countingSeriesSet counts a query's series against --query.max-series.
+type countingSeriesSet struct {
+	storage.SeriesSet
+	lim *queryLimits
+	err error
+}
+
+func (s *countingSeriesSet) Next() bool {
+	if s.err != nil || !s.SeriesSet.Next() {
+		return false
+	}
+	if s.err = s.lim.addSeries(1); s.err != nil {
+		return false
+	}
+	return true
+}
+
+func (s *countingSeriesSet) Err() error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.SeriesSet.Err()
 }
 
 type tenantChunkQuerier struct {

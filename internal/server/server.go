@@ -100,7 +100,7 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	qopts.ConfigYAML = func() string { return cfg.ConfigYAML }
 	qopts.Flags = cfg.Flags
 	qopts.Metadata = metricMetadata
-	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), s.Ready, reg, logger.With("component", "query"))
+	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), query.RawStorageFunc(s.rawTenantDB), s.Ready, reg, logger.With("component", "query"))
 	if err != nil {
 		return nil, err
 	}
@@ -170,6 +170,16 @@ func (s *Server) tenantDB(id string) query.Queryable {
 		return nil
 	}
 	if db := st.DB(id); db != nil {
+		return db
+	}
+	return nil
+}
+
+func (s *Server) rawTenantDB(id string) query.RawQueryable {
+	if s.raw == nil || s.store.Load() == nil {
+		return nil
+	}
+	if db := s.raw.DB(id); db != nil {
 		return db
 	}
 	return nil

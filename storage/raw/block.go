@@ -223,6 +223,21 @@ func (indexReader) WriteChunks(...chunks.Meta) error { return nil }
 // [mint, maxt]. The chunk bytes view the mapped file: valid while the block
 // is open.
 func (b *Block) selectSeries(mint, maxt int64, ms ...*labels.Matcher) ([]Series, error) {
+	return b.walkSeries(mint, maxt, true, ms...)
+}
+
+// labelSets returns the labels of the series selectSeries would return,
+// reading no chunk.
+func (b *Block) labelSets(mint, maxt int64, ms ...*labels.Matcher) ([]labels.Labels, error) {
+	sel, err := b.walkSeries(mint, maxt, false, ms...)
+	out := make([]labels.Labels, len(sel))
+	for i := range sel {
+		out[i] = sel[i].Labels
+	}
+	return out, err
+}
+
+func (b *Block) walkSeries(mint, maxt int64, withChunks bool, ms ...*labels.Matcher) ([]Series, error) {
 	if b.meta.MaxTime < mint || b.meta.MinTime > maxt {
 		return nil, nil
 	}
@@ -244,9 +259,14 @@ func (b *Block) selectSeries(mint, maxt int64, ms ...*labels.Matcher) ([]Series,
 			return nil, fmt.Errorf("%w %s: %v", errCorruptBlock, b.dir, err)
 		}
 		var sr Series
+		inRange := false
 		for _, m := range chks {
 			if m.MaxTime < mint || m.MinTime > maxt {
 				continue
+			}
+			inRange = true
+			if !withChunks {
+				break
 			}
 			c, err := b.chunk(m.Ref)
 			if err != nil {
@@ -254,7 +274,7 @@ func (b *Block) selectSeries(mint, maxt int64, ms ...*labels.Matcher) ([]Series,
 			}
 			sr.Chunks = append(sr.Chunks, c)
 		}
-		if len(sr.Chunks) > 0 {
+		if inRange {
 			sr.Labels = sb.Labels()
 			out = append(out, sr)
 		}

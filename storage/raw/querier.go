@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/hopwatch/hopwatch/internal/nativehist"
 	"github.com/hopwatch/hopwatch/storage/raw/chunkenc"
 )
 
@@ -101,6 +102,46 @@ func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
 	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
 	return out
 }
+
+// LabelSets returns the labels of the series matching every matcher: head
+// series whatever their time range, block series with chunks in
+// [mint, maxt]. No chunk is read.
+func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels {
+	var out []labels.Labels
+	db.mtx.RLock()
+	for _, s := range db.series {
+		if matchAll(s.lset, ms) {
+			out = append(out, s.lset)
+		}
+	}
+	db.mtx.RUnlock()
+	// Head series are keyed by sample.Series.Key, block series only by
+	// labels: compare by labels from here on.
+	byLabels := make(map[string]bool, len(out))
+	for _, l := range out {
+		byLabels[l.String()] = true
+	}
+	db.blocksMtx.RLock()
+	for _, b := range db.blocks {
+		lsets, err := b.labelSets(mint, maxt, ms...)
+		if err != nil {
+			db.logger.Error("reading raw block failed", "ulid", b.meta.ULID, "err", err)
+			continue
+		}
+		for _, l := range lsets {
+			if k := l.String(); !byLabels[k] {
+				byLabels[k] = true
+				out = append(out, l)
+			}
+		}
+	}
+	db.blocksMtx.RUnlock()
+	slices.SortFunc(out, labels.Compare)
+	return out
+}
+
+// Bounds is the histogram schema of the DB's chunk summaries.
+func (db *DB) Bounds() *nativehist.Bounds { return db.bounds }
 
 func matchAll(lset labels.Labels, ms []*labels.Matcher) bool {
 	for _, m := range ms {

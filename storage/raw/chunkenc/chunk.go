@@ -243,6 +243,41 @@ func readHead(b []byte, bounds *nativehist.Bounds, withHist bool) (Summary, int,
 // DecodeChunk decodes every column of chunk b into out (reusing its
 // memory). The summary it returns has no Histogram; ReadSummary has it.
 func (d *Decoder) DecodeChunk(b []byte, bounds *nativehist.Bounds, out *Samples) (Summary, error) {
+	return d.decode(b, bounds, out, true)
+}
+
+// DecodeValues is DecodeChunk without the exemplar rows: timestamps,
+// latencies and weights, what a quantile needs.
+func (d *Decoder) DecodeValues(b []byte, bounds *nativehist.Bounds, out *Samples) (Summary, error) {
+	return d.decode(b, bounds, out, false)
+}
+
+// ReadTimeRange reads the sample count and time range of chunk b from its
+// header, without checking the checksum (decoding does) or reading the
+// summary histogram.
+func ReadTimeRange(b []byte) (minT, maxT int64, n int, err error) {
+	h := header{b: b}
+	if v := h.byte("chunk version"); h.err == nil && v != chunkVersion {
+		return 0, 0, 0, corrupt("chunk version %d, want %d", v, chunkVersion)
+	}
+	cnt := h.uvarint("sample count")
+	for _, what := range [...]string{"summary count", "summary sum", "summary sum"} {
+		h.uvarint(what)
+	}
+	h.varint("summary min")
+	h.varint("summary max")
+	minT = h.varint("summary min time")
+	maxT = minT + h.varint("summary time span")
+	if h.err != nil {
+		return 0, 0, 0, h.err
+	}
+	if cnt > uint64(len(b)) {
+		return 0, 0, 0, corrupt("sample count %d too large for %d bytes", cnt, len(b))
+	}
+	return minT, maxT, int(cnt), nil
+}
+
+func (d *Decoder) decode(b []byte, bounds *nativehist.Bounds, out *Samples, exemplars bool) (Summary, error) {
 	out.Reset()
 	if err := checkCRC(b); err != nil {
 		return Summary{}, err
@@ -290,7 +325,7 @@ func (d *Decoder) DecodeChunk(b []byte, bounds *nativehist.Bounds, out *Samples)
 	} else {
 		out.Weight = nil
 	}
-	if flags&flagExemplars != 0 {
+	if exemplars && flags&flagExemplars != 0 {
 		ne := h.uvarint("exemplar count")
 		if h.err == nil && ne > uint64(len(h.b)/17) {
 			return s, corrupt("%d exemplars cannot fit in %d bytes", ne, len(h.b))
