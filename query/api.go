@@ -164,7 +164,8 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		EnablePerStepStats:   true,
 		Parser:               pp,
 	})
-	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples}
+	metrics := newAPIMetrics(reg)
+	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples, refused: metrics.refused}
 	readyFunc := func(f http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if !ready() {
@@ -221,7 +222,6 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	router := route.New()
 	api.Register(router.WithPrefix("/api/v1"))
 
-	metrics := newAPIMetrics(reg)
 	a := &API{
 		opts:     opts,
 		engine:   engine,
@@ -235,6 +235,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/query", readyFunc(a.fastPath(true, router).ServeHTTP))
 	mux.Handle("/api/v1/query_range", readyFunc(a.fastPath(false, router).ServeHTTP))
+	mux.HandleFunc("/api/v1/latency", readyFunc(a.latency))
 	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
 	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
 	mux.Handle("/api/v1/", router)

@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
@@ -84,6 +86,7 @@ type rawQuerier struct {
 	db         RawQueryable
 	mint, maxt int64 // ns
 	maxSamples int   // bound on the samples one Select decodes (0: none)
+	refused    *prometheus.CounterVec
 }
 
 func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
@@ -131,6 +134,7 @@ func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHi
 		}
 		loaded += len(pts)
 		if q.maxSamples > 0 && loaded > q.maxSamples {
+			q.refused.WithLabelValues(reasonSamples).Inc()
 			return storage.ErrSeriesSet(fmt.Errorf("%w (raw tier, limit --query.max-samples=%d)", window.ErrTooManySamples, q.maxSamples))
 		}
 		// Chunks of a series may overlap in time; PromQL wants time order.

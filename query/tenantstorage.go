@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
@@ -43,6 +45,7 @@ type tenantQueryable struct {
 	src        Storage
 	raw        RawStorage // nil: no raw tier
 	maxSamples int
+	refused    *prometheus.CounterVec
 }
 
 var (
@@ -65,7 +68,7 @@ func (q tenantQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
 			}
 			if q.raw != nil {
 				if rdb := q.raw.RawTenant(id); rdb != nil {
-					qs = append(qs, &rawQuerier{db: rdb, mint: msToNs(mint, false), maxt: msToNs(maxt, true), maxSamples: q.maxSamples})
+					qs = append(qs, &rawQuerier{db: rdb, mint: msToNs(mint, false), maxt: msToNs(maxt, true), maxSamples: q.maxSamples, refused: q.refused})
 				}
 			}
 			switch len(qs) {

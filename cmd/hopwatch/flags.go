@@ -75,6 +75,10 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(durationValue{&cfg.Query.LookbackDelta}, "query.lookback-delta", "How far back an instant vector selector looks for a sample.")
 	fs.Var(durationValue{&cfg.Query.Timeout}, "query.timeout", "Longest a query may run.")
 	fs.IntVar(&cfg.Query.MaxSamples, "query.max-samples", cfg.Query.MaxSamples, "Most samples a single query may load into memory.")
+	fs.IntVar(&cfg.Query.MaxConcurrent, "query.max-concurrency", cfg.Query.MaxConcurrent, "Most queries evaluated at once; more wait for a slot.")
+	fs.IntVar(&cfg.Query.MaxSeries, "query.max-series", cfg.Query.MaxSeries, "Most series a single query may select (0: no limit).")
+	fs.Var(durationValue{&cfg.Query.MaxLength}, "query.max-length", "Longest end − start of a range query (0: no limit).")
+	fs.BoolVar(&cfg.Query.DisableExactPath, "query.disable-exact-path", cfg.Query.DisableExactPath, "Leave quantile_over_time over hopwatch_latency_raw_seconds to Prometheus's engine (weights ignored) instead of the exact window path.")
 	fs.StringVar(&lo.level, "log.level", lo.level, "Log level: debug, info, warn or error.")
 	fs.StringVar(&lo.format, "log.format", lo.format, "Log format: logfmt or json.")
 }
