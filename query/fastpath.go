@@ -187,7 +187,7 @@ func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string
 		var vals []float64
 		var counts []uint64
 		for i := range sel {
-			runs = appendSeriesRuns(runs[:0], &sel[i], db.Bounds(), &d)
+			runs = AppendRuns(runs[:0], &sel[i], db.Bounds(), &d)
 			var err error
 			vals, counts, err = c.Quantiles(ctx, r, qs, runs, vals[:0], counts[:0])
 			if err != nil {

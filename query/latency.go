@@ -247,7 +247,7 @@ func (a *API) evalLatency(ctx context.Context, db RawQueryable, req *latencyRequ
 	for _, gr := range groups {
 		runs = runs[:0]
 		for _, sr := range gr.series {
-			runs = appendSeriesRuns(runs, sr, db.Bounds(), &d)
+			runs = AppendRuns(runs, sr, db.Bounds(), &d)
 		}
 		var err error
 		vals, counts, err = c.Quantiles(ctx, r, req.quantiles, runs, vals[:0], counts[:0])

@@ -119,7 +119,7 @@ func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHi
 		if err := ctx.Err(); err != nil {
 			return storage.ErrSeriesSet(err)
 		}
-		runs = appendSeriesRuns(runs[:0], &sel[i], q.db.Bounds(), &d)
+		runs = AppendRuns(runs[:0], &sel[i], q.db.Bounds(), &d)
 		var pts fpoints
 		for _, r := range runs {
 			buf.Reset()
@@ -246,9 +246,10 @@ func floorMs(ns int64) int64 {
 	return ms
 }
 
-// appendSeriesRuns appends a raw series as window runs: its chunks, decoded
-// on demand by d without their exemplar rows, and its open samples.
-func appendSeriesRuns(runs []window.Run, sr *raw.Series, bounds *nativehist.Bounds, d *rawenc.Decoder) []window.Run {
+// AppendRuns appends a raw series as window runs: its chunks, decoded on
+// demand by d without their exemplar rows, and its open samples. The runs
+// share d, so they must be loaded by one goroutine.
+func AppendRuns(runs []window.Run, sr *raw.Series, bounds *nativehist.Bounds, d *rawenc.Decoder) []window.Run {
 	for _, c := range sr.Chunks {
 		minT, maxT, _, err := rawenc.ReadTimeRange(c)
 		if err != nil {

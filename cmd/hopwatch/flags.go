@@ -51,6 +51,9 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.StringVar(&cfg.OTLPHTTPListenAddress, "otlp.http.listen-address", cfg.OTLPHTTPListenAddress, "Address of the OTLP/HTTP receiver (POST /v1/traces).")
 	fs.IntVar(&cfg.Ingest.MaxRequestBytes, "otlp.max-request-bytes", cfg.Ingest.MaxRequestBytes, "Largest OTLP request accepted, in bytes, after decompression.")
 	fs.Var(durationValue{&cfg.FlushInterval}, "flush.interval", "How often in-memory aggregates are written to the TSDB (at least 1s).")
+	fs.BoolVar(&cfg.WindowQuantilesEnabled, "window-quantiles.enabled", cfg.WindowQuantilesEnabled, "Record exact sliding-window quantiles of every raw series as hopwatch_window_latency_seconds{quantile, window} at each flush, up to the tenant's watermark (needs the raw tier).")
+	fs.Var(&durationList{dst: &cfg.WindowQuantiles.Windows}, "window-quantiles.windows", "Window lengths recorded (comma-separated or repeated).")
+	fs.Var(&floatList{dst: &cfg.WindowQuantiles.Quantiles}, "window-quantiles.quantiles", "Quantiles recorded (comma-separated or repeated).")
 	fs.Var(durationValue{&cfg.ShutdownTimeout}, "shutdown.timeout", "How long a graceful shutdown may take before in-flight requests are cut.")
 	fs.BoolVar(&cfg.MultitenancyEnabled, "auth.multitenancy-enabled", cfg.MultitenancyEnabled, "Take the tenant from the X-Scope-OrgID header; off, every request belongs to tenant \"anonymous\".")
 	fs.Var(&stringList{dst: &cfg.Ingest.Dimensions}, "spanmetrics.dimensions", "Span or resource attributes added as labels (comma-separated or repeated); dots become underscores.")
@@ -104,6 +107,40 @@ func (l *stringList) Set(v string) error {
 		if p = strings.TrimSpace(p); p != "" {
 			*l.dst = append(*l.dst, p)
 		}
+	}
+	return nil
+}
+
+// durationList is a list of Prometheus durations.
+type durationList struct {
+	dst *[]time.Duration
+	set bool
+}
+
+func (l *durationList) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	s := make([]string, len(*l.dst))
+	for i, d := range *l.dst {
+		s[i] = model.Duration(d).String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *durationList) Set(v string) error {
+	if !l.set {
+		*l.dst, l.set = nil, true
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		d, err := model.ParseDuration(p)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (e.g. 30s, 1m, 5m)", p)
+		}
+		*l.dst = append(*l.dst, time.Duration(d))
 	}
 	return nil
 }

@@ -125,7 +125,8 @@ func TestPrometheusAPIEndpoints(t *testing.T) {
 			if method == http.MethodGet { // as in Prometheus, these are GET only
 				r = f("owner", "/api/v1/label/__name__/values", url.Values{"start": {start}, "end": {end}})
 				require.NoError(t, json.Unmarshal(r.Data, &values))
-				require.Equal(t, []string{
+				// The raw tier shows as hopwatch_latency_raw_seconds.
+				require.Equal(t, []string{"hopwatch_latency_raw_seconds",
 					"traces_service_graph_request_failed_total", "traces_service_graph_request_server_seconds",
 					"traces_service_graph_request_server_seconds_bucket", "traces_service_graph_request_server_seconds_count",
 					"traces_service_graph_request_server_seconds_sum", "traces_service_graph_request_total",

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/sampling"
+	"github.com/hopwatch/hopwatch/internal/windowrec"
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/storage/agg"
 	"github.com/hopwatch/hopwatch/storage/raw"
@@ -43,11 +44,27 @@ type Config struct {
 	// applies retention.
 	CompactInterval time.Duration
 	Query           query.Options
+	// WindowQuantilesEnabled records the raw tier's window quantiles into
+	// the aggregate tier (with the raw tier on).
+	WindowQuantilesEnabled bool
+	// WindowQuantiles configures them; Interval is FlushInterval.
+	WindowQuantiles windowrec.Options
 
 	// ConfigYAML is the effective configuration as served by /api/v1/status/config.
 	ConfigYAML string
 	// Flags are the command-line flags as served by /api/v1/status/flags.
 	Flags map[string]string
+}
+
+// windowRecOptions are the recorder's options, stepping at the flush
+// interval.
+func (c Config) windowRecOptions() windowrec.Options {
+	o := c.WindowQuantiles
+	o.Interval = c.FlushInterval
+	if o.MaxCatchUp < o.Interval {
+		o.MaxCatchUp = o.Interval
+	}
+	return o
 }
 
 // RawDir is where the raw tier keeps its tenants.
@@ -60,19 +77,21 @@ const MinFlushInterval = time.Second
 // DefaultConfig returns the embedded default: one node, data in ./data.
 func DefaultConfig() Config {
 	return Config{
-		WebListenAddress:      ":9800",
-		OTLPGRPCListenAddress: ":4317",
-		OTLPHTTPListenAddress: ":4318",
-		FlushInterval:         5 * time.Second,
-		ShutdownTimeout:       30 * time.Second,
-		Ingest:                ingest.DefaultOptions(),
-		Storage:               agg.DefaultOptions(),
-		RawEnabled:            true,
-		Raw:                   raw.DefaultOptions(),
-		RawSamplingEnabled:    true,
-		RawSampling:           sampling.DefaultOptions(),
-		CompactInterval:       time.Minute,
-		Query:                 query.DefaultOptions(),
+		WebListenAddress:       ":9800",
+		OTLPGRPCListenAddress:  ":4317",
+		OTLPHTTPListenAddress:  ":4318",
+		FlushInterval:          5 * time.Second,
+		ShutdownTimeout:        30 * time.Second,
+		Ingest:                 ingest.DefaultOptions(),
+		Storage:                agg.DefaultOptions(),
+		RawEnabled:             true,
+		Raw:                    raw.DefaultOptions(),
+		RawSamplingEnabled:     true,
+		RawSampling:            sampling.DefaultOptions(),
+		CompactInterval:        time.Minute,
+		Query:                  query.DefaultOptions(),
+		WindowQuantilesEnabled: true,
+		WindowQuantiles:        windowrec.DefaultOptions(),
 	}
 }
 
@@ -124,6 +143,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.Query.Validate(); err != nil {
 		add(fmt.Errorf("query: %w", err))
+	}
+	if c.RawEnabled && c.WindowQuantilesEnabled {
+		if err := c.windowRecOptions().Validate(); err != nil {
+			add(fmt.Errorf("window-quantiles: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -15,11 +15,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	promstorage "github.com/prometheus/prometheus/storage"
 	"google.golang.org/grpc"
 
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/version"
+	"github.com/hopwatch/hopwatch/internal/windowrec"
 	"github.com/hopwatch/hopwatch/query"
 	"github.com/hopwatch/hopwatch/sample"
 	"github.com/hopwatch/hopwatch/storage/agg"
@@ -35,7 +37,9 @@ type Server struct {
 	store atomic.Pointer[agg.Store] // nil until the WAL replay is done
 	raw   *raw.Store                // nil with the raw tier off; set before store
 	recv  *ingest.Receiver
-	api   *query.API
+	// windows records window quantiles at each flush; nil when off.
+	windows *windowrec.Recorder
+	api     *query.API
 	// sampler sets the raw tier's sampling level; nil with sampling or the
 	// raw tier off.
 	sampler *sampling.Controller
@@ -104,6 +108,12 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, err
 	}
+	if cfg.RawEnabled && cfg.WindowQuantilesEnabled {
+		s.windows, err = windowrec.New(cfg.windowRecOptions(), rawSource{s}, s.windowSink, s.recv.Watermarks().Watermark, reg, logger.With("component", "windowrec"))
+		if err != nil {
+			return nil, err
+		}
+	}
 	if cfg.RawEnabled && cfg.RawSamplingEnabled {
 		s.sampler, err = sampling.New(cfg.RawSampling, reg, logger.With("component", "sampling"))
 		if err != nil {
@@ -127,6 +137,8 @@ var metricMetadata = []query.MetricMetadata{
 	{Name: "hopwatch_hop_queue_seconds", Type: "histogram", Help: "Time a message waited between its producer's end and its consumer's start, clock-corrected.", Unit: "seconds"},
 	{Name: "hopwatch_stage_duration_seconds", Type: "histogram", Help: "Time between two consecutive stage events of a span (enqueue, dequeue, arrive, done).", Unit: "seconds"},
 	{Name: "hopwatch_clock_offset_seconds", Type: "gauge", Help: "Estimated server clock minus client clock between two nodes.", Unit: "seconds"},
+	{Name: query.MetricRaw, Type: "gauge", Help: "The raw tier: one sample per span, its duration, at its start (ms). quantile_over_time over it is exact.", Unit: "seconds"},
+	{Name: windowrec.Metric, Type: "gauge", Help: "Exact quantile of a span series' durations over a sliding window, recorded at each flush up to the watermark.", Unit: "seconds"},
 }
 
 type appenderFunc func(ctx context.Context, tenant string, b *sample.Batch) error
@@ -180,6 +192,30 @@ func (s *Server) rawTenantDB(id string) query.RawQueryable {
 		return nil
 	}
 	if db := s.raw.DB(id); db != nil {
+		return db
+	}
+	return nil
+}
+
+// rawSource shows the raw tier to the window recorder.
+type rawSource struct{ s *Server }
+
+func (r rawSource) Tenants() []string {
+	if r.s.raw == nil || r.s.store.Load() == nil {
+		return nil
+	}
+	return r.s.raw.Tenants()
+}
+
+func (r rawSource) RawTenant(id string) query.RawQueryable { return r.s.rawTenantDB(id) }
+
+// windowSink is the aggregate TSDB of a tenant, for the window recorder.
+func (s *Server) windowSink(id string) promstorage.Appendable {
+	st := s.store.Load()
+	if st == nil {
+		return nil
+	}
+	if db := st.DB(id); db != nil {
 		return db
 	}
 	return nil
@@ -298,6 +334,9 @@ func (s *Server) flushLoop(st *agg.Store) {
 			s.recv.ExpireEdges(context.Background(), now)
 			if err := st.Flush(context.Background(), now); err != nil {
 				s.logger.Error("flush failed", "err", err)
+			}
+			if s.windows != nil {
+				s.windows.Record(context.Background(), now)
 			}
 		case <-c.C:
 			if s.raw != nil {

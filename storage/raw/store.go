@@ -88,6 +88,18 @@ func (s *Store) DB(id string) *DB {
 	return s.tenants[id]
 }
 
+// Tenants returns the tenants with raw data, sorted.
+func (s *Store) Tenants() []string {
+	s.mtx.RLock()
+	defer s.mtx.RUnlock()
+	ids := make([]string, 0, len(s.tenants))
+	for id := range s.tenants {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 func (s *Store) tenantDB(id string) (*DB, error) {
 	s.mtx.RLock()
 	db, closed := s.tenants[id], s.closed
