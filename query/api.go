@@ -44,6 +44,9 @@ type Options struct {
 	MaxSeries int
 	// MaxLength bounds end − start of a range query (0: no bound).
 	MaxLength time.Duration
+	// ExemplarLabel names the trace id label of raw-tier exemplars (as
+	// the aggregate tier's).
+	ExemplarLabel string
 	// DisableExactPath leaves quantile_over_time over the raw tier to
 	// Prometheus's engine (which sees every weight as 1).
 	DisableExactPath bool
@@ -66,6 +69,7 @@ func DefaultOptions() Options {
 		MaxConcurrent: 20,
 		MaxSeries:     100_000,
 		MaxLength:     32 * 24 * time.Hour,
+		ExemplarLabel: "trace_id",
 	}
 }
 
@@ -165,7 +169,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		Parser:               pp,
 	})
 	metrics := newAPIMetrics(reg)
-	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples, refused: metrics.refused}
+	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples, refused: metrics.refused, exemplarLabel: opts.ExemplarLabel}
 	readyFunc := func(f http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if !ready() {

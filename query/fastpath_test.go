@@ -56,6 +56,7 @@ func rawFixture(t *testing.T, seed uint64) (*raw.DB, time.Time) {
 				Series:   uint32(rng.IntN(len(services))),
 				Start:    start,
 				Duration: int64(rng.ExpFloat64() * float64(5*time.Millisecond)),
+				TraceID:  traceID(rng),
 			})
 		}
 		_, err := db.Append(b)
@@ -168,4 +169,30 @@ func getStatus(t *testing.T, u string, status int) string {
 	require.NoError(t, err)
 	require.Equal(t, status, resp.StatusCode, string(body))
 	return string(body)
+}
+
+func TestRawExemplars(t *testing.T) {
+	db, t0 := rawFixture(t, 7)
+	fast, _, _ := apiPair(t, db)
+	res := getJSON(t, fast.URL, "/api/v1/query_exemplars", url.Values{
+		"query": {`hopwatch_latency_raw_seconds{service="api"}`},
+		"start": {fmt.Sprint(t0.Unix())}, "end": {fmt.Sprint(t0.Unix() + 600)},
+	})["data"].([]any)
+	require.Len(t, res, 1)
+	series := res[0].(map[string]any)
+	require.Equal(t, "api", series["seriesLabels"].(map[string]any)["service"])
+	exs := series["exemplars"].([]any)
+	// Every chunk keeps its 8 slowest samples and 4 at random.
+	require.GreaterOrEqual(t, len(exs), 8)
+	for _, e := range exs {
+		e := e.(map[string]any)
+		require.Len(t, e["labels"].(map[string]any)["trace_id"], 32)
+	}
+}
+
+func traceID(rng *rand.Rand) (id [16]byte) {
+	for i := range id {
+		id[i] = byte(rng.Uint32())
+	}
+	return id
 }

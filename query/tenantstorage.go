@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/util/annotations"
@@ -46,6 +45,8 @@ type tenantQueryable struct {
 	raw        RawStorage // nil: no raw tier
 	maxSamples int
 	refused    *prometheus.CounterVec
+	// exemplarLabel names the trace id of raw-tier exemplars.
+	exemplarLabel string
 }
 
 var (
@@ -99,17 +100,7 @@ func (q tenantQueryable) ExemplarQuerier(ctx context.Context) (storage.ExemplarQ
 	if !ok {
 		return nil, errNoTenant
 	}
-	db := q.src.Tenant(id)
-	if db == nil {
-		return emptyExemplarQuerier{}, nil
-	}
-	return db.ExemplarQuerier(ctx)
-}
-
-type emptyExemplarQuerier struct{}
-
-func (emptyExemplarQuerier) Select(int64, int64, ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
-	return nil, nil
+	return q.exemplarQuerier(ctx, id)
 }
 
 // lazyQuerier opens the tenant's querier on first use, when the context

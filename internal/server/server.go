@@ -104,6 +104,7 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	qopts.ConfigYAML = func() string { return cfg.ConfigYAML }
 	qopts.Flags = cfg.Flags
 	qopts.Metadata = metricMetadata
+	qopts.ExemplarLabel = cfg.Storage.ExemplarLabel
 	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), query.RawStorageFunc(s.rawTenantDB), s.Ready, reg, logger.With("component", "query"))
 	if err != nil {
 		return nil, err
