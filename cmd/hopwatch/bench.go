@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hopwatch/hopwatch/internal/bench"
@@ -22,10 +25,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return runBenchStream(args[1:], stdout, stderr)
 		case "stream-load":
 			return runBenchStreamLoad(args[1:], stdout, stderr)
+		case "quantile":
+			return runBenchQuantile(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage|ingest|stream [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)
@@ -102,4 +107,57 @@ func runBenchStreamLoad(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return bench.StreamLoad(context.Background(), stdout, o)
+}
+
+// runBenchQuantile runs `hopwatch bench quantile`.
+func runBenchQuantile(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultQuantileOptions()
+	fs := flag.NewFlagSet("hopwatch bench quantile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Var(durationValue{&o.Duration}, "duration", "data per dataset")
+	fs.Var(intList{&o.Series}, "series", "comma-separated series counts D1 is dealt over in the speed part")
+	fs.IntVar(&o.Runs, "runs", o.Runs, "timing repetitions (the median is reported)")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "dataset seed")
+	fs.Var(durationValue{&o.FlushInterval}, "flush-interval", "flush interval of the sketch part's histograms")
+	fs.Var(intList{&o.SketchSeries}, "sketch-series", "comma-separated series counts each sketch dataset is dealt over")
+	fs.BoolVar(&o.Speed, "speed", o.Speed, "run the speed part (exact path against Prometheus)")
+	fs.BoolVar(&o.Sketch, "sketch", o.Sketch, "run the sketch part (native histogram error)")
+	fs.StringVar(&o.Dir, "dir", o.Dir, "where to put the stores (default: the system's temporary directory)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", o.CPUProfile, "write a CPU profile of each speed case's queries to this path + .<series>")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	_, err := bench.Quantile(context.Background(), stdout, o, logger)
+	return err
+}
+
+// intList is a comma-separated list of integers.
+type intList struct{ p *[]int }
+
+func (v intList) String() string {
+	if v.p == nil {
+		return ""
+	}
+	var b strings.Builder
+	for i, n := range *v.p {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(n))
+	}
+	return b.String()
+}
+
+func (v intList) Set(s string) error {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("%q is not a comma-separated list of integers", s)
+		}
+		out = append(out, n)
+	}
+	*v.p = out
+	return nil
 }
