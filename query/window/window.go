@@ -93,6 +93,7 @@ type Computer struct {
 	buf    chunkenc.Samples
 	free   []pane
 	held   int
+	sorter sorter
 }
 
 // pane holds the samples of one pane: appended in arrival order, sorted by
@@ -181,7 +182,7 @@ func (c *Computer) Quantiles(ctx context.Context, r Range, qs []float64, runs []
 		for j := lo + 1; j <= hi; j++ {
 			p := &c.panes[j]
 			if !p.sorted {
-				p.sort()
+				c.sortPane(p)
 			}
 			total += p.count()
 		}
@@ -317,31 +318,15 @@ func (c *Computer) reset() {
 	}
 }
 
-// sort orders the pane by value; weights become cumulative.
-func (p *pane) sort() {
+// sortPane orders the pane by value; weights become cumulative.
+func (c *Computer) sortPane(p *pane) {
 	p.sorted = true
-	if p.w == nil {
-		slices.Sort(p.v)
-		return
-	}
-	sort.Sort(byValue{p.v, p.w})
+	p.v, p.w = c.sorter.sort(p.v, p.w)
 	var acc uint64
 	for i, w := range p.w {
 		acc += w
 		p.w[i] = acc
 	}
-}
-
-type byValue struct {
-	v []int64
-	w []uint64
-}
-
-func (b byValue) Len() int           { return len(b.v) }
-func (b byValue) Less(i, j int) bool { return b.v[i] < b.v[j] }
-func (b byValue) Swap(i, j int) {
-	b.v[i], b.v[j] = b.v[j], b.v[i]
-	b.w[i], b.w[j] = b.w[j], b.w[i]
 }
 
 // quantile computes the q-quantile of the panes [from, to) holding total
