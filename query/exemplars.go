@@ -31,7 +31,9 @@ func (q rawExemplars) Select(start, end int64, matchers ...[]*labels.Matcher) ([
 		if !ok {
 			continue
 		}
-		for _, sr := range q.db.Select(mint, maxt, rest...) {
+		sel, release := q.db.SelectPinned(mint, maxt, rest...)
+		defer release()
+		for _, sr := range sel {
 			k := sr.Labels.String()
 			if seen[k] {
 				continue

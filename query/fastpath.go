@@ -19,6 +19,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/internal/tenant"
 	"github.com/hopwatch/hopwatch/query/window"
+	"github.com/hopwatch/hopwatch/storage/raw"
 	rawenc "github.com/hopwatch/hopwatch/storage/raw/chunkenc"
 )
 
@@ -178,34 +179,46 @@ func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string
 			Window: wms * 1e6,
 		}
 		_, ms := rawMatchers(call.vs.LabelMatchers)
-		sel := db.Select(r.Start-r.Window+1, r.End, ms...)
-		if err := lim.addSeries(len(sel)); err != nil {
+		sel, release := db.SelectPinned(r.Start-r.Window+1, r.End, ms...)
+		series, err := a.evalCall(ctx, &c, &d, db, sel, r, call.q, g, lim)
+		release()
+		if err != nil {
 			return nil, err
 		}
-		qs := []float64{call.q}
-		var runs []window.Run
-		var vals []float64
-		var counts []uint64
-		for i := range sel {
-			runs = AppendRuns(runs[:0], &sel[i], db.Bounds(), &d)
-			var err error
-			vals, counts, err = c.Quantiles(ctx, r, qs, runs, vals[:0], counts[:0])
-			if err != nil {
-				return nil, fastPathError(err)
-			}
-			fs := &floatSeries{lset: sel[i].Labels, pts: make(fpoints, len(counts))}
-			for k, n := range counts {
-				f := vals[k]
-				if n == 0 {
-					f = math.Float64frombits(value.StaleNaN)
-				}
-				fs.pts[k] = fpoint{t: g.start + int64(k)*g.step, f: f}
-			}
-			if err := lim.addSamples(len(fs.pts)); err != nil {
-				return nil, err
-			}
-			out[ref] = append(out[ref], fs)
+		out[ref] = series
+	}
+	return out, nil
+}
+
+// evalCall computes one call's quantile for every selected series.
+func (a *API) evalCall(ctx context.Context, c *window.Computer, d *rawenc.Decoder, db RawQueryable, sel []raw.Series, r window.Range, q float64, g evalGrid, lim *queryLimits) ([]storage.Series, error) {
+	if err := lim.addSeries(len(sel)); err != nil {
+		return nil, err
+	}
+	var out []storage.Series
+	qs := []float64{q}
+	var runs []window.Run
+	var vals []float64
+	var counts []uint64
+	for i := range sel {
+		runs = AppendRuns(runs[:0], &sel[i], db.Bounds(), d)
+		var err error
+		vals, counts, err = c.Quantiles(ctx, r, qs, runs, vals[:0], counts[:0])
+		if err != nil {
+			return nil, fastPathError(err)
 		}
+		fs := &floatSeries{lset: sel[i].Labels, pts: make(fpoints, len(counts))}
+		for k, n := range counts {
+			f := vals[k]
+			if n == 0 {
+				f = math.Float64frombits(value.StaleNaN)
+			}
+			fs.pts[k] = fpoint{t: g.start + int64(k)*g.step, f: f}
+		}
+		if err := lim.addSamples(len(fs.pts)); err != nil {
+			return nil, err
+		}
+		out = append(out, fs)
 	}
 	return out, nil
 }

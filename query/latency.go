@@ -215,7 +215,8 @@ func (a *API) evalLatency(ctx context.Context, db RawQueryable, req *latencyRequ
 	seen := map[string]bool{}
 	for _, ms := range req.selectors {
 		_, rest := rawMatchers(ms)
-		sel := db.Select(r.Start-r.Window+1, r.End, rest...)
+		sel, release := db.SelectPinned(r.Start-r.Window+1, r.End, rest...)
+		defer release()
 		for i := range sel {
 			k := sel[i].Labels.String()
 			if seen[k] {

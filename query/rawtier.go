@@ -29,8 +29,9 @@ const MetricRaw = "hopwatch_latency_raw_seconds"
 
 // RawQueryable is the raw tier of one tenant (a *raw.DB satisfies it).
 type RawQueryable interface {
-	// Select returns the series matching ms with samples in [mint, maxt] (ns).
-	Select(mint, maxt int64, ms ...*labels.Matcher) []raw.Series
+	// SelectPinned returns the series matching ms with samples in
+	// [mint, maxt] (ns); their chunks stay valid until release is called.
+	SelectPinned(mint, maxt int64, ms ...*labels.Matcher) (series []raw.Series, release func())
 	// LabelSets returns the label sets of those series without their data.
 	LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels
 	// Bounds is the histogram schema the chunks were written with.
@@ -109,7 +110,8 @@ func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHi
 	}
 	// Series are decoded here, not on iteration, so that a corrupt chunk
 	// is an error of the select and the sample budget applies up front.
-	sel := q.db.Select(mint, maxt, rest...)
+	sel, release := q.db.SelectPinned(mint, maxt, rest...)
+	defer release()
 	out := make([]storage.Series, 0, len(sel))
 	var d rawenc.Decoder
 	var buf rawenc.Samples

@@ -243,7 +243,9 @@ func (r *Recorder) recordWindow(ctx context.Context, db query.RawQueryable, a st
 	appended := 0
 	stale := math.Float64frombits(value.StaleNaN)
 	seen := map[string]bool{}
-	for _, sr := range db.Select(rg.Start-rg.Window+1, rg.End) {
+	sel, release := db.SelectPinned(rg.Start-rg.Window+1, rg.End)
+	defer release()
+	for _, sr := range sel {
 		r.runs = query.AppendRuns(r.runs[:0], &sr, db.Bounds(), &r.dec)
 		var err error
 		r.vals, r.counts, err = r.comp.Quantiles(ctx, rg, r.opts.Quantiles, r.runs, r.vals[:0], r.counts[:0])

@@ -105,7 +105,9 @@ func (s *series) observe(l *layout, duration, end int64, traceID *[16]byte, fail
 	if s.native != nil {
 		s.native.Observe(float64(duration)/1e9, 1)
 	}
-	if traceID != nil && s.hasHist() && (!s.exValid || duration > s.exDuration) {
+	// An all-zero trace id means "none" (stream records without a trace):
+	// it never becomes an exemplar.
+	if traceID != nil && *traceID != ([16]byte{}) && s.hasHist() && (!s.exValid || duration > s.exDuration) {
 		s.exValid, s.exDuration, s.exEnd, s.exTraceID = true, duration, end, *traceID
 	}
 }

@@ -422,3 +422,25 @@ func TestAppendRefusesBadTenantAndClosedStore(t *testing.T) {
 	require.ErrorIs(t, s.Append(context.Background(), testTenant, batchOf(genObs(1, 1, seriesA))), errClosed)
 	require.NoError(t, s.Close())
 }
+
+func TestZeroTraceIDIsNoExemplar(t *testing.T) {
+	s, _ := openStore(t, testOptions(t.TempDir()))
+	start := base.Add(-10 * time.Second).UnixNano()
+	// The slowest sample has no trace (all-zero id); the exemplar is the
+	// slowest sample that has one.
+	appendObs(t, s, []obs{
+		{seriesA, start, 5_000_000, traceID(1)},
+		{seriesA, start + 1, 9_000_000, [16]byte{}},
+	})
+	require.NoError(t, s.Flush(context.Background(), base))
+	eq, err := s.DB(testTenant).ExemplarQuerier(context.Background())
+	require.NoError(t, err)
+	res, err := eq.Select(0, math.MaxInt64, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, MetricLatency+"_bucket")})
+	require.NoError(t, err)
+	require.NotEmpty(t, res)
+	for _, r := range res {
+		for _, ex := range r.Exemplars {
+			require.Equal(t, hex.EncodeToString(func() []byte { id := traceID(1); return id[:] }()), ex.Labels.Get("trace_id"))
+		}
+	}
+}

@@ -175,7 +175,7 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		if smp.Failed {
 			flags |= flagFailed
 		}
-		if s.exemplarCandidate(smp.Duration) {
+		if smp.TraceID != ([16]byte{}) && s.exemplarCandidate(smp.Duration) {
 			enc = append(enc, flags|flagTrace)
 			enc = append(enc, smp.TraceID[:]...)
 		} else {

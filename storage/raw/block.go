@@ -9,6 +9,7 @@ import (
 	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
@@ -158,6 +159,9 @@ type Block struct {
 	meta   BlockMeta
 	chunks *fileutil.MmapFile
 	index  *index.Reader
+	// readers counts queries holding views of the mapped chunks
+	// (SelectPinned); Close waits for them.
+	readers sync.WaitGroup
 }
 
 // errCorruptBlock is wrapped by every error about a block's contents.
@@ -193,8 +197,10 @@ func openBlock(dir string) (*Block, error) {
 // Meta returns the block's meta.
 func (b *Block) Meta() BlockMeta { return b.meta }
 
-// Close releases the block's files.
+// Close releases the block's files, once no pinned reader remains. The
+// block must already be out of the DB's list, so no new reader comes.
 func (b *Block) Close() error {
+	b.readers.Wait()
 	return errors.Join(b.index.Close(), b.chunks.Close())
 }
 

@@ -339,8 +339,8 @@ func (db *DB) mergeBlocks(bs []*Block) error {
 	return nil
 }
 
-// deleteBlock closes a block already removed from db.blocks and deletes
-// its directory. Readers never hold views into blocks (Select copies).
+// deleteBlock closes a block already removed from db.blocks (waiting for
+// the readers that pinned it) and deletes its directory.
 func (db *DB) deleteBlock(b *Block) error {
 	if err := b.Close(); err != nil {
 		return err

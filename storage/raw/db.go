@@ -275,11 +275,14 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 func (db *DB) Close() error {
 	errs := []error{db.wal.Close()}
 	db.blocksMtx.Lock()
-	for _, b := range db.blocks {
-		errs = append(errs, b.Close())
-	}
+	blocks := db.blocks
 	db.blocks = nil
 	db.blocksMtx.Unlock()
+	// Outside the lock: closing waits for pinned readers, which may still
+	// be selecting.
+	for _, b := range blocks {
+		errs = append(errs, b.Close())
+	}
 	return errors.Join(errs...)
 }
 

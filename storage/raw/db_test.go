@@ -3,6 +3,7 @@ package raw
 import (
 	"bufio"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -403,4 +404,40 @@ func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
 	// And nothing is invented: the data is a prefix of what was sent.
 	want := expected(testBatches(t, 4, 400_000, 200)[:total/200])
 	require.Equal(t, want, readAll(t, db))
+}
+
+func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
+	db, err := Open(blockOptions(t.TempDir()), nil, nil)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, db.Close()) }()
+	for _, b := range testBatches(t, 3, 30_000, 500) {
+		_, err := db.Append(b)
+		require.NoError(t, err)
+	}
+	require.NoError(t, db.Compact())
+	require.NotEmpty(t, db.Blocks())
+	want := db.Select(math.MinInt64, math.MaxInt64)
+
+	sel, release := db.SelectPinned(math.MinInt64, math.MaxInt64)
+	// Retention now drops every block; the pinned views must stay
+	// readable until release.
+	db.opts.Retention = time.Nanosecond
+	compacted := make(chan error, 1)
+	go func() { compacted <- db.Compact() }()
+	var d chunkenc.Decoder
+	var got chunkenc.Samples
+	for i := range sel {
+		require.Equal(t, want[i].Chunks, sel[i].Chunks)
+		for _, c := range sel[i].Chunks {
+			_, err := d.DecodeChunk(c, db.bounds, &got)
+			require.NoError(t, err)
+		}
+	}
+	select {
+	case err := <-compacted:
+		t.Fatalf("compaction deleted pinned blocks (err %v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	require.NoError(t, <-compacted)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/prometheus/prometheus/model/labels"
 
@@ -27,8 +28,22 @@ type Series struct {
 }
 
 // Select returns the series matching every matcher that have samples in
-// [mint, maxt], sorted by labels.
+// [mint, maxt], sorted by labels. The chunks of blocks are copied, so the
+// result stays valid whatever compaction does.
 func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
+	out, _ := db.selectSeries(mint, maxt, false, ms...)
+	return out
+}
+
+// SelectPinned is Select without copying: block chunks view the mapped
+// files, and the blocks they come from are not deleted (by compaction or
+// retention) before release is called. Call release once, when done with
+// the chunks.
+func (db *DB) SelectPinned(mint, maxt int64, ms ...*labels.Matcher) (series []Series, release func()) {
+	return db.selectSeries(mint, maxt, true, ms...)
+}
+
+func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([]Series, func()) {
 	db.mtx.RLock()
 	var matched []*memSeries
 	for _, s := range db.series {
@@ -78,6 +93,7 @@ func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
 	for i, sr := range out {
 		bySeries[sr.Labels.String()] = i
 	}
+	var pinned []*Block
 	db.blocksMtx.RLock()
 	for _, b := range db.blocks {
 		bsr, err := b.selectSeries(mint, maxt, ms...)
@@ -94,13 +110,27 @@ func (db *DB) Select(mint, maxt int64, ms ...*labels.Matcher) []Series {
 				out = append(out, Series{Labels: sr.Labels.Copy()})
 			}
 			for _, c := range sr.Chunks {
-				out[i].Chunks = append(out[i].Chunks, bytes.Clone(c))
+				if !pin {
+					c = bytes.Clone(c)
+				}
+				out[i].Chunks = append(out[i].Chunks, c)
 			}
+		}
+		if pin && len(bsr) > 0 {
+			b.readers.Add(1)
+			pinned = append(pinned, b)
 		}
 	}
 	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
-	return out
+	var once sync.Once
+	return out, func() {
+		once.Do(func() {
+			for _, b := range pinned {
+				b.readers.Done()
+			}
+		})
+	}
 }
 
 // LabelSets returns the labels of the series matching every matcher: head
