@@ -177,6 +177,8 @@ type Timing struct {
 	// PeakHeap is the highest heap (live and not yet collected objects)
 	// seen during the query above the heap just before it, after a GC.
 	PeakHeap uint64
+	// Allocated is the bytes the query allocated on the heap.
+	Allocated uint64
 }
 
 // QuantileSpeed is one case of the speed part.
@@ -228,10 +230,19 @@ type QuantileSketch struct {
 type QuantileResult struct {
 	Speed  []QuantileSpeed
 	Sketch []QuantileSketch
-	// SchemaP99 and SchemaMax are, per entry of SketchSeries, the smallest
-	// measured schemas whose p99 (max) relative error is at most 1% on
-	// every dataset and quantile; MaxSchema+1 where none is.
-	SchemaP99, SchemaMax []int32
+	// Smallest holds, per dataset, series count and quantile of the
+	// sketch part, the smallest schemas meeting 1%.
+	Smallest []QuantileSchemaPick
+}
+
+// QuantileSchemaPick is the smallest measured schema whose p99 (max)
+// relative error is at most 1% for one dataset, series count and quantile;
+// MaxSchema+1 where none is.
+type QuantileSchemaPick struct {
+	Dataset      string
+	Series       int
+	Q            float64
+	ByP99, ByMax int32
 }
 
 // epoch is where storage/raw/dataset's datasets start.
@@ -260,14 +271,10 @@ func Quantile(ctx context.Context, w io.Writer, o QuantileOptions, logger *slog.
 	}
 	defer os.RemoveAll(dir)
 
-	d1, err := generate(dataset.D1, o.Duration, o.Seed)
-	if err != nil {
-		return res, err
-	}
 	if o.Speed {
 		for _, n := range o.Series {
-			logger.Info("speed case", "series", n, "samples", len(d1))
-			sc, err := quantileSpeed(ctx, o, d1, n, filepath.Join(dir, fmt.Sprintf("speed-%d", n)), logger)
+			logger.Info("speed case", "series", n)
+			sc, err := quantileSpeed(ctx, o, n, filepath.Join(dir, fmt.Sprintf("speed-%d", n)), logger)
 			if err != nil {
 				return res, fmt.Errorf("bench quantile: %d series: %w", n, err)
 			}
@@ -276,11 +283,9 @@ func Quantile(ctx context.Context, w io.Writer, o QuantileOptions, logger *slog.
 	}
 	if o.Sketch {
 		for _, name := range []string{string(dataset.D1), string(dataset.D3), paretoName} {
-			ds := d1
-			if name != string(dataset.D1) {
-				if ds, err = generate(dataset.Name(name), o.Duration, o.Seed); err != nil {
-					return res, err
-				}
+			ds, err := generate(dataset.Name(name), o.Duration, o.Seed)
+			if err != nil {
+				return res, err
 			}
 			for _, n := range o.SketchSeries {
 				logger.Info("sketch dataset", "dataset", name, "series", n, "samples", len(ds))
@@ -291,11 +296,7 @@ func Quantile(ctx context.Context, w io.Writer, o QuantileOptions, logger *slog.
 				res.Sketch = append(res.Sketch, rows...)
 			}
 		}
-		for _, n := range o.SketchSeries {
-			of := func(r QuantileSketch) bool { return r.Series == n }
-			res.SchemaP99 = append(res.SchemaP99, smallestSchema(o.Schemas, res.Sketch, of, func(r QuantileSketch) float64 { return r.P99 }))
-			res.SchemaMax = append(res.SchemaMax, smallestSchema(o.Schemas, res.Sketch, of, func(r QuantileSketch) float64 { return r.Max }))
-		}
+		res.Smallest = smallestSchemas(o.Schemas, res.Sketch)
 	}
 	printQuantile(w, o, res)
 	return res, nil
@@ -382,8 +383,12 @@ func withName(l labels.Labels, name string) labels.Labels {
 const maxTSDBRate = 1000
 
 // quantileSpeed runs one case of the speed part.
-func quantileSpeed(ctx context.Context, o QuantileOptions, ds []dataset.Sample, n int, dir string, logger *slog.Logger) (QuantileSpeed, error) {
+func quantileSpeed(ctx context.Context, o QuantileOptions, n int, dir string, logger *slog.Logger) (QuantileSpeed, error) {
 	sc := QuantileSpeed{Series: n, PromStore: "tsdb"}
+	ds, err := generate(dataset.D1, o.Duration, o.Seed)
+	if err != nil {
+		return sc, err
+	}
 	useTSDB := float64(len(ds))/o.Duration.Seconds()/float64(n) <= maxTSDBRate
 	if !useTSDB {
 		sc.PromStore = "memory"
@@ -470,6 +475,9 @@ func quantileSpeed(ctx context.Context, o QuantileOptions, ds []dataset.Sample, 
 		sc.RawBlocks++
 	}
 	sc.RawHeadSamples = len(ds) - sc.RawBlockSamples
+	// What follows measures the heap: the stores keep their own copies,
+	// so the harness lets its copy of the data go.
+	ds, series, ms, at = nil, nil, nil, nil
 	logger.Info("raw tier ready", "blocks", sc.RawBlocks, "block_samples", sc.RawBlockSamples, "head_samples", sc.RawHeadSamples)
 
 	qopts := query.DefaultOptions()
@@ -815,7 +823,8 @@ func comparePoints(want, got points) error {
 // windowRange computes the quantiles of every raw series with
 // query/window, reading the raw tier as the exact path does.
 func windowRange(ctx context.Context, c *window.Computer, db *raw.DB, r window.Range, qs []float64, g grid) ([]points, error) {
-	sel := db.Select(r.Start-r.Window+1, r.End)
+	sel, release := db.SelectPinned(r.Start-r.Window+1, r.End)
+	defer release()
 	out := make([]points, len(qs))
 	for i := range out {
 		out[i] = points{}
@@ -827,7 +836,7 @@ func windowRange(ctx context.Context, c *window.Computer, db *raw.DB, r window.R
 		counts []uint64
 	)
 	for i := range sel {
-		runs = seriesRuns(runs[:0], &sel[i], db.Bounds(), &d)
+		runs = query.AppendRuns(runs[:0], &sel[i], db.Bounds(), &d)
 		var err error
 		vals, counts, err = c.Quantiles(ctx, r, qs, runs, vals[:0], counts[:0])
 		if err != nil {
@@ -847,26 +856,6 @@ func windowRange(ctx context.Context, c *window.Computer, db *raw.DB, r window.R
 	return out, nil
 }
 
-// seriesRuns appends a raw series as window runs: its chunks, decoded when
-// the computation reaches them, and its open samples.
-func seriesRuns(runs []window.Run, sr *raw.Series, bounds *nativehist.Bounds, d *chunkenc.Decoder) []window.Run {
-	for _, c := range sr.Chunks {
-		minT, maxT, _, err := chunkenc.ReadTimeRange(c)
-		if err != nil {
-			runs = append(runs, window.Run{MinT: math.MinInt64, MaxT: math.MaxInt64, Load: func(*chunkenc.Samples) error { return err }})
-			continue
-		}
-		runs = append(runs, window.Run{MinT: minT, MaxT: maxT, Load: func(dst *chunkenc.Samples) error {
-			_, err := d.DecodeValues(c, bounds, dst)
-			return err
-		}})
-	}
-	if open := sr.Open; len(open.T) > 0 {
-		runs = append(runs, sliceRun(open.T, open.Latency))
-	}
-	return runs
-}
-
 // sliceRun is a run over decoded columns, sorted by time.
 func sliceRun(t, lat []int64) window.Run {
 	return window.Run{MinT: t[0], MaxT: t[len(t)-1], Load: func(dst *chunkenc.Samples) error {
@@ -883,9 +872,9 @@ func sliceRun(t, lat []int64) window.Run {
 // within the polling interval. Samples of a CPU profile carry side.
 func measureQuery(ctx context.Context, side string, f func(context.Context) error) (Timing, error) {
 	runtime.GC()
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(s)
-	base := s[0].Value.Uint64()
+	base, allocs := s[0].Value.Uint64(), s[1].Value.Uint64()
 	peak := base
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -909,19 +898,22 @@ func measureQuery(ctx context.Context, side string, f func(context.Context) erro
 	elapsed := time.Since(start)
 	close(stop)
 	wg.Wait()
-	return Timing{Seconds: elapsed.Seconds(), PeakHeap: peak - base}, err
+	metrics.Read(s)
+	return Timing{Seconds: elapsed.Seconds(), PeakHeap: peak - base, Allocated: s[1].Value.Uint64() - allocs}, err
 }
 
 // medianTiming is the median of each field.
 func medianTiming(ts []Timing) Timing {
 	secs := make([]float64, len(ts))
-	peaks := make([]uint64, len(ts))
+	peaks, allocs := make([]uint64, len(ts)), make([]uint64, len(ts))
 	for i, t := range ts {
-		secs[i], peaks[i] = t.Seconds, t.PeakHeap
+		secs[i], peaks[i], allocs[i] = t.Seconds, t.PeakHeap, t.Allocated
 	}
 	slices.Sort(secs)
 	slices.Sort(peaks)
-	return Timing{Seconds: secs[len(secs)/2], PeakHeap: peaks[len(peaks)/2]}
+	slices.Sort(allocs)
+	m := len(ts) / 2
+	return Timing{Seconds: secs[m], PeakHeap: peaks[m], Allocated: allocs[m]}
 }
 
 // memQueryable is a storage.Queryable over decoded float samples, sorted
@@ -1183,48 +1175,98 @@ func rank(xs []float64, p float64) float64 {
 	return xs[min(max(i, 0), len(xs)-1)]
 }
 
-// smallestSchema returns the smallest schema whose error by metric is at
-// most 1% on every row of, or MaxSchema+1.
-func smallestSchema(schemas []int32, rows []QuantileSketch, of func(QuantileSketch) bool, metric func(QuantileSketch) float64) int32 {
-	sorted := slices.Sorted(slices.Values(schemas))
-	for _, s := range sorted {
-		ok := true
-		for _, r := range rows {
-			if of(r) && r.Schema == s && !(metric(r) <= 0.01) {
-				ok = false
-			}
-		}
-		if ok {
-			return s
-		}
+// smallestSchemas returns, for every dataset, series count and quantile
+// of rows, the smallest schema from which on the p99 (max) error stays
+// within 1%.
+func smallestSchemas(schemas []int32, rows []QuantileSketch) []QuantileSchemaPick {
+	type key struct {
+		dataset string
+		series  int
+		q       float64
 	}
-	return nativehist.MaxSchema + 1
+	var order []key
+	byKey := map[key]map[int32]QuantileSketch{}
+	for _, r := range rows {
+		k := key{r.Dataset, r.Series, r.Q}
+		if byKey[k] == nil {
+			byKey[k] = map[int32]QuantileSketch{}
+			order = append(order, k)
+		}
+		byKey[k][r.Schema] = r
+	}
+	sorted := slices.Sorted(slices.Values(schemas))
+	smallest := func(rs map[int32]QuantileSketch, metric func(QuantileSketch) float64) int32 {
+		pick := int32(nativehist.MaxSchema + 1)
+		for i := len(sorted) - 1; i >= 0; i-- {
+			if !(metric(rs[sorted[i]]) <= 0.01) {
+				break
+			}
+			pick = sorted[i]
+		}
+		return pick
+	}
+	var out []QuantileSchemaPick
+	for _, k := range order {
+		out = append(out, QuantileSchemaPick{
+			Dataset: k.dataset, Series: k.series, Q: k.q,
+			ByP99: smallest(byKey[k], func(r QuantileSketch) float64 { return r.P99 }),
+			ByMax: smallest(byKey[k], func(r QuantileSketch) float64 { return r.Max }),
+		})
+	}
+	return out
 }
 
 func printQuantile(w io.Writer, o QuantileOptions, res QuantileResult) {
 	fmt.Fprintf(w, "window quantiles: %s of data per dataset, step %s, window %s, quantiles %v, %s/%s, GOMAXPROCS %d, median of %d runs\n\n",
 		model.Duration(o.Duration), model.Duration(o.Step), model.Duration(o.Window), o.Quantiles, runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), o.Runs)
-	mib := func(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-	if len(res.Speed) > 0 {
-		fmt.Fprintln(w, "| series | samples | Prometheus store | raw tier: in blocks / in head | query | Prometheus | peak heap | hopwatch API (exact path) | peak heap | Prometheus ÷ API | query/window | peak heap |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
-		for _, sc := range res.Speed {
-			var ps, as, ws float64
-			var pp, ap, wp uint64
-			for i, q := range o.Quantiles {
-				p, a, wi := sc.Prom[i], sc.API[i], sc.Window[i]
-				ps, as, ws = ps+p.Seconds, as+a.Seconds, ws+wi.Seconds
-				pp, ap, wp = max(pp, p.PeakHeap), max(ap, a.PeakHeap), max(wp, wi.PeakHeap)
-				fmt.Fprintf(w, "| %d | %d | %s (%d bumped) | %d / %d | q=%g | %.3f s | %s | %.3f s | %s | %.2f | %.3f s | %s |\n",
-					sc.Series, sc.Samples, sc.PromStore, sc.Bumped, sc.RawBlockSamples, sc.RawHeadSamples, q,
-					p.Seconds, mib(p.PeakHeap), a.Seconds, mib(a.PeakHeap), p.Seconds/a.Seconds, wi.Seconds, mib(wi.PeakHeap))
-			}
-			fmt.Fprintf(w, "| %d | | | | sum of %d | %.3f s | %s | %.3f s | %s | %.2f | %.3f s | %s |\n",
-				sc.Series, len(o.Quantiles), ps, mib(pp), as, mib(ap), ps/as, ws, mib(wp))
-			fmt.Fprintf(w, "| %d | | | | all at once (query/window) | | | | | %.2f (vs sum) | %.3f s | %s |\n",
-				sc.Series, ps/sc.WindowAll.Seconds, sc.WindowAll.Seconds, mib(sc.WindowAll.PeakHeap))
+	// Figures are rounded against hopwatch: its times, memory and errors
+	// up, Prometheus's down, ratios down.
+	up := func(x, unit float64) float64 { return math.Ceil(x/unit) * unit }
+	down := func(x, unit float64) float64 { return math.Floor(x/unit) * unit }
+	secs := func(t float64, hopwatch bool) string {
+		if hopwatch {
+			return fmt.Sprintf("%.3f s", up(t, 1e-3))
 		}
-		fmt.Fprintln(w)
+		return fmt.Sprintf("%.3f s", down(t, 1e-3))
+	}
+	mib := func(b uint64, hopwatch bool) string {
+		if hopwatch {
+			return fmt.Sprintf("%.1f MiB", up(float64(b)/(1<<20), 0.1))
+		}
+		return fmt.Sprintf("%.1f MiB", down(float64(b)/(1<<20), 0.1))
+	}
+	ratio := func(x float64) string { return fmt.Sprintf("%.2f", down(x, 0.01)) }
+	for _, sc := range res.Speed {
+		fmt.Fprintf(w, "%d series, %d samples of D1. Prometheus reads them from %s", sc.Series, sc.Samples, sc.PromStore)
+		if sc.Bumped > 0 {
+			fmt.Fprintf(w, " (%d moved to the next free millisecond of their series)", sc.Bumped)
+		}
+		if sc.Dropped > 0 {
+			fmt.Fprintf(w, " (%d samples at a step's millisecond after the first left out of both stores)", sc.Dropped)
+		}
+		fmt.Fprintf(w, "; the raw tier holds %d in %d block(s) and %d in its head.\n\n", sc.RawBlockSamples, sc.RawBlocks, sc.RawHeadSamples)
+		fmt.Fprintln(w, "| query | Prometheus | peak heap | allocated | hopwatch API (exact path) | peak heap | allocated | Prometheus ÷ API | query/window | peak heap | allocated |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+		var sum [3]Timing
+		for i, q := range o.Quantiles {
+			t := [3]Timing{sc.Prom[i], sc.API[i], sc.Window[i]}
+			for j := range t {
+				sum[j].Seconds += t[j].Seconds
+				sum[j].PeakHeap = max(sum[j].PeakHeap, t[j].PeakHeap)
+				sum[j].Allocated += t[j].Allocated
+			}
+			fmt.Fprintf(w, "| q=%g | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", q,
+				secs(t[0].Seconds, false), mib(t[0].PeakHeap, false), mib(t[0].Allocated, false),
+				secs(t[1].Seconds, true), mib(t[1].PeakHeap, true), mib(t[1].Allocated, true), ratio(t[0].Seconds/t[1].Seconds),
+				secs(t[2].Seconds, true), mib(t[2].PeakHeap, true), mib(t[2].Allocated, true))
+		}
+		fmt.Fprintf(w, "| the %d (time and allocation summed, peak the highest) | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", len(o.Quantiles),
+			secs(sum[0].Seconds, false), mib(sum[0].PeakHeap, false), mib(sum[0].Allocated, false),
+			secs(sum[1].Seconds, true), mib(sum[1].PeakHeap, true), mib(sum[1].Allocated, true), ratio(sum[0].Seconds/sum[1].Seconds),
+			secs(sum[2].Seconds, true), mib(sum[2].PeakHeap, true), mib(sum[2].Allocated, true))
+		a := sc.WindowAll
+		fmt.Fprintf(w, "| all %d in one pass (query/window) | | | | | | | %s (Prometheus's sum ÷ this) | %s | %s | %s |\n\n", len(o.Quantiles),
+			ratio(sum[0].Seconds/a.Seconds), secs(a.Seconds, true), mib(a.PeakHeap, true), mib(a.Allocated, true))
 	}
 	if len(res.Sketch) > 0 {
 		flush := o.FlushInterval.Nanoseconds()
@@ -1233,22 +1275,22 @@ func printQuantile(w io.Writer, o QuantileOptions, res QuantileResult) {
 			model.Duration(o.Window), model.Duration(o.FlushInterval), model.Duration(covered), model.Duration(o.Window))
 		fmt.Fprintln(w, "| dataset | series | schema | buckets | q | points | median | p99 | max | median vs full window | p99 vs full window |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
-		pct := func(x float64) string { return fmt.Sprintf("%.3f%%", 100*x) }
+		pct := func(x float64) string { return fmt.Sprintf("%.3f%%", up(100*x, 1e-3)) }
 		for _, r := range res.Sketch {
 			fmt.Fprintf(w, "| %s | %d | %d | %.0f | %g | %d | %s | %s | %s | %s | %s |\n",
 				r.Dataset, r.Series, r.Schema, r.Buckets, r.Q, r.Points, pct(r.Median), pct(r.P99), pct(r.Max), pct(r.NominalMedian), pct(r.NominalP99))
 		}
 		fmt.Fprintln(w)
-		say := func(n int, what string, s int32) {
+		fmt.Fprintln(w, "| dataset | series | q | smallest schema with p99 ≤ 1% | smallest schema with max ≤ 1% |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		schema := func(s int32) string {
 			if s > nativehist.MaxSchema {
-				fmt.Fprintf(w, "%d series: no measured schema keeps the %s error within 1%% on every dataset and quantile\n", n, what)
-				return
+				return "none measured"
 			}
-			fmt.Fprintf(w, "%d series: smallest schema with the %s error within 1%% on every dataset and quantile: %d\n", n, what, s)
+			return strconv.Itoa(int(s))
 		}
-		for i, n := range o.SketchSeries {
-			say(n, "p99", res.SchemaP99[i])
-			say(n, "max", res.SchemaMax[i])
+		for _, p := range res.Smallest {
+			fmt.Fprintf(w, "| %s | %d | %g | %s | %s |\n", p.Dataset, p.Series, p.Q, schema(p.ByP99), schema(p.ByMax))
 		}
 	}
 }

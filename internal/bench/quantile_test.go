@@ -47,9 +47,10 @@ func TestQuantileBenchRuns(t *testing.T) {
 		require.LessOrEqual(t, r.Median, r.P99, "%+v", r)
 		require.LessOrEqual(t, r.P99, r.Max, "%+v", r)
 	}
-	require.Len(t, res.SchemaP99, 1)
-	require.Contains(t, out.String(), "| 20 |")
+	require.Len(t, res.Smallest, 3*3) // datasets × quantiles
+	require.Contains(t, out.String(), "20 series, ")
 	require.Contains(t, out.String(), "| Pareto1.5 | 3 | 8 |")
+	require.Contains(t, out.String(), "| all 3 in one pass (query/window) |")
 }
 
 // TestEngineDuplicateTimestamps pins what the speed part works around:
