@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/route"
 	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/timestamp"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/rules"
@@ -58,6 +59,11 @@ type Options struct {
 	Flags map[string]string
 	// Metadata describes the metric families for /metadata.
 	Metadata []MetricMetadata
+	// Rules returns the rules and alerts of the tenant in ctx for
+	// /api/v1/rules and /api/v1/alerts (nil: none).
+	Rules func(ctx context.Context) v1.RulesRetriever
+	// Alertmanagers lists the Alertmanagers alerts go to (nil: none).
+	Alertmanagers v1.AlertmanagerRetriever
 }
 
 // DefaultOptions returns Prometheus's defaults for the same settings.
@@ -107,15 +113,16 @@ type MetricMetadata struct {
 
 // API is the Prometheus-compatible HTTP API.
 type API struct {
-	opts     Options
-	handler  http.Handler
-	engine   *promql.Engine
-	parser   parser.Parser
-	raw      RawStorage
-	limits   *limiter
-	metrics  *apiMetrics
-	resolver tenant.Resolver
-	logger   *slog.Logger
+	queryable tenantQueryable
+	opts      Options
+	handler   http.Handler
+	engine    *promql.Engine
+	parser    parser.Parser
+	raw       RawStorage
+	limits    *limiter
+	metrics   *apiMetrics
+	resolver  tenant.Resolver
+	logger    *slog.Logger
 }
 
 type apiMetrics struct {
@@ -186,11 +193,19 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		BuildDate: opts.BuildDate,
 		GoVersion: runtime.Version(),
 	}
+	var ams v1.AlertmanagerRetriever = noAlertmanagers{}
+	if opts.Alertmanagers != nil {
+		ams = opts.Alertmanagers
+	}
+	rulesRetriever := func(context.Context) v1.RulesRetriever { return noRules{} }
+	if opts.Rules != nil {
+		rulesRetriever = opts.Rules
+	}
 	api := v1.NewAPI(
 		engine, q, nil, q,
 		func(context.Context) v1.ScrapePoolsRetriever { return noScrape{} },
 		func(context.Context) v1.TargetRetriever { return noScrape{} },
-		func(context.Context) v1.AlertmanagerRetriever { return noAlertmanagers{} },
+		func(context.Context) v1.AlertmanagerRetriever { return ams },
 		func() config.Config { return config.Config{} },
 		opts.Flags,
 		v1.GlobalURLOptions{},
@@ -201,7 +216,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		false, // enableSearch
 		0,     // maxSearchLimit
 		logger.With("component", "api"),
-		func(context.Context) v1.RulesRetriever { return noRules{} },
+		rulesRetriever,
 		0, 0, 0, // remote read limits: remote read is not served
 		false,                    // isAgent
 		regexp.MustCompile(".*"), // CORS origin: Grafana in the browser may call the API directly
@@ -227,14 +242,15 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	api.Register(router.WithPrefix("/api/v1"))
 
 	a := &API{
-		opts:     opts,
-		engine:   engine,
-		parser:   pp,
-		raw:      rawSrc,
-		limits:   newLimiter(opts, metrics.refused),
-		metrics:  metrics,
-		resolver: tenant.Resolver{Enabled: opts.MultitenancyEnabled},
-		logger:   logger,
+		queryable: q,
+		opts:      opts,
+		engine:    engine,
+		parser:    pp,
+		raw:       rawSrc,
+		limits:    newLimiter(opts, metrics.refused),
+		metrics:   metrics,
+		resolver:  tenant.Resolver{Enabled: opts.MultitenancyEnabled},
+		logger:    logger,
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/query", readyFunc(a.fastPath(true, router).ServeHTTP))
@@ -348,3 +364,29 @@ func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
 	return tsdb.WALReplayStatus{}, nil
 }
 func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
+
+// QueryFunc evaluates instant queries of a tenant, for its rules: the
+// same engine, storage and exact path as /api/v1/query.
+func (a *API) QueryFunc(tenantID string) rules.QueryFunc {
+	engineFunc := rules.EngineQueryFunc(a.engine, a.queryable)
+	return func(ctx context.Context, qs string, t time.Time) (promql.Vector, error) {
+		ctx = tenant.With(ctx, tenantID)
+		lim := a.limits.forQuery()
+		ctx = withQueryLimits(ctx, lim)
+		if expr, err := a.parser.ParseExpr(qs); err == nil && !a.opts.DisableExactPath {
+			if expr, calls := rewrite(expr); len(calls) > 0 {
+				var db RawQueryable
+				if a.raw != nil {
+					db = a.raw.RawTenant(tenantID)
+				}
+				ms := timestamp.FromTime(t)
+				pre, err := a.preEvaluate(ctx, db, calls, evalGrid{start: ms, end: ms, step: 1}, lim)
+				if err != nil {
+					return nil, err
+				}
+				ctx, qs = withPrecomputed(ctx, pre), expr.String()
+			}
+		}
+		return engineFunc(ctx, qs, t)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hopwatch/hopwatch/alerting"
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/windowrec"
@@ -49,6 +50,8 @@ type Config struct {
 	WindowQuantilesEnabled bool
 	// WindowQuantiles configures them; Interval is FlushInterval.
 	WindowQuantiles windowrec.Options
+	// Alerting configures the ruler; its Dir is derived from Storage.Dir.
+	Alerting alerting.Options
 
 	// ConfigYAML is the effective configuration as served by /api/v1/status/config.
 	ConfigYAML string
@@ -66,6 +69,9 @@ func (c Config) windowRecOptions() windowrec.Options {
 	}
 	return o
 }
+
+// RulesDir keeps the rule groups set through the API.
+func (c Config) RulesDir() string { return filepath.Join(c.Storage.Dir, "rules") }
 
 // RawDir is where the raw tier keeps its tenants.
 func (c Config) RawDir() string { return filepath.Join(c.Storage.Dir, "raw") }
@@ -92,6 +98,7 @@ func DefaultConfig() Config {
 		Query:                  query.DefaultOptions(),
 		WindowQuantilesEnabled: true,
 		WindowQuantiles:        windowrec.DefaultOptions(),
+		Alerting:               alerting.DefaultOptions(),
 	}
 }
 
@@ -143,6 +150,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.Query.Validate(); err != nil {
 		add(fmt.Errorf("query: %w", err))
+	}
+	aopts := c.Alerting
+	aopts.Dir = c.RulesDir()
+	if err := aopts.Validate(); err != nil {
+		add(fmt.Errorf("ruler: %w", err))
 	}
 	if c.RawEnabled && c.WindowQuantilesEnabled {
 		if err := c.windowRecOptions().Validate(); err != nil {

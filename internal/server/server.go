@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,11 +16,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/prometheus/rules"
 	promstorage "github.com/prometheus/prometheus/storage"
+	v1 "github.com/prometheus/prometheus/web/api/v1"
 	"google.golang.org/grpc"
 
+	"github.com/hopwatch/hopwatch/alerting"
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/sampling"
+	"github.com/hopwatch/hopwatch/internal/tenant"
 	"github.com/hopwatch/hopwatch/internal/version"
 	"github.com/hopwatch/hopwatch/internal/windowrec"
 	"github.com/hopwatch/hopwatch/query"
@@ -39,7 +44,9 @@ type Server struct {
 	recv  *ingest.Receiver
 	// windows records window quantiles at each flush; nil when off.
 	windows *windowrec.Recorder
-	api     *query.API
+	// ruler evaluates the tenants' rules once storage is open.
+	ruler *alerting.Ruler
+	api   *query.API
 	// sampler sets the raw tier's sampling level; nil with sampling or the
 	// raw tier off.
 	sampler *sampling.Controller
@@ -105,7 +112,21 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	qopts.Flags = cfg.Flags
 	qopts.Metadata = metricMetadata
 	qopts.ExemplarLabel = cfg.Storage.ExemplarLabel
+	qopts.Rules = func(ctx context.Context) v1.RulesRetriever {
+		if s.ruler == nil {
+			return noRules{}
+		}
+		return s.ruler.RulesRetriever(ctx)
+	}
+	qopts.Alertmanagers = alertmanagers{s}
 	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), query.RawStorageFunc(s.rawTenantDB), s.Ready, reg, logger.With("component", "query"))
+	if err != nil {
+		return nil, err
+	}
+	aopts := cfg.Alerting
+	aopts.Dir = cfg.RulesDir()
+	aopts.TenantLabel = cfg.MultitenancyEnabled
+	s.ruler, err = alerting.New(aopts, rulerDeps{s}, reg, logger.With("component", "ruler"))
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +217,56 @@ func (s *Server) rawTenantDB(id string) query.RawQueryable {
 		return db
 	}
 	return nil
+}
+
+// rulerDeps gives the ruler each tenant's query function, storage and
+// watermark.
+type rulerDeps struct{ s *Server }
+
+func (d rulerDeps) QueryFunc(tenant string) rules.QueryFunc { return d.s.api.QueryFunc(tenant) }
+
+func (d rulerDeps) Appendable(tenant string) promstorage.AppendableV2 {
+	if st := d.s.store.Load(); st != nil {
+		if db := st.DB(tenant); db != nil {
+			return db
+		}
+	}
+	return nil
+}
+
+func (d rulerDeps) Queryable(tenant string) promstorage.Queryable {
+	if st := d.s.store.Load(); st != nil {
+		if db := st.DB(tenant); db != nil {
+			return db
+		}
+	}
+	return nil
+}
+
+func (d rulerDeps) Watermark(tenant string, now int64) (int64, bool) {
+	return d.s.recv.Watermarks().Watermark(tenant, now)
+}
+
+type noRules struct{}
+
+func (noRules) RuleGroups() []*rules.Group           { return nil }
+func (noRules) AlertingRules() []*rules.AlertingRule { return nil }
+
+// alertmanagers lists the ruler's Alertmanagers for /api/v1/alertmanagers.
+type alertmanagers struct{ s *Server }
+
+func (a alertmanagers) Alertmanagers() []*url.URL {
+	if a.s.ruler == nil {
+		return nil
+	}
+	return a.s.ruler.Alertmanagers()
+}
+
+func (a alertmanagers) DroppedAlertmanagers() []*url.URL {
+	if a.s.ruler == nil {
+		return nil
+	}
+	return a.s.ruler.DroppedAlertmanagers()
 }
 
 // rawSource shows the raw tier to the window recorder.
@@ -296,6 +367,9 @@ func (s *Server) Start() error {
 		}
 		s.store.Store(st)
 		s.logger.Info("ready", "startup_seconds", time.Since(start).Seconds(), "tenants", len(st.Tenants()))
+		if err := s.ruler.Run(); err != nil {
+			s.logger.Error("loading rules failed; fix the files and POST /-/reload", "err", err)
+		}
 		if s.sampler != nil && s.raw != nil {
 			// Started once ready, so that the work of the replay does not
 			// count as load.
@@ -373,6 +447,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		close(s.stop)
 		<-s.flushed
+		s.ruler.Stop()
 		if st := s.store.Load(); st != nil {
 			if err := st.Flush(ctx, time.Now()); err != nil {
 				errs = append(errs, err)
@@ -419,6 +494,19 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) webHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.api.Handler())
+	mux.Handle("/api/v1/rules", s.api.Handler()) // Prometheus's JSON; the subtree is the config API
+	mux.Handle("/api/v1/rules/", s.ruler.ConfigHandler(tenant.Resolver{Enabled: s.cfg.MultitenancyEnabled}))
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodPut {
+			http.Error(w, "use POST or PUT", http.StatusMethodNotAllowed)
+			return
+		}
+		if err := s.ruler.Sync(); err != nil {
+			http.Error(w, "reloading rules failed: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte("rules reloaded\n"))
+	})
 	mux.Handle(ingest.WritersPath, s.recv.WritersHandler())
 	mux.Handle(ingest.WritersPath+"/", s.recv.WritersHandler())
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, EnableOpenMetrics: true}))
