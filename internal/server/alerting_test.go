@@ -16,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/trace"
 
@@ -276,4 +278,87 @@ func getJSONInto(t *testing.T, url string, v any) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 	require.NoError(t, json.Unmarshal(b, v), fmt.Sprintf("%s", b))
+}
+
+// TestLaggingWriterHoldsAlertsBack: a writer whose spans are ten minutes
+// old holds the tenant's watermark, and with it rule evaluation, ten
+// minutes back, so recent slow spans of another writer fire nothing yet.
+// Once the lagging writer is excluded (or has been silent longer than the
+// heartbeat timeout) evaluation catches up and the alert fires.
+func TestLaggingWriterHoldsAlertsBack(t *testing.T) {
+	for _, release := range []string{"exclude", "timeout"} {
+		t.Run(release, func(t *testing.T) {
+			amURL := startAlertmanager(t)
+			rulesFile := filepath.Join(t.TempDir(), "latency.yml")
+			require.NoError(t, os.WriteFile(rulesFile, []byte(`groups:
+  - name: latency
+    interval: 1s
+    rules:
+      - alert: CheckoutSlow
+        expr: quantile_over_time(0.99, hopwatch_latency_raw_seconds{service="checkout"}[2m]) > 0.04
+`), 0o644))
+			reg := prometheus.NewRegistry()
+			_, addrs := startServerReg(t, reg, func(c *server.Config) {
+				c.Alerting.RulesPaths = []string{rulesFile}
+				c.Alerting.AlertmanagerURLs = []string{amURL}
+				c.Alerting.EvaluationInterval = time.Second
+				c.RawSamplingEnabled = false
+				if release == "timeout" {
+					c.Ingest.Watermark.HeartbeatTimeout = 3 * time.Second
+				} else {
+					c.Ingest.Watermark.HeartbeatTimeout = 10 * time.Minute
+				}
+			})
+			exporter := func(writer string) *otlptrace.Exporter {
+				exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure(),
+					otlptracehttp.WithHeaders(map[string]string{"X-Hopwatch-Writer": writer}))
+				require.NoError(t, err)
+				return exp
+			}
+			// The lagging writer: one fast span of another service, ten
+			// minutes old.
+			emitFrom(t, exporter("lagger"), time.Now().Add(-10*time.Minute), []*spanSet{{service: "batch", name: "job", kind: trace.SpanKindInternal, durations: []time.Duration{time.Millisecond}}})
+			// The current writer: slow checkout spans a minute old.
+			slow := make([]time.Duration, 20)
+			for i := range slow {
+				slow[i] = 50 * time.Millisecond
+			}
+			emit(t, exporter("fresh"), []*spanSet{{service: "checkout", name: "POST /pay", kind: trace.SpanKindServer, durations: slow}})
+
+			// Evaluation is held about ten minutes back.
+			waitFor(t, "evaluation held back", func() bool {
+				return counter(t, reg, "hopwatch_ruler_watermark_holdback_seconds", map[string]string{"tenant": "anonymous"}) > 9*60
+			})
+			if release == "exclude" {
+				// Held, the alert must not fire: evaluations go on at the
+				// held time while nothing arrives at Alertmanager.
+				before := sumMetric(t, reg, "prometheus_rule_evaluations_total")
+				waitFor(t, "more evaluations", func() bool { return sumMetric(t, reg, "prometheus_rule_evaluations_total") >= before+3 })
+				require.Nil(t, findAlert(alertmanagerAlerts(t, amURL), "CheckoutSlow"), "fired while the watermark held the window back")
+
+				resp, err := http.Post("http://"+addrs.Web+"/api/v1/writers/lagger/exclude", "", nil)
+				require.NoError(t, err)
+				resp.Body.Close()
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+			}
+			waitFor(t, "CheckoutSlow at Alertmanager", func() bool { return findAlert(alertmanagerAlerts(t, amURL), "CheckoutSlow") != nil })
+			require.Less(t, counter(t, reg, "hopwatch_ruler_watermark_holdback_seconds", map[string]string{"tenant": "anonymous"}), 9*60.0)
+		})
+	}
+}
+
+// sumMetric adds up every series of a counter or gauge family.
+func sumMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += metricValue(m)
+			}
+		}
+	}
+	return sum
 }

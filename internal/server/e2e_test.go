@@ -130,8 +130,15 @@ func lognormalDurations(rng *rand.Rand, n int, median time.Duration, sigma float
 	return out
 }
 
-// emit sends the spans of sets through a real OpenTelemetry SDK pipeline.
+// emit sends the spans of sets through a real OpenTelemetry SDK pipeline,
+// starting a minute ago.
 func emit(t *testing.T, exp sdktrace.SpanExporter, sets []*spanSet) {
+	t.Helper()
+	emitFrom(t, exp, time.Now().Add(-time.Minute), sets)
+}
+
+// emitFrom is emit with the spans starting at start.
+func emitFrom(t *testing.T, exp sdktrace.SpanExporter, start time.Time, sets []*spanSet) {
 	t.Helper()
 	ctx := context.Background()
 	byService := map[string]*sdktrace.TracerProvider{}
@@ -145,7 +152,6 @@ func emit(t *testing.T, exp sdktrace.SpanExporter, sets []*spanSet) {
 			byService[s.service] = tp
 		}
 		tr := tp.Tracer("e2e")
-		start := time.Now().Add(-time.Minute)
 		for _, d := range s.durations {
 			_, span := tr.Start(ctx, s.name, trace.WithSpanKind(s.kind), trace.WithTimestamp(start))
 			if s.isErr {
