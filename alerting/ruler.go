@@ -53,6 +53,8 @@ type Options struct {
 	QueueCapacity int
 	// Webhook configures webhook delivery.
 	Webhook WebhookOptions
+	// Anomaly configures the generated baseline anomaly alerts.
+	Anomaly AnomalyOptions
 }
 
 // DefaultOptions mirrors Prometheus's defaults, with a 15s interval.
@@ -62,6 +64,7 @@ func DefaultOptions() Options {
 		DefaultTenant:      "anonymous",
 		QueueCapacity:      10000,
 		Webhook:            DefaultWebhookOptions(),
+		Anomaly:            DefaultAnomalyOptions(),
 	}
 }
 
@@ -85,6 +88,9 @@ func (o Options) Validate() error {
 	if err := o.Webhook.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := o.Anomaly.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -98,6 +104,8 @@ type Tenant interface {
 	Queryable(tenant string) storage.Queryable
 	// Watermark is the tenant's watermark at now (Unix ns).
 	Watermark(tenant string, now int64) (int64, bool)
+	// Tenants lists the tenants with data (for generated rules).
+	Tenants() []string
 }
 
 // Ruler runs a rules manager per tenant.
@@ -268,8 +276,13 @@ func (r *Ruler) ruleFiles() (map[string][]string, error) {
 
 // Sync (re)loads every tenant's rules: a tenant that gained rules gets a
 // manager, one that lost all of them loses it. A tenant whose files fail
-// to load keeps its previous rules.
+// to load keeps its previous rules. Call it when tenants appear, so that
+// they get the generated anomaly group.
 func (r *Ruler) Sync() error {
+	if err := r.generateAnomalyRules(); err != nil {
+		r.own.syncErrs.Inc()
+		return err
+	}
 	files, err := r.ruleFiles()
 	if err != nil {
 		r.own.syncErrs.Inc()
@@ -398,4 +411,26 @@ func (l lazyQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
 		return q.Querier(mint, maxt)
 	}
 	return storage.NoopQuerier(), nil
+}
+
+// generateAnomalyRules keeps the generated anomaly group of every tenant
+// with data in the rule store (namespace hopwatch-anomaly), so that it is
+// listed and evaluated like any other group.
+func (r *Ruler) generateAnomalyRules() error {
+	if r.opts.Anomaly.Selector == "" {
+		return nil
+	}
+	g, err := anomalyGroup(r.opts.Anomaly, r.opts.EvaluationInterval)
+	if err != nil {
+		return err
+	}
+	for _, tenant := range r.deps.Tenants() {
+		if cur, err := r.store.get(tenant, AnomalyNamespace, g.Name); err == nil && equalGroups(cur, g) {
+			continue
+		}
+		if err := r.store.set(tenant, AnomalyNamespace, g); err != nil {
+			return fmt.Errorf("tenant %s: anomaly rules: %w", tenant, err)
+		}
+	}
+	return nil
 }

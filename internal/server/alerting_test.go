@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +20,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hopwatch/hopwatch/internal/server"
@@ -361,4 +366,84 @@ func sumMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestBaselineAnomalyAlert: with anomaly alerts on for checkout, a steady
+// P99 builds a baseline; a step from 5 ms to 50 ms fires
+// HopwatchLatencyAnomaly at a real Alertmanager, and the generated group
+// is listed like any other.
+func TestBaselineAnomalyAlert(t *testing.T) {
+	amURL := startAlertmanager(t)
+	_, addrs := startServer(t, func(c *server.Config) {
+		c.Alerting.AlertmanagerURLs = []string{amURL}
+		c.Alerting.EvaluationInterval = time.Second
+		c.RawSamplingEnabled = false
+		c.WindowQuantiles.Windows = []time.Duration{2 * time.Second}
+		a := &c.Alerting.Anomaly
+		a.Selector = `{service="checkout"}`
+		a.Window = 2 * time.Second
+		a.Baseline = 10 * time.Second
+		a.Windows = 2
+		a.MinBaselineSamples = 5
+	})
+	exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure())
+	require.NoError(t, err)
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "checkout"))),
+		sdktrace.WithSyncer(exp))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	tr := tp.Tracer("anomaly")
+	send := func(d time.Duration) {
+		now := time.Now()
+		for i := range 10 {
+			// 4.5..5.4 ms: a steady baseline with some spread.
+			dd := d + time.Duration(i-5)*d/50
+			_, span := tr.Start(context.Background(), "POST /pay", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(now.Add(-dd)))
+			span.End(trace.WithTimestamp(now))
+		}
+	}
+	// A baseline of steady 5 ms windows.
+	base := "http://" + addrs.Web
+	waitFor(t, "a baseline", func() bool {
+		send(5 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		var res struct {
+			Data struct {
+				Result []struct {
+					Value [2]any `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		getJSONInto(t, base+"/api/v1/query?query="+url.QueryEscape(`count_over_time(hopwatch_window_latency_seconds{service="checkout", quantile="0.99"}[8s] offset 2s)`), &res)
+		if len(res.Data.Result) == 0 {
+			return false
+		}
+		n, _ := strconv.ParseFloat(res.Data.Result[0].Value[1].(string), 64)
+		return n >= 6
+	})
+	require.Nil(t, findAlert(alertmanagerAlerts(t, amURL), "HopwatchLatencyAnomaly"), "no anomaly on a steady baseline")
+	// The step.
+	waitFor(t, "HopwatchLatencyAnomaly at Alertmanager", func() bool {
+		send(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		return findAlert(alertmanagerAlerts(t, amURL), "HopwatchLatencyAnomaly") != nil
+	})
+	a := findAlert(alertmanagerAlerts(t, amURL), "HopwatchLatencyAnomaly")
+	require.Equal(t, "checkout", a.Labels["service"])
+	require.Equal(t, "baseline", a.Labels["anomaly"])
+
+	var rules struct {
+		Data struct {
+			Groups []struct {
+				Name string `json:"name"`
+			} `json:"groups"`
+		} `json:"data"`
+	}
+	getJSONInto(t, base+"/api/v1/rules", &rules)
+	require.Len(t, rules.Data.Groups, 1)
+	require.Equal(t, "latency-baseline", rules.Data.Groups[0].Name)
+	resp, err := http.Get(base + "/api/v1/rules/hopwatch-anomaly/latency-baseline")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 }

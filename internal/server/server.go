@@ -247,6 +247,13 @@ func (d rulerDeps) Watermark(tenant string, now int64) (int64, bool) {
 	return d.s.recv.Watermarks().Watermark(tenant, now)
 }
 
+func (d rulerDeps) Tenants() []string {
+	if st := d.s.store.Load(); st != nil {
+		return st.Tenants()
+	}
+	return nil
+}
+
 type noRules struct{}
 
 func (noRules) RuleGroups() []*rules.Group           { return nil }
@@ -401,6 +408,7 @@ func (s *Server) flushLoop(st *agg.Store) {
 	defer t.Stop()
 	c := time.NewTicker(s.cfg.CompactInterval)
 	defer c.Stop()
+	tenants := len(st.Tenants())
 	for {
 		select {
 		case <-s.stop:
@@ -412,6 +420,13 @@ func (s *Server) flushLoop(st *agg.Store) {
 			}
 			if s.windows != nil {
 				s.windows.Record(context.Background(), now)
+			}
+			if n := len(st.Tenants()); n != tenants {
+				// A new tenant gets the generated rules at once.
+				tenants = n
+				if err := s.ruler.Sync(); err != nil {
+					s.logger.Error("reloading rules failed", "err", err)
+				}
 			}
 		case <-c.C:
 			if s.raw != nil {
