@@ -88,6 +88,9 @@ type postableAlert struct {
 }
 
 func newWebhook(urls []string, opts WebhookOptions, reg prometheus.Registerer, logger *slog.Logger) (*webhook, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	w := &webhook{
 		opts:   opts,
 		logger: logger,
