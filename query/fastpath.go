@@ -138,7 +138,7 @@ func asRawQuantile(c *parser.Call) *rawQuantileCall {
 	}
 	named := vs.Name == MetricRaw
 	for _, m := range vs.LabelMatchers {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			named = m.Type == labels.MatchEqual && m.Value == MetricRaw
 		}
 	}

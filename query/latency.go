@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/timestamp"
 
@@ -193,7 +194,7 @@ func (req *latencyRequest) groupLabels(l labels.Labels) labels.Labels {
 	} else {
 		b.Del(req.grouping...)
 	}
-	b.Del(labels.MetricName)
+	b.Del(model.MetricNameLabel)
 	return b.Labels()
 }
 

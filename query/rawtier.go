@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
@@ -57,7 +58,7 @@ var _ RawQueryable = (*raw.DB)(nil)
 func rawMatchers(ms []*labels.Matcher) (bool, []*labels.Matcher) {
 	rest := make([]*labels.Matcher, 0, len(ms))
 	for _, m := range ms {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			if !m.Matches(MetricRaw) {
 				return false, nil
 			}
@@ -153,7 +154,7 @@ func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHi
 
 func withRawName(l labels.Labels) labels.Labels {
 	b := labels.NewBuilder(l)
-	b.Set(labels.MetricName, MetricRaw)
+	b.Set(model.MetricNameLabel, MetricRaw)
 	return b.Labels()
 }
 
@@ -162,7 +163,7 @@ func (q *rawQuerier) LabelValues(_ context.Context, name string, _ *storage.Labe
 	if !ok {
 		return nil, nil, nil
 	}
-	if name == labels.MetricName {
+	if name == model.MetricNameLabel {
 		if len(q.db.LabelSets(q.mint, q.maxt, rest...)) > 0 {
 			return []string{MetricRaw}, nil, nil
 		}
@@ -189,7 +190,7 @@ func (q *rawQuerier) LabelNames(_ context.Context, _ *storage.LabelHints, ms ...
 		l.Range(func(lb labels.Label) { names = append(names, lb.Name) })
 	}
 	if len(lsets) > 0 {
-		names = append(names, labels.MetricName)
+		names = append(names, model.MetricNameLabel)
 	}
 	slices.Sort(names)
 	return slices.Compact(names), nil, nil

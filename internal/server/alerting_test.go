@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -282,7 +281,7 @@ func getJSONInto(t *testing.T, url string, v any) {
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
-	require.NoError(t, json.Unmarshal(b, v), fmt.Sprintf("%s", b))
+	require.NoError(t, json.Unmarshal(b, v), string(b))
 }
 
 // TestLaggingWriterHoldsAlertsBack: a writer whose spans are ten minutes
@@ -378,13 +377,17 @@ func TestBaselineAnomalyAlert(t *testing.T) {
 		c.Alerting.AlertmanagerURLs = []string{amURL}
 		c.Alerting.EvaluationInterval = time.Second
 		c.RawSamplingEnabled = false
-		c.WindowQuantiles.Windows = []time.Duration{2 * time.Second}
+		// Short windows and baseline keep the test short. A step is
+		// anomalous until the baseline takes it in (one window later), so
+		// the alert fires on its first anomalous evaluation here; the count
+		// of consecutive windows is the unit test's.
+		c.WindowQuantiles.Windows = []time.Duration{3 * time.Second}
 		a := &c.Alerting.Anomaly
 		a.Selector = `{service="checkout"}`
-		a.Window = 2 * time.Second
-		a.Baseline = 10 * time.Second
-		a.Windows = 2
-		a.MinBaselineSamples = 5
+		a.Window = 3 * time.Second
+		a.Baseline = 15 * time.Second
+		a.Windows = 1
+		a.MinBaselineSamples = 6
 	})
 	exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure())
 	require.NoError(t, err)
@@ -414,12 +417,12 @@ func TestBaselineAnomalyAlert(t *testing.T) {
 				} `json:"result"`
 			} `json:"data"`
 		}
-		getJSONInto(t, base+"/api/v1/query?query="+url.QueryEscape(`count_over_time(hopwatch_window_latency_seconds{service="checkout", quantile="0.99"}[8s] offset 2s)`), &res)
+		getJSONInto(t, base+"/api/v1/query?query="+url.QueryEscape(`count_over_time(hopwatch_window_latency_seconds{service="checkout", quantile="0.99"}[12s] offset 3s)`), &res)
 		if len(res.Data.Result) == 0 {
 			return false
 		}
 		n, _ := strconv.ParseFloat(res.Data.Result[0].Value[1].(string), 64)
-		return n >= 6
+		return n >= 8
 	})
 	require.Nil(t, findAlert(alertmanagerAlerts(t, amURL), "HopwatchLatencyAnomaly"), "no anomaly on a steady baseline")
 	// The step.

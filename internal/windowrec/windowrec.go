@@ -254,7 +254,7 @@ func (r *Recorder) recordWindow(ctx context.Context, db query.RawQueryable, a st
 		}
 		lsets := make([]labels.Labels, nq)
 		b := labels.NewBuilder(sr.Labels)
-		b.Set(labels.MetricName, Metric)
+		b.Set(model.MetricNameLabel, Metric)
 		b.Set("window", wlabel)
 		for j, q := range r.opts.Quantiles {
 			b.Set("quantile", strconv.FormatFloat(q, 'f', -1, 64))
@@ -293,7 +293,7 @@ func (r *Recorder) recordWindow(ctx context.Context, db query.RawQueryable, a st
 		}
 		delete(st.live, key)
 		b := labels.NewBuilder(lset)
-		b.Set(labels.MetricName, Metric)
+		b.Set(model.MetricNameLabel, Metric)
 		b.Set("window", wlabel)
 		for _, q := range r.opts.Quantiles {
 			b.Set("quantile", strconv.FormatFloat(q, 'f', -1, 64))

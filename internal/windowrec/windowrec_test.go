@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/storage"
@@ -74,7 +75,7 @@ func (f *fixture) series(t *testing.T, ms ...*labels.Matcher) map[string][]point
 	require.NoError(t, err)
 	defer q.Close()
 	out := map[string][]point{}
-	ss := q.Select(context.Background(), true, nil, append(ms, labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, Metric))...)
+	ss := q.Select(context.Background(), true, nil, append(ms, labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, Metric))...)
 	for ss.Next() {
 		s := ss.At()
 		it := s.Iterator(nil)

@@ -435,7 +435,7 @@ func TestZeroTraceIDIsNoExemplar(t *testing.T) {
 	require.NoError(t, s.Flush(context.Background(), base))
 	eq, err := s.DB(testTenant).ExemplarQuerier(context.Background())
 	require.NoError(t, err)
-	res, err := eq.Select(0, math.MaxInt64, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, labels.MetricName, MetricLatency+"_bucket")})
+	res, err := eq.Select(0, math.MaxInt64, []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, model.MetricNameLabel, MetricLatency+"_bucket")})
 	require.NoError(t, err)
 	require.NotEmpty(t, res)
 	for _, r := range res {
