@@ -106,6 +106,10 @@ type Tenant interface {
 	Watermark(tenant string, now int64) (int64, bool)
 	// Tenants lists the tenants with data (for generated rules).
 	Tenants() []string
+	// Prepare brings the series derived from the tenant's raw data (the
+	// recorded window quantiles) up to ts, just before its rules evaluate
+	// at ts, so that a rule on them waits for no flush.
+	Prepare(ctx context.Context, tenant string, ts time.Time)
 }
 
 // Ruler runs a rules manager per tenant.
@@ -350,6 +354,7 @@ func (r *Ruler) evalFunc(tenant string) rules.GroupEvalIterationFunc {
 			ts = time.Unix(0, mark)
 		}
 		r.own.heldBack.WithLabelValues(tenant).Set(held.Seconds())
+		r.deps.Prepare(ctx, tenant, ts)
 		rules.DefaultEvalIterationFunc(ctx, g, ts)
 	}
 }

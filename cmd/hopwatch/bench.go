@@ -27,10 +27,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return runBenchStreamLoad(args[1:], stdout, stderr)
 		case "quantile":
 			return runBenchQuantile(args[1:], stdout, stderr)
+		case "alert":
+			return runBenchAlert(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile|alert [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)
@@ -129,6 +131,27 @@ func runBenchQuantile(args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	_, err := bench.Quantile(context.Background(), stdout, o, logger)
+	return err
+}
+
+// runBenchAlert runs `hopwatch bench alert`.
+func runBenchAlert(args []string, stdout, stderr io.Writer) error {
+	o := bench.DefaultAlertOptions()
+	fs := flag.NewFlagSet("hopwatch bench alert", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Alertmanager, "alertmanager", o.Alertmanager, "path of the Alertmanager binary (Debian's prometheus-alertmanager)")
+	fs.IntVar(&o.Runs, "runs", o.Runs, "steps measured, each with a fresh node and Alertmanager")
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "spans/s")
+	fs.Var(durationValue{&o.BatchInterval}, "batch-interval", "one batch, acknowledged before the next, per interval")
+	fs.Var(durationValue{&o.WarmUp}, "warm-up", "fast spans before the step")
+	fs.Float64Var(&o.Sigma, "sigma", o.Sigma, "shape of the lognormal durations")
+	fs.Var(durationValue{&o.Timeout}, "timeout", "wait for the alerts after the step")
+	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the durations")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	_, err := bench.Alert(context.Background(), stdout, o, logger)
 	return err
 }
 

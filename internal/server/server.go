@@ -254,6 +254,12 @@ func (d rulerDeps) Tenants() []string {
 	return nil
 }
 
+func (d rulerDeps) Prepare(ctx context.Context, tenant string, ts time.Time) {
+	if d.s.windows != nil {
+		d.s.windows.RecordTenant(ctx, tenant, ts)
+	}
+}
+
 type noRules struct{}
 
 func (noRules) RuleGroups() []*rules.Group           { return nil }

@@ -89,8 +89,9 @@ type Sink func(tenant string) storage.Appendable
 // for a tenant that never wrote.
 type WatermarkFunc func(tenant string, now int64) (mark int64, ok bool)
 
-// Recorder computes and appends the window series. Record is called by one
-// goroutine (the flush loop).
+// Recorder computes and appends the window series, at each flush (Record)
+// and before each rule evaluation of a tenant (RecordTenant); the two
+// serialise on the recorder's lock.
 type Recorder struct {
 	opts    Options
 	src     Source
@@ -170,6 +171,20 @@ func (r *Recorder) Record(ctx context.Context, now time.Time) {
 			r.metrics.failures.Inc()
 			r.logger.Error("recording window quantiles failed", "tenant", id, "err", err)
 		}
+	}
+	r.metrics.duration.Observe(time.Since(began).Seconds())
+}
+
+// RecordTenant is Record for one tenant: the rule evaluation of a tenant
+// calls it so that the steps up to its evaluation time are there, whatever
+// the phase of the flush loop.
+func (r *Recorder) RecordTenant(ctx context.Context, id string, now time.Time) {
+	r.mtx.Lock()
+	defer r.mtx.Unlock()
+	began := time.Now()
+	if err := r.recordTenant(ctx, id, now.UnixNano()); err != nil {
+		r.metrics.failures.Inc()
+		r.logger.Error("recording window quantiles failed", "tenant", id, "err", err)
 	}
 	r.metrics.duration.Observe(time.Since(began).Seconds())
 }

@@ -178,3 +178,29 @@ func times(pts []point) []int64 {
 	}
 	return slices.Clip(out)
 }
+
+// TestRecordTenantBetweenFlushes: the ruler records a tenant's steps up to
+// its evaluation time between two flushes; the flush that follows appends
+// only the steps after them, so every step is there once.
+func TestRecordTenantBetweenFlushes(t *testing.T) {
+	opts := DefaultOptions()
+	opts.Interval = time.Second
+	f := newFixture(t, opts)
+	t0 := time.Unix(1_700_000_000, 0).UnixNano()
+	sec := int64(time.Second)
+	var starts, durs []int64
+	for i := range int64(20) {
+		starts = append(starts, t0+i*sec/2)
+		durs = append(durs, i+1)
+	}
+	f.appendSpans(t, "api", starts, durs)
+	f.rec.Record(context.Background(), time.Unix(0, t0+2*sec+sec/2))
+	f.rec.RecordTenant(context.Background(), "t", time.Unix(0, t0+4*sec+sec/3))
+	f.rec.RecordTenant(context.Background(), "t", time.Unix(0, t0+4*sec+sec/2)) // nothing new
+	f.rec.Record(context.Background(), time.Unix(0, t0+6*sec))
+	pts := f.series(t, labels.MustNewMatcher(labels.MatchEqual, "quantile", "0.99"))[`{__name__="hopwatch_window_latency_seconds", quantile="0.99", service="api", window="1m"}`]
+	ms := t0 / 1e6
+	require.Equal(t, []int64{ms + 2000, ms + 3000, ms + 4000, ms + 5000, ms + 6000}, times(pts))
+	// The window of t0+4s holds spans 0..8 (durations 1..9 ms).
+	require.InDelta(t, 0.00892, pts[2].v, 1e-12)
+}
