@@ -174,18 +174,17 @@ func (a *Authenticator) FromGRPC(ctx context.Context) (Identity, error) {
 		}
 		return Identity{Tenant: id}, nil
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	tok, err := BearerFromMetadata(md)
+	tok, err := bearer(metadata.ValueFromIncomingContext(ctx, authorizationMetadata))
 	if err != nil {
 		return Identity{}, a.refuse(err.(*Error))
 	}
-	return a.identify(tok, md.Get(tenant.Header))
+	return a.identify(tok, metadata.ValueFromIncomingContext(ctx, orgIDMetadata))
 }
 
 // identify maps a token to its identity. orgIDs are the request's
 // X-Scope-OrgID values: allowed with a tenant token when they all name its
-// tenant, so that clients set up for a gateway keep working; ignored with
-// an admin token.
+// tenant (or are empty), so that clients set up for a gateway keep
+// working; ignored with an admin token.
 func (a *Authenticator) identify(tok string, orgIDs []string) (Identity, error) {
 	h := HashToken(tok)
 	if a.isAdmin(h) {
@@ -200,7 +199,7 @@ func (a *Authenticator) identify(tok string, orgIDs []string) (Identity, error) 
 		return Identity{}, a.refuse(&Error{Reason: ReasonInvalid, msg: msg})
 	}
 	for _, o := range orgIDs {
-		if o != id {
+		if o != "" && o != id {
 			return Identity{}, a.refuse(&Error{Reason: ReasonTenantMismatch, msg: fmt.Sprintf(
 				"the token belongs to tenant %q but %s names %q: with authentication on the tenant comes from the token; drop the header or use a token of tenant %q",
 				id, tenant.Header, o, o)})

@@ -7,8 +7,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-
-	"github.com/hopwatch/hopwatch/internal/tenant"
 )
 
 // Access is what a gRPC method requires of its caller.
@@ -92,17 +90,13 @@ func (a *Authenticator) authorize(ctx context.Context, access MethodAccess, meth
 	if access != nil {
 		want = access(method)
 	}
-	var (
-		id  Identity
-		err error
-	)
 	switch {
 	case want == AccessOpen:
 		return ctx, nil
 	case want == AccessAdmin && !a.opts.Enabled:
 		return WithIdentity(ctx, Identity{Admin: true}), nil
 	}
-	id, err = a.FromGRPC(ctx)
+	id, err := a.FromGRPC(ctx)
 	if err == nil {
 		if want == AccessAdmin {
 			err = a.requireAdmin(id)
@@ -121,11 +115,10 @@ func (a *Authenticator) authorize(ctx context.Context, access MethodAccess, meth
 	}
 	ctx = WithIdentity(ctx, id)
 	if a.opts.Enabled {
-		md, _ := metadata.FromIncomingContext(ctx)
-		md = md.Copy()
-		md.Delete(authorizationMetadata)
+		md, _ := metadata.FromIncomingContext(ctx) // a copy
+		delete(md, authorizationMetadata)
 		if id.Tenant != "" {
-			md.Set(tenant.Header, id.Tenant)
+			md[orgIDMetadata] = []string{id.Tenant}
 		}
 		ctx = metadata.NewIncomingContext(ctx, md)
 	}

@@ -251,11 +251,18 @@ func TestFromHTTPErrors(t *testing.T) {
 	// Every value of a repeated header must name the token's tenant.
 	f(ErrPermissionDenied, ReasonTenantMismatch, 403, codes.PermissionDenied, "Authorization", "Bearer "+tokenA, "X-Scope-OrgID", "team-a", "X-Scope-OrgID", "team-b")
 
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Header.Set("Authorization", "Bearer "+tokenA)
+	r.Header.Set(tenant.Header, "")
+	id, err := a.FromHTTP(r)
+	require.NoError(t, err, "an empty X-Scope-OrgID names no tenant")
+	require.Equal(t, Identity{Tenant: "team-a"}, id)
+
 	off, _ := newTestAuth(t, Options{Resolver: tenant.Resolver{Enabled: true}})
-	_, err := off.FromHTTP(httptest.NewRequest(http.MethodGet, "/", nil))
+	_, err = off.FromHTTP(httptest.NewRequest(http.MethodGet, "/", nil))
 	require.ErrorIs(t, err, tenant.ErrMissing, "the resolver's error is wrapped")
 	require.ErrorIs(t, err, ErrUnauthenticated)
-	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r = httptest.NewRequest(http.MethodGet, "/", nil)
 	r.Header.Set(tenant.Header, "..")
 	_, err = off.FromHTTP(r)
 	require.ErrorIs(t, err, ErrInvalidTenant)

@@ -118,7 +118,11 @@ func (m TokenMap) Lookup(hash [32]byte) (string, bool) {
 // metadata it is "authorization".
 const AuthorizationHeader = "Authorization"
 
-const authorizationMetadata = "authorization"
+// Metadata keys as gRPC stores them: lower case.
+const (
+	authorizationMetadata = "authorization"
+	orgIDMetadata         = "x-scope-orgid"
+)
 
 // BearerFromHeader returns the token of an Authorization: Bearer header.
 // The error is an *Error with ReasonMissing or ReasonMalformed, uncounted.
