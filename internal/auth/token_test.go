@@ -127,3 +127,11 @@ func TestLoadAdminTokens(t *testing.T) {
 	require.ErrorContains(t, err, filepath.Join(dir, "missing"))
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// TestAdminTokenFileExample loads the example of docs/security.md.
+func TestAdminTokenFileExample(t *testing.T) {
+	hs, err := LoadAdminTokens(filepath.Join("testdata", "admin-tokens"))
+	require.NoError(t, err)
+	require.Len(t, hs, 2)
+	require.Equal(t, HashToken("hw_gxajcnnLMYCobZYO5hv7ciIdPL_cbl4c9YJGqS_nQP4"), hs[1])
+}
