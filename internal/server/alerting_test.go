@@ -373,8 +373,12 @@ func sumMetric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // is listed like any other.
 func TestBaselineAnomalyAlert(t *testing.T) {
 	amURL := startAlertmanager(t)
+	hook := &webhookReceiver{}
+	hookSrv := httptest.NewServer(hook)
+	t.Cleanup(hookSrv.Close)
 	_, addrs := startServer(t, func(c *server.Config) {
 		c.Alerting.AlertmanagerURLs = []string{amURL}
+		c.Alerting.WebhookURLs = []string{hookSrv.URL}
 		c.Alerting.EvaluationInterval = time.Second
 		c.RawSamplingEnabled = false
 		// Short windows and baseline keep the test short. A step is
@@ -434,6 +438,8 @@ func TestBaselineAnomalyAlert(t *testing.T) {
 	a := findAlert(alertmanagerAlerts(t, amURL), "HopwatchLatencyAnomaly")
 	require.Equal(t, "checkout", a.Labels["service"])
 	require.Equal(t, "baseline", a.Labels["anomaly"])
+	waitFor(t, "HopwatchLatencyAnomaly at the webhook", func() bool { return hook.find("HopwatchLatencyAnomaly") != nil })
+	require.Equal(t, "checkout", hook.find("HopwatchLatencyAnomaly").Labels["service"])
 
 	var rules struct {
 		Data struct {
