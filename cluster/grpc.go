@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"sync"
 
-	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
 	"github.com/hashicorp/raft"
+	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -74,7 +75,15 @@ type Config struct {
 	// transport replaces the TCP transport in tests (raft's in-memory
 	// one); RaftBind, RaftAdvertise and TLS are then unused.
 	transport raft.Transport
+	// walSegmentSize replaces walSegmentSize in tests.
+	walSegmentSize int
 }
+
+// walSegmentSize is the size of raft-wal's segment files, preallocated on
+// disk. raft-wal's default of 64 MiB suits logs of large entries; metadata
+// changes are a few hundred bytes, so a segment holds tens of thousands.
+// Compaction after a snapshot frees whole segments only.
+const walSegmentSize = 8 << 20
 
 // DefaultConfig returns the defaults. The timeouts elect a new leader
 // within about 1-2.5 s of losing the old one on a LAN: a follower notices
@@ -246,7 +255,8 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Node, e
 	// node owns it and closes it after the WAL.
 	n.meta = &metadb.BoltMetaDB{}
 	closers = append(closers, n.meta)
-	n.wal, err = raftwal.Open(walDir, raftwal.WithLogger(newHCLog(logger, "raft-wal")), raftwal.WithMetaStore(n.meta))
+	segSize := cmp.Or(cfg.walSegmentSize, walSegmentSize)
+	n.wal, err = raftwal.Open(walDir, raftwal.WithLogger(newHCLog(logger, "raft-wal")), raftwal.WithMetaStore(n.meta), raftwal.WithSegmentSize(segSize))
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/cluster: open raft log in %s: %w", walDir, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -11,10 +12,19 @@ import (
 
 // streamLayer is raft's network transport over TCP, with TLS when
 // configured: one listener, and dials to the other members' raft addresses.
+//
+// It closes every connection it made or accepted when it closes: raft's
+// NetworkTransport.Close closes only the listener, which would leave the
+// goroutines serving accepted connections (and the pooled ones) to live
+// until the other side hangs up.
 type streamLayer struct {
 	net.Listener
 	advertise net.Addr
 	tls       *tls.Config
+
+	mu     sync.Mutex
+	conns  map[*trackedConn]struct{}
+	closed bool
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -41,15 +51,68 @@ func newStreamLayer(bind, advertise string, tlsConf *tls.Config) (*streamLayer, 
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
-	return &streamLayer{Listener: ln, advertise: adv, tls: tlsConf}, nil
+	return &streamLayer{Listener: ln, advertise: adv, tls: tlsConf, conns: map[*trackedConn]struct{}{}}, nil
 }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := &net.Dialer{Timeout: timeout}
+	var c net.Conn
+	var err error
 	if s.tls != nil {
-		return tls.DialWithDialer(d, "tcp", string(addr), s.tls)
+		c, err = tls.DialWithDialer(d, "tcp", string(addr), s.tls)
+	} else {
+		c, err = d.Dial("tcp", string(addr))
 	}
-	return d.Dial("tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	return s.track(c)
+}
+
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return s.track(c)
+}
+
+func (s *streamLayer) track(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.conns[tc] = struct{}{}
+	return tc, nil
+}
+
+// Close closes the listener and every connection.
+func (s *streamLayer) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	conns := s.conns
+	s.conns = map[*trackedConn]struct{}{}
+	s.mu.Unlock()
+	err := s.Listener.Close()
+	for c := range conns {
+		c.Conn.Close()
+	}
+	return err
+}
+
+type trackedConn struct {
+	net.Conn
+	s *streamLayer
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
 }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
