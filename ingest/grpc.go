@@ -46,7 +46,10 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 func (rawCodec) Name() string { return "proto" }
 
 // GRPCServerOptions returns the options the gRPC server hosting the
-// receiver must be created with.
+// receiver must be created with. Interceptors added after them (with
+// grpc.ChainUnaryInterceptor and grpc.ChainStreamInterceptor, which
+// append) run inside the per-method metrics, so that calls they refuse,
+// such as authentication failures, are still counted per method.
 func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(rawCodec{proto: encoding.GetCodecV2("proto")}),
@@ -60,7 +63,10 @@ func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
 
 // refusalCounter counts the Export calls gRPC refuses before the handler
 // runs (a message over MaxRecvMsgSize, a decompression failure), which the
-// handler cannot see.
+// handler cannot see. Calls an authentication interceptor refused
+// (Unauthenticated, PermissionDenied) are not the receiver's to count:
+// they never reached it, as OTLP/HTTP requests refused by the middleware
+// in front of HTTPHandler never do, and the authenticator counts them.
 type refusalCounter struct{ r *Receiver }
 
 // rpcTag marks, in the context, that the Export handler ran.
@@ -84,11 +90,15 @@ func (c refusalCounter) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if !ok || tag.handled {
 		return
 	}
-	c.r.metrics.requests.WithLabelValues(protoGRPC).Inc()
 	reason := refusedMalformed
-	if status.Code(end.Error) == codes.ResourceExhausted {
+	switch status.Code(end.Error) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		// Before the handler, only authentication answers these.
+		return
+	case codes.ResourceExhausted:
 		reason = refusedTooLarge
 	}
+	c.r.metrics.requests.WithLabelValues(protoGRPC).Inc()
 	c.r.metrics.requestsRefused.WithLabelValues(protoGRPC, reason).Inc()
 }
 
