@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
 	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
@@ -49,8 +50,9 @@ var (
 
 // Metadata keys of the stream.
 const (
-	writerKey = "x-hopwatch-writer"
-	tenantKey = "x-scope-orgid"
+	writerKey        = "x-hopwatch-writer"
+	tenantKey        = "x-scope-orgid"
+	authorizationKey = "authorization"
 )
 
 // Hop is one record: a latency of a series, from Start for Duration.
@@ -146,13 +148,16 @@ func New(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*Client,
 	if opts.Tenant != "" {
 		c.md.Set(tenantKey, opts.Tenant)
 	}
+	if opts.Token != "" {
+		c.md.Set(authorizationKey, "Bearer "+opts.Token)
+	}
 	c.ready = make([]*batch, 0, c.nbatches)
 	c.free = make([]*batch, 0, c.nbatches)
 
 	// gRPC reconnects the channel on its own schedule, by default up to
 	// two minutes apart; make it follow the client's backoff so that a
 	// hopwatch that comes back is found as soon as the client asks.
-	dial := append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+	dial := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff: backoff.Config{
 			BaseDelay:  opts.Backoff.Initial,
 			Multiplier: opts.Backoff.Multiplier,
@@ -160,7 +165,11 @@ func New(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*Client,
 			MaxDelay:   opts.Backoff.Max,
 		},
 		MinConnectTimeout: 20 * time.Second, // gRPC's default
-	})}, opts.DialOptions...)
+	})}
+	if opts.TLS != nil {
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)))
+	}
+	dial = append(dial, opts.DialOptions...)
 	conn, err := grpc.NewClient(opts.Target, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/client: %w", err)

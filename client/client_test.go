@@ -666,3 +666,20 @@ func TestRecordDoesNotAllocate(t *testing.T) {
 	require.NoError(t, c.Close(context.Background()))
 	wait()
 }
+
+// TestTokenIsSentOnEveryStream: the token goes in the authorization
+// metadata of the first stream and of every stream after a reconnect.
+func TestTokenIsSentOnEveryStream(t *testing.T) {
+	ts := startServer(t)
+	o := testOptions(ts)
+	o.Token = "hw_gxajcnnLMYCobZYO5hv7ciIdPL_cbl4c9YJGqS_nQP4"
+	c := newTestClient(t, o)
+	ss := ts.accept(t)
+	require.Equal(t, []string{"Bearer " + o.Token}, ss.md.Get("authorization"))
+	require.Empty(t, ss.md.Get("x-scope-orgid"), "the token names the tenant")
+	ss.finish(status.Error(codes.Unauthenticated, "refused"))
+	ss = ts.accept(t)
+	require.Equal(t, []string{"Bearer " + o.Token}, ss.md.Get("authorization"))
+	ss.grant(t, 1)
+	closeCleanly(t, c, ss)
+}

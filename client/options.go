@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -107,10 +108,23 @@ type Options struct {
 	// "hopwatch.example:4317" or "dns:///hopwatch:4317".
 	Target string
 	// DialOptions are passed to grpc.NewClient after the client's own
-	// (a connection backoff matching Backoff), so they win. They must say
-	// how to secure the connection, for example
+	// (a connection backoff matching Backoff, and TLS), so they win. Unless
+	// TLS is set, they must say how to secure the connection, for example
 	// grpc.WithTransportCredentials(insecure.NewCredentials()).
 	DialOptions []grpc.DialOption
+	// TLS, if not nil, secures the connection with TLS: its RootCAs verify
+	// hopwatch's certificate (nil: the system's CAs), and its
+	// Certificates or GetClientCertificate present a client certificate
+	// where hopwatch requires one (--tls.require-client-cert).
+	TLS *tls.Config
+	// Token is sent as gRPC metadata "authorization: Bearer <token>" on
+	// every call, for hopwatch running with --auth.enabled; empty sends
+	// none. The token decides the tenant: Tenant may be left empty, and if
+	// set must name the token's tenant. Send it only over TLS (or to a
+	// proxy on the same host that adds TLS): a token is a password. Do not
+	// also add per-RPC credentials of your own in DialOptions: hopwatch
+	// refuses a call with two authorization values.
+	Token string
 
 	// Writer identifies this client to hopwatch (gRPC metadata
 	// x-hopwatch-writer): hopwatch tracks each writer's event-time position
@@ -231,6 +245,10 @@ func (o Options) Validate() error {
 			add("Tenant: %w", err)
 		}
 	}
+	if o.Token != "" && !tokenChars(o.Token) {
+		// The token itself is never repeated: it is a secret.
+		add("Token must be a bearer token: letters, digits and -._~+/, then = padding, without spaces or a \"Bearer \" prefix")
+	}
 	if o.MaxBatchRecords <= 0 || o.MaxBatchRecords > 1<<20 {
 		add("MaxBatchRecords %d outside [1, %d]", o.MaxBatchRecords, 1<<20)
 	}
@@ -267,6 +285,26 @@ func (o Options) Validate() error {
 // batches returns how many batches hold QueueSize records.
 func (o Options) batches() int {
 	return (o.QueueSize + o.MaxBatchRecords - 1) / o.MaxBatchRecords
+}
+
+// tokenChars reports whether s has RFC 6750's b64token syntax, which
+// hopwatch checks too.
+func tokenChars(s string) bool {
+	pad := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '=':
+			pad = true
+		case pad:
+			return false
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '-', c == '.', c == '_', c == '~', c == '+', c == '/':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func printableASCII(s string) bool {

@@ -155,3 +155,22 @@ func TestMetricsOfClientsSideBySide(t *testing.T) {
 		waits[i]()
 	}
 }
+
+func TestTokenIsValidatedWithoutBeingRepeated(t *testing.T) {
+	f := func(token string) {
+		t.Helper()
+		o := DefaultOptions()
+		o.Target, o.Writer, o.Token = "x:1", "w", token
+		err := o.Validate()
+		require.ErrorContains(t, err, "Token must be a bearer token")
+		require.NotContains(t, err.Error(), token)
+	}
+	f("Bearer hw_secret-token-value")
+	f("hw_secret token")
+	f("hw_secret=token")
+	f("hw_sécret")
+
+	o := DefaultOptions()
+	o.Target, o.Writer, o.Token = "x:1", "w", "hw_gxajcnnLMYCobZYO5hv7ciIdPL_cbl4c9YJGqS_nQP4"
+	require.NoError(t, o.Validate())
+}
