@@ -58,6 +58,32 @@ func TestBadConfigIsRefused(t *testing.T) {
 		"NativeSchema 12 outside [-4, 8]",
 		`web.listen-address: "nohostport" is not host:port`,
 		"ClassicBuckets[1] = 0.05: bounds must increase")
+	f("auth.bad.yml",
+		"auth.enabled: there is no store of tenants' tokens",
+		"tls.cert-file: needed with tls.key-file",
+		"tls.require-client-cert: needs tls.client-ca-file")
+	f("admin-without-auth.bad.yml",
+		"auth.admin-token-file: set without auth.enabled",
+		"tls.client-ca-file: set without tls.cert-file and tls.key-file")
+}
+
+func TestAuthAndTLSFlags(t *testing.T) {
+	cfg, _, err := setup("serve", []string{
+		"--auth.enabled", "--auth.admin-token-file=/etc/hopwatch/admin-tokens",
+		"--tls.cert-file=/etc/hopwatch/tls.crt", "--tls.key-file=/etc/hopwatch/tls.key",
+		"--tls.client-ca-file=/etc/hopwatch/ca.pem", "--tls.require-client-cert",
+	}, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, server.AuthConfig{Enabled: true, AdminTokenFile: "/etc/hopwatch/admin-tokens"}, cfg.Auth)
+	require.Equal(t, server.TLSConfig{CertFile: "/etc/hopwatch/tls.crt", KeyFile: "/etc/hopwatch/tls.key",
+		ClientCAFile: "/etc/hopwatch/ca.pem", RequireClientCert: true}, cfg.TLS)
+	require.Nil(t, cfg.Tokens, "tokens are not a setting")
+	require.Contains(t, cfg.ConfigYAML, "auth.enabled: \"true\"\n")
+
+	cfg, _, err = setup("serve", nil, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, server.AuthConfig{}, cfg.Auth, "authentication is off by default")
+	require.Equal(t, server.TLSConfig{}, cfg.TLS, "TLS is off by default")
 }
 
 func TestBadFlagsAreRefused(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/alerting"
 	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/windowrec"
 	"github.com/hopwatch/hopwatch/query"
@@ -27,7 +28,17 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// MultitenancyEnabled takes the tenant of every request, write or
 	// read, from X-Scope-OrgID; off, all requests are tenant "anonymous".
+	// With Auth.Enabled the tenant comes from the bearer token instead.
 	MultitenancyEnabled bool
+	// Auth turns authentication on (see docs/security.md).
+	Auth AuthConfig
+	// TLS configures TLS on the web, OTLP/gRPC and OTLP/HTTP listeners.
+	TLS TLSConfig
+	// Tokens finds the tenant of a bearer token with Auth.Enabled: the
+	// tenant metadata store, which keeps token hashes only. It is not a
+	// setting but a dependency, given by whoever builds the node; nil with
+	// Auth.Enabled is refused.
+	Tokens auth.Tokens
 
 	Ingest  ingest.Options
 	Storage agg.Options
@@ -58,6 +69,38 @@ type Config struct {
 	// Flags are the command-line flags as served by /api/v1/status/flags.
 	Flags map[string]string
 }
+
+// AuthConfig configures authentication.
+type AuthConfig struct {
+	// Enabled requires a bearer token on every request but the health
+	// probes, and takes the request's tenant from it (--auth.enabled).
+	Enabled bool
+	// AdminTokenFile names the file of admin tokens or their hashes, one a
+	// line (--auth.admin-token-file), read at start and again on
+	// /-/reload. Empty: no request is admin.
+	AdminTokenFile string
+}
+
+// TLSConfig configures TLS on the public listeners. Setting CertFile and
+// KeyFile turns it on for the three of them.
+type TLSConfig struct {
+	CertFile string
+	KeyFile  string
+	// ClientCAFile holds the CAs that sign client certificates; a client
+	// certificate is verified when one is sent.
+	ClientCAFile string
+	// RequireClientCert refuses clients without a certificate signed by
+	// ClientCAFile (mTLS).
+	RequireClientCert bool
+}
+
+// Enabled reports whether the listeners serve TLS.
+func (c TLSConfig) Enabled() bool { return c.CertFile != "" || c.KeyFile != "" }
+
+// multitenant tells whether requests name their tenant: with
+// authentication on, the middleware sets X-Scope-OrgID from the token for
+// every component behind it.
+func (c Config) multitenant() bool { return c.MultitenancyEnabled || c.Auth.Enabled }
 
 // windowRecOptions are the recorder's options, stepping at the flush
 // interval.
@@ -124,6 +167,15 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		add(fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
 	}
+	if c.Auth.Enabled && c.Tokens == nil {
+		add(errors.New("auth.enabled: there is no store of tenants' tokens to check bearer tokens against: " +
+			"hopwatch keeps them in its cluster metadata, which this node does not serve yet; " +
+			"until it does, run with authentication off behind a gateway that authenticates and sets X-Scope-OrgID (--auth.multitenancy-enabled)"))
+	}
+	if c.Auth.AdminTokenFile != "" && !c.Auth.Enabled {
+		add(errors.New("auth.admin-token-file: set without auth.enabled; admin tokens are checked only with authentication on"))
+	}
+	add(c.TLS.validate())
 	if err := c.Ingest.Validate(); err != nil {
 		add(fmt.Errorf("ingest: %w", err))
 	}
@@ -160,6 +212,25 @@ func (c Config) Validate() error {
 		if err := c.windowRecOptions().Validate(); err != nil {
 			add(fmt.Errorf("window-quantiles: %w", err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// validate checks that the TLS settings go together; the files are read
+// when the node is built.
+func (c TLSConfig) validate() error {
+	var errs []error
+	switch {
+	case c.CertFile != "" && c.KeyFile == "":
+		errs = append(errs, errors.New("tls.key-file: needed with tls.cert-file"))
+	case c.CertFile == "" && c.KeyFile != "":
+		errs = append(errs, errors.New("tls.cert-file: needed with tls.key-file"))
+	}
+	if c.ClientCAFile != "" && !c.Enabled() {
+		errs = append(errs, errors.New("tls.client-ca-file: set without tls.cert-file and tls.key-file; client certificates are checked only on TLS listeners"))
+	}
+	if c.RequireClientCert && c.ClientCAFile == "" {
+		errs = append(errs, errors.New("tls.require-client-cert: needs tls.client-ca-file, the CAs that sign the client certificates"))
 	}
 	return errors.Join(errs...)
 }

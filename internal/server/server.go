@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/alerting"
 	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/tenant"
 	"github.com/hopwatch/hopwatch/internal/version"
@@ -47,6 +49,10 @@ type Server struct {
 	// ruler evaluates the tenants' rules once storage is open.
 	ruler *alerting.Ruler
 	api   *query.API
+	// auth authenticates requests; nil with authentication off.
+	auth *auth.Authenticator
+	// tls is the public listeners' TLS configuration; nil with TLS off.
+	tls *tls.Config
 	// sampler sets the raw tier's sampling level; nil with sampling or the
 	// raw tier off.
 	sampler *sampling.Controller
@@ -99,8 +105,19 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		flushed: make(chan struct{}),
 	}
 	var err error
-	cfg.Ingest.MultitenancyEnabled = cfg.MultitenancyEnabled
-	cfg.Query.MultitenancyEnabled = cfg.MultitenancyEnabled
+	if s.auth, err = newAuthenticator(cfg, reg, logger.With("component", "auth")); err != nil {
+		return nil, err
+	}
+	if s.tls, err = newServerTLS(cfg.TLS); err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	if s.auth != nil && s.tls == nil {
+		logger.Warn("authentication is on without TLS: bearer tokens cross the network in clear unless a proxy in front terminates TLS; set --tls.cert-file and --tls.key-file")
+	}
+	// With authentication on, the middleware and interceptors set
+	// X-Scope-OrgID from the token: every component reads its tenant there.
+	cfg.Ingest.MultitenancyEnabled = cfg.multitenant()
+	cfg.Query.MultitenancyEnabled = cfg.multitenant()
 	s.recv, err = ingest.New(cfg.Ingest, appenderFunc(s.append), reg, logger.With("component", "ingest"))
 	if err != nil {
 		return nil, err
@@ -125,7 +142,7 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	}
 	aopts := cfg.Alerting
 	aopts.Dir = cfg.RulesDir()
-	aopts.TenantLabel = cfg.MultitenancyEnabled
+	aopts.TenantLabel = cfg.multitenant()
 	s.ruler, err = alerting.New(aopts, rulerDeps{s}, reg, logger.With("component", "ruler"))
 	if err != nil {
 		return nil, err
@@ -345,15 +362,23 @@ func (s *Server) Start() error {
 		return err
 	}
 
-	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second}
-	s.otlpHTTP = &http.Server{Handler: s.recv.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
-	s.grpc = grpc.NewServer(s.recv.GRPCServerOptions()...)
+	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
+	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
+	s.grpc = grpc.NewServer(s.grpcServerOptions()...)
 	s.recv.RegisterGRPC(s.grpc)
 
-	s.goServe("web", func() error { return s.web.Serve(s.webLn) })
-	s.goServe("otlp-http", func() error { return s.otlpHTTP.Serve(s.httpLn) })
+	serveHTTP := func(srv *http.Server, ln net.Listener) func() error {
+		if s.tls != nil {
+			// The certificate comes from TLSConfig.GetCertificate.
+			return func() error { return srv.ServeTLS(ln, "", "") }
+		}
+		return func() error { return srv.Serve(ln) }
+	}
+	s.goServe("web", serveHTTP(s.web, s.webLn))
+	s.goServe("otlp-http", serveHTTP(s.otlpHTTP, s.httpLn))
 	s.goServe("otlp-grpc", func() error { return s.grpc.Serve(s.grpcLn) })
-	s.logger.Info("listening", "web", s.webLn.Addr().String(), "otlp_grpc", s.grpcLn.Addr().String(), "otlp_http", s.httpLn.Addr().String())
+	s.logger.Info("listening", "web", s.webLn.Addr().String(), "otlp_grpc", s.grpcLn.Addr().String(), "otlp_http", s.httpLn.Addr().String(),
+		"tls", s.tls != nil, "auth", s.auth != nil)
 
 	s.wg.Add(1)
 	go func() {
@@ -514,23 +539,51 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) webHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", s.api.Handler())
-	mux.Handle("/api/v1/rules", s.api.Handler()) // Prometheus's JSON; the subtree is the config API
-	mux.Handle("/api/v1/rules/", s.ruler.ConfigHandler(tenant.Resolver{Enabled: s.cfg.MultitenancyEnabled}))
-	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+	// Tenant-scoped: the query API (query, latency, exemplars, series,
+	// labels, rules, alerts...), the ruler configuration API and the
+	// writers API.
+	mux.Handle("/api/v1/", s.tenantOnly(s.api.Handler()))
+	mux.Handle("/api/v1/rules", s.tenantOnly(s.api.Handler())) // Prometheus's JSON; the subtree is the config API
+	mux.Handle("/api/v1/rules/", s.tenantOnly(s.ruler.ConfigHandler(tenant.Resolver{Enabled: s.cfg.multitenant()})))
+	mux.Handle(ingest.WritersPath, s.tenantOnly(s.recv.WritersHandler()))
+	mux.Handle(ingest.WritersPath+"/", s.tenantOnly(s.recv.WritersHandler()))
+	if s.auth != nil {
+		// They show the whole node's setup, to admins only.
+		mux.Handle("/api/v1/status/config", s.adminOnly(statusHandler(func() any { return map[string]string{"yaml": s.cfg.ConfigYAML} })))
+		mux.Handle("/api/v1/status/flags", s.adminOnly(statusHandler(func() any {
+			if s.cfg.Flags == nil {
+				return map[string]string{}
+			}
+			return s.cfg.Flags
+		})))
+	}
+	// Administration.
+	mux.Handle("/-/reload", s.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodPut {
 			http.Error(w, "use POST or PUT", http.StatusMethodNotAllowed)
 			return
 		}
+		var errs []error
+		if err := s.reloadAdminTokens(); err != nil {
+			errs = append(errs, fmt.Errorf("reloading admin tokens failed: %w", err))
+		}
 		if err := s.ruler.Sync(); err != nil {
-			http.Error(w, "reloading rules failed: "+err.Error(), http.StatusInternalServerError)
+			errs = append(errs, fmt.Errorf("reloading rules failed: %w", err))
+		}
+		if err := errors.Join(errs...); err != nil {
+			s.logger.Error("reload failed", "err", err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		_, _ = w.Write([]byte("rules reloaded\n"))
-	})
-	mux.Handle(ingest.WritersPath, s.recv.WritersHandler())
-	mux.Handle(ingest.WritersPath+"/", s.recv.WritersHandler())
-	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, EnableOpenMetrics: true}))
+	})))
+	mux.Handle("/metrics", s.adminOnly(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg, EnableOpenMetrics: true})))
+	mux.Handle("/debug/pprof/", s.adminOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/cmdline", s.adminOnly(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("/debug/pprof/profile", s.adminOnly(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", s.adminOnly(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", s.adminOnly(http.HandlerFunc(pprof.Trace)))
+	// Probes: open, they tell nothing.
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "hopwatch is Healthy.")
 	})
@@ -542,10 +595,5 @@ func (s *Server) webHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "hopwatch is Ready.")
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
