@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -74,7 +75,11 @@ func startNode(t testing.TB, cfg Config) *testNode {
 	lis, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
 	cfg.GRPCAdvertise = lis.Addr().String()
-	tn := &testNode{cfg: cfg, reg: prometheus.NewRegistry(), srv: grpc.NewServer(), done: make(chan struct{})}
+	var opts []grpc.ServerOption
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	tn := &testNode{cfg: cfg, reg: prometheus.NewRegistry(), srv: grpc.NewServer(opts...), done: make(chan struct{})}
 	tn.Node, err = New(cfg, tn.reg, testLogger().With("test_node", cfg.NodeID))
 	if err != nil {
 		lis.Close()
