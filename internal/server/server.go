@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -362,8 +363,14 @@ func (s *Server) Start() error {
 		return err
 	}
 
-	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
-	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
+	// net/http's own errors (refused TLS handshakes among them) go to the
+	// node's logger, not to the process's standard logger, so that they
+	// keep the log format.
+	httpErrorLog := func(listener string) *log.Logger {
+		return slog.NewLogLogger(s.logger.With("component", "http", "listener", listener).Handler(), slog.LevelWarn)
+	}
+	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls, ErrorLog: httpErrorLog("web")}
+	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls, ErrorLog: httpErrorLog("otlp-http")}
 	s.grpc = grpc.NewServer(s.grpcServerOptions()...)
 	s.recv.RegisterGRPC(s.grpc)
 
