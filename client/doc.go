@@ -66,6 +66,14 @@
 // its context's deadline less Options.DeadlineMargin, so the caller has its
 // answer before its own deadline and time to act on it.
 //
+// # Authentication and TLS
+//
+// For a hopwatch running with --auth.enabled, Options.Token is sent as
+// "authorization: Bearer <token>" on every stream; the token decides the
+// tenant. A refused stream (Unauthenticated, PermissionDenied) is retried
+// like any failed stream, keeping its records. Options.TLS connects over
+// TLS, with a client certificate where hopwatch requires one.
+//
 // # Metrics
 //
 // The client's metrics, all prefixed hopwatch_client_, are registered on
