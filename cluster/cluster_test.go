@@ -29,7 +29,7 @@ func TestThreeNodes(t *testing.T) {
 	}
 	l := leader(t, nodes...)
 	for _, n := range running(nodes, l) {
-		require.Positive(t, testutil.ToFloat64(n.metrics.forwarded.WithLabelValues("ok")), "follower %s forwarded nothing", n.id)
+		require.Positive(t, testutil.ToFloat64(n.metrics.forwarded.WithLabelValues("write", "ok")), "follower %s forwarded nothing", n.id)
 	}
 	s := waitSameState(t, last, nodes...)
 	require.Len(t, s.Tenants(), 3)

@@ -29,6 +29,8 @@ const (
 	OpDeleteTenant    Op = "tenant.delete"
 	OpPutRuleGroup    Op = "rule_group.put"
 	OpDeleteRuleGroup Op = "rule_group.delete"
+	// OpDeleteNamespace deletes every rule group of a tenant's namespace.
+	OpDeleteNamespace Op = "rule_group.delete_namespace"
 	OpExcludeWriter   Op = "writer.exclude"
 	OpIncludeWriter   Op = "writer.include"
 	OpPutMember       Op = "member.put"
@@ -56,6 +58,7 @@ const (
 //	{"v":1,"op":"tenant.delete","tenant":{"id":"acme"}}
 //	{"v":1,"op":"rule_group.put","rule_group":{"tenant":"acme","namespace":"ns","name":"g","yaml":"..."}}
 //	{"v":1,"op":"rule_group.delete","rule_group":{"tenant":"acme","namespace":"ns","name":"g"}}
+//	{"v":1,"op":"rule_group.delete_namespace","rule_group":{"tenant":"acme","namespace":"ns"}}
 //	{"v":1,"op":"writer.exclude","exclusion":{"tenant":"acme","writer":"w1","reason":"draining"}}
 //	{"v":1,"op":"writer.include","exclusion":{"tenant":"acme","writer":"w1"}}
 //	{"v":1,"op":"member.put","member":{"id":"n2","grpc_addr":"10.0.0.2:9802"}}
@@ -123,7 +126,7 @@ func (c *command) validate() error {
 	switch c.Op {
 	case OpPutTenant, OpDeleteTenant:
 		want = "tenant"
-	case OpPutRuleGroup, OpDeleteRuleGroup:
+	case OpPutRuleGroup, OpDeleteRuleGroup, OpDeleteNamespace:
 		want = "rule_group"
 	case OpExcludeWriter, OpIncludeWriter:
 		want = "exclusion"
@@ -143,11 +146,15 @@ func (c *command) validate() error {
 		validateTenant(&v, c.Tenant)
 	case OpDeleteTenant:
 		v.tenantID("tenant.id", c.Tenant.ID)
-	case OpPutRuleGroup, OpDeleteRuleGroup:
+	case OpPutRuleGroup, OpDeleteRuleGroup, OpDeleteNamespace:
 		g := c.RuleGroup
 		v.tenantID("rule_group.tenant", g.Tenant)
 		v.name("rule_group.namespace", g.Namespace, maxNameBytes)
-		v.name("rule_group.name", g.Name, maxNameBytes)
+		if c.Op != OpDeleteNamespace {
+			v.name("rule_group.name", g.Name, maxNameBytes)
+		} else if g.Name != "" {
+			v.add("rule_group.name", "is set on a namespace delete")
+		}
 		if c.Op == OpPutRuleGroup {
 			switch {
 			case g.YAML == "":

@@ -21,6 +21,7 @@ func TestCommandRoundTrip(t *testing.T) {
 		{Op: OpDeleteTenant, Tenant: &Tenant{ID: "acme"}},
 		{Op: OpPutRuleGroup, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns", Name: "g", YAML: "name: g\n"}},
 		{Op: OpDeleteRuleGroup, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns", Name: "g"}},
+		{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns"}},
 		{Op: OpExcludeWriter, Exclusion: &Exclusion{Tenant: "acme", Writer: "w", Reason: "drain"}},
 		{Op: OpIncludeWriter, Exclusion: &Exclusion{Tenant: "acme", Writer: "w"}},
 		{Op: OpPutMember, Member: &Member{ID: "n1", GRPCAddr: "10.0.0.1:9802"}},
@@ -108,6 +109,8 @@ func TestCommandValidation(t *testing.T) {
 	f(group("ns", "g", strings.Repeat("x", maxRuleGroupBytes+1)), "rule_group.yaml")
 	f(&command{Op: OpDeleteRuleGroup, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns", Name: "g", YAML: "x"}}, "rule_group.yaml")
 
+	f(&command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns", Name: "g"}}, "rule_group.name")
+	f(&command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: "acme", Namespace: "ns"}})
 	f(&command{Op: OpExcludeWriter, Exclusion: &Exclusion{Tenant: "acme", Writer: ""}}, "exclusion.writer")
 	f(&command{Op: OpPutMember, Member: &Member{ID: "n 1", GRPCAddr: "host"}}, "member.id", "member.grpc_addr")
 	f(&command{Op: OpPutMember, Member: &Member{ID: "n1", GRPCAddr: "host:0"}}, "member.grpc_addr")
@@ -155,6 +158,11 @@ func TestStateApply(t *testing.T) {
 	require.Equal(t, "a", gs[0].Namespace)
 	require.Equal(t, []string{"t1", "t9"}, s.RuleTenants())
 	require.ErrorIs(t, apply(&command{Op: OpDeleteRuleGroup, RuleGroup: &RuleGroup{Tenant: "t1", Namespace: "c", Name: "g"}}), ErrNotFound)
+	require.NoError(t, apply(&command{Op: OpPutRuleGroup, RuleGroup: &RuleGroup{Tenant: "t1", Namespace: "c", Name: "g1", YAML: "x"}}))
+	require.NoError(t, apply(&command{Op: OpPutRuleGroup, RuleGroup: &RuleGroup{Tenant: "t1", Namespace: "c", Name: "g2", YAML: "x"}}))
+	require.NoError(t, apply(&command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: "t1", Namespace: "c"}}))
+	require.Len(t, s.RuleGroups("t1"), 2)
+	require.ErrorIs(t, apply(&command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: "t1", Namespace: "c"}}), ErrNotFound)
 
 	require.NoError(t, apply(&command{Op: OpExcludeWriter, Exclusion: &Exclusion{Tenant: "t1", Writer: "w", Reason: "one"}}))
 	since := s.Exclusions("t1")[0].Since

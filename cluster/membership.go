@@ -125,7 +125,7 @@ func (n *Node) join(ctx context.Context, id, raftAddr, grpcAddr string) (uint64,
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	var index uint64
-	err := n.onLeader(ctx, func() (err error) {
+	err := n.onLeader(ctx, "join", func() (err error) {
 		index, err = n.joinLocal(ctx, id, raftAddr, grpcAddr)
 		return err
 	}, func(ctx context.Context, c clusterClient) error {
@@ -191,7 +191,7 @@ func (n *Node) remove(ctx context.Context, id string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	var index uint64
-	err := n.onLeader(ctx, func() (err error) {
+	err := n.onLeader(ctx, "remove", func() (err error) {
 		index, err = n.removeLocal(ctx, id)
 		return err
 	}, func(ctx context.Context, c clusterClient) error {

@@ -62,9 +62,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Snapshots restored into the state (at start, or sent by the leader).",
 		}),
 		forwarded: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "hopwatch_cluster_forwarded_writes_total",
-			Help: "Changes this node forwarded to the leader, by result (ok, or the error kind).",
-		}, []string{"result"}),
+			Name: "hopwatch_cluster_forwarded_requests_total",
+			Help: "Requests this node sent to the leader, by kind (write, join, remove, read_index) and result (ok, or the error kind).",
+		}, []string{"kind", "result"}),
 		changes: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_cluster_changes_total",
 			Help: "Changes proposed by this node while leader, by op and result.",

@@ -429,7 +429,7 @@ func (n *Node) Linearizable(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	var index uint64
-	err := n.onLeader(ctx, func() (err error) {
+	err := n.onLeader(ctx, "read_index", func() (err error) {
 		index, err = n.readIndexLocal(ctx)
 		return err
 	}, func(ctx context.Context, c clusterClient) error {
@@ -505,6 +505,11 @@ func (n *Node) DeleteRuleGroup(ctx context.Context, tenant, namespace, name stri
 	return n.propose(ctx, &command{Op: OpDeleteRuleGroup, RuleGroup: &RuleGroup{Tenant: tenant, Namespace: namespace, Name: name}})
 }
 
+// DeleteNamespace removes every rule group of a tenant's namespace at once.
+func (n *Node) DeleteNamespace(ctx context.Context, tenant, namespace string) (uint64, error) {
+	return n.propose(ctx, &command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: tenant, Namespace: namespace}})
+}
+
 // ExcludeWriter takes a writer out of its tenant's watermark until
 // IncludeWriter. Excluding an excluded writer updates the reason only.
 func (n *Node) ExcludeWriter(ctx context.Context, tenant, writer, reason string) (uint64, error) {
@@ -529,7 +534,7 @@ func (n *Node) propose(ctx context.Context, c *command) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	var index uint64
-	err = n.onLeader(ctx, func() (err error) {
+	err = n.onLeader(ctx, "write", func() (err error) {
 		index, err = n.applyLocal(ctx, c, b, n.id)
 		return err
 	}, func(ctx context.Context, cl clusterClient) error {
@@ -591,6 +596,8 @@ func resultLabel(err error) string {
 		return "not_found"
 	case errors.Is(err, ErrConflict):
 		return "conflict"
+	case errors.Is(err, errUnreached):
+		return "unreached"
 	case errors.Is(err, ErrNoLeader), errors.Is(err, errNotLeader):
 		return "no_leader"
 	case errors.Is(err, ErrShutdown):
@@ -603,7 +610,9 @@ func resultLabel(err error) string {
 // leader's cluster gRPC service, retrying while no leader is known or the
 // request provably did not reach one, until ctx ends. A change is never
 // sent twice unless the first attempt certainly did not apply it.
-func (n *Node) onLeader(ctx context.Context, local func() error, remote func(context.Context, clusterClient) error) error {
+//
+// kind labels the forwarded requests in the metrics.
+func (n *Node) onLeader(ctx context.Context, kind string, local func() error, remote func(context.Context, clusterClient) error) error {
 	backoff := 10 * time.Millisecond
 	var last error
 	for {
@@ -624,7 +633,7 @@ func (n *Node) onLeader(ctx context.Context, local func() error, remote func(con
 				break
 			}
 			err = n.clients.call(ctx, m.GRPCAddr, remote)
-			n.metrics.forwarded.WithLabelValues(resultLabel(err)).Inc()
+			n.metrics.forwarded.WithLabelValues(kind, resultLabel(err)).Inc()
 		}
 		if err == nil || !retryable(err) {
 			return err
@@ -797,6 +806,5 @@ func (n *Node) updateLiveness(now time.Time) {
 			n.logger.Warn("could not record a member's liveness", "member", m.ID, "state", want, "err", err)
 			return
 		}
-		n.logger.Info("member liveness changed", "member", m.ID, "state", want)
 	}
 }

@@ -186,6 +186,26 @@ func (s *State) apply(c *command, index uint64, at time.Time) (*State, error) {
 			n.groups[g.Tenant] = m
 		}
 		return n, nil
+	case OpDeleteNamespace:
+		g := c.RuleGroup
+		m := maps.Clone(n.groups[g.Tenant])
+		deleted := 0
+		for k := range m {
+			if k.namespace == g.Namespace {
+				delete(m, k)
+				deleted++
+			}
+		}
+		if deleted == 0 {
+			return n, fmt.Errorf("%w: tenant %q has no rule groups in namespace %q", ErrNotFound, g.Tenant, g.Namespace)
+		}
+		n.groups = maps.Clone(n.groups)
+		if len(m) == 0 {
+			delete(n.groups, g.Tenant)
+		} else {
+			n.groups[g.Tenant] = m
+		}
+		return n, nil
 	case OpExcludeWriter:
 		e := *c.Exclusion
 		e.Since = at
