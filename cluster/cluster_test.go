@@ -43,13 +43,29 @@ func TestThreeNodes(t *testing.T) {
 		require.Equal(t, MemberLive, m.State)
 	}
 
-	// A linearizable read on a follower sees a write just made elsewhere.
+	// A linearizable read on a follower sees a write just made elsewhere,
+	// and its watchers hear of it.
 	f := running(nodes, l)[0]
+	watch, stopWatch := f.Watch()
+	defer stopWatch()
 	idx, err := l.ExcludeWriter(ctx, "t0", "w-lin", "")
 	require.NoError(t, err)
 	require.NoError(t, f.Linearizable(ctx))
 	require.GreaterOrEqual(t, f.State().Index(), idx)
 	require.True(t, f.State().WriterExcluded("t0", "w-lin"))
+	select {
+	case <-watch:
+	case <-ctx.Done():
+		t.Fatal("no watch notification on the follower")
+	}
+
+	// The leader's refusals reach a follower's caller as the same kinds.
+	_, err = f.DeleteRuleGroup(ctx, "t0", "ns", "missing")
+	require.ErrorIs(t, err, ErrNotFound)
+	require.Contains(t, err.Error(), `no rule group "missing"`)
+	_, err = f.PutTenant(ctx, Tenant{ID: "t0", Version: 1})
+	require.ErrorIs(t, err, ErrConflict)
+	require.ErrorIs(t, f.Join(ctx, "n9", string(l.trans.LocalAddr()), ""), ErrConflict)
 
 	// Stop the leader: the other two elect a new one, which serves writes
 	// and holds every committed change.

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 
@@ -200,7 +202,8 @@ func validateTenant(v *validator, t *Tenant) {
 	if len(t.Settings) > maxSettings {
 		v.add("tenant.settings", fmt.Sprintf("has %d entries, more than the limit of %d", len(t.Settings), maxSettings))
 	}
-	for k, val := range t.Settings {
+	for _, k := range slices.Sorted(maps.Keys(t.Settings)) {
+		val := t.Settings[k]
 		if !validSettingKey(k) {
 			v.add("tenant.settings", fmt.Sprintf("key %q: a setting is named by 1 to %d of a-z, 0-9, '.', '-', '_'", k, maxSettingKey))
 		}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -83,4 +84,41 @@ func TestSingleNode(t *testing.T) {
 	require.False(t, s.WriterExcluded("acme", "w1"))
 	_, ok = s.TenantByToken(token)
 	require.False(t, ok)
+}
+
+func TestConfigValidate(t *testing.T) {
+	f := func(mod func(*Config), want ...string) {
+		t.Helper()
+		c := testConfig("n1", t.TempDir())
+		mod(&c)
+		err := c.withDefaults().Validate()
+		if len(want) == 0 {
+			require.NoError(t, err)
+			return
+		}
+		require.Error(t, err)
+		for _, w := range want {
+			require.Contains(t, err.Error(), w)
+		}
+		_, err = New(c, nil, nil)
+		require.Error(t, err, "New accepted what Validate refuses")
+	}
+	f(func(*Config) {})
+	f(func(c *Config) { c.NodeID = "" }, "NodeID")
+	f(func(c *Config) { c.NodeID = "a b" }, "NodeID")
+	f(func(c *Config) { c.Dir = "" }, "Dir: is empty")
+	f(func(c *Config) { c.Bootstrap, c.Join = true, []string{"h:1"}; c.GRPCAdvertise = "h:2" }, "Bootstrap: is set together with Join")
+	f(func(c *Config) { c.Join = []string{"h:1"} }, "GRPCAdvertise: is empty")
+	f(func(c *Config) { c.GRPCAdvertise = "nohost" }, "GRPCAdvertise")
+	f(func(c *Config) { c.LeaderLeaseTimeout = 2 * c.HeartbeatTimeout }, "LeaderLeaseTimeout")
+	f(func(c *Config) { c.ElectionTimeout = c.HeartbeatTimeout / 2 }, "ElectionTimeout")
+	f(func(c *Config) { c.ApplyTimeout = time.Microsecond }, "ApplyTimeout")
+	f(func(c *Config) { c.NodeID, c.Dir = "", "" }, "NodeID", "Dir")
+}
+
+func TestRaftBindAllAddressesNeedsAdvertise(t *testing.T) {
+	c := testConfig("n1", t.TempDir())
+	c.RaftBind = "0.0.0.0:0"
+	_, err := New(c, nil, nil)
+	require.ErrorContains(t, err, "set RaftAdvertise")
 }
