@@ -40,8 +40,8 @@ func newAuthenticator(cfg Config, reg prometheus.Registerer, logger *slog.Logger
 }
 
 // newServerTLS returns the TLS configuration of the public listeners, or
-// nil with TLS off. The three listeners share it, so one certificate
-// reloader serves them all.
+// nil with TLS off. The three listeners take copies of it, which share
+// one certificate reloader.
 func newServerTLS(c TLSConfig) (*tls.Config, error) {
 	if !c.Enabled() {
 		return nil, nil

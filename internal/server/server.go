@@ -369,8 +369,11 @@ func (s *Server) Start() error {
 	httpErrorLog := func(listener string) *log.Logger {
 		return slog.NewLogLogger(s.logger.With("component", "http", "listener", listener).Handler(), slog.LevelWarn)
 	}
-	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls, ErrorLog: httpErrorLog("web")}
-	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls, ErrorLog: httpErrorLog("otlp-http")}
+	// Each server gets its own copy of the TLS configuration: net/http adds
+	// its protocols to it when serving. The copies share one certificate
+	// reloader.
+	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("web")}
+	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("otlp-http")}
 	s.grpc = grpc.NewServer(s.grpcServerOptions()...)
 	s.recv.RegisterGRPC(s.grpc)
 
