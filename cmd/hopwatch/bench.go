@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/internal/bench"
 )
 
@@ -29,10 +30,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return runBenchQuantile(args[1:], stdout, stderr)
 		case "alert":
 			return runBenchAlert(args[1:], stdout, stderr)
+		case "cluster":
+			return runBenchCluster(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile|alert [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile|alert|cluster [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)
@@ -182,5 +185,41 @@ func (v intList) Set(s string) error {
 		out = append(out, n)
 	}
 	*v.p = out
+	return nil
+}
+
+// runBenchCluster runs `hopwatch bench cluster`: metadata write latency
+// and leader failover on a 3-node loopback cluster with its raft logs on
+// disk.
+func runBenchCluster(args []string, stdout, stderr io.Writer) error {
+	var o cluster.BenchmarkOptions
+	fs := flag.NewFlagSet("hopwatch bench cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.Writes, "writes", 1000, "writes timed on the leader and on a follower")
+	fs.IntVar(&o.Kills, "kills", 10, "times the leader is stopped")
+	fs.StringVar(&o.Dir, "dir", "", "where the nodes keep their raft logs (default: a temporary directory)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	res, err := cluster.Benchmark(context.Background(), o)
+	if err != nil {
+		return err
+	}
+	ms := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds()*1e3, 'f', 2, 64) }
+	fmt.Fprintf(stdout, "3 nodes on loopback, raft-wal on disk, %d writes per side, %d leader kills\n\n", o.Writes, len(res.Failovers))
+	fmt.Fprintln(stdout, "| writes | n | p50 ms | p99 ms | max ms |")
+	fmt.Fprintln(stdout, "|---|---|---|---|---|")
+	for _, r := range []struct {
+		name string
+		l    cluster.Latency
+	}{{"on the leader", res.Leader}, {"forwarded from a follower", res.Forwarded}} {
+		fmt.Fprintf(stdout, "| %s | %d | %s | %s | %s |\n", r.name, r.l.N, ms(r.l.P50), ms(r.l.P99), ms(r.l.Max))
+	}
+	var kills []string
+	for _, d := range res.Failovers {
+		kills = append(kills, ms(d))
+	}
+	fmt.Fprintf(stdout, "\nleader failover (stop → a new leader applied a write made on another node): median %s ms; each kill: %s ms\n", ms(res.FailoverMedian), strings.Join(kills, ", "))
 	return nil
 }
