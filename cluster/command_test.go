@@ -11,10 +11,14 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hopwatch/hopwatch/internal/auth"
 )
 
 func TestCommandRoundTrip(t *testing.T) {
-	_, hash := NewToken()
+	token, err := auth.NewToken(nil)
+	require.NoError(t, err)
+	hash := HashToken(token)
 	for _, c := range []*command{
 		{Op: OpPutTenant, Tenant: &Tenant{ID: "acme", Limits: Limits{IngestionRateSpans: 100, IngestionBurstSpans: 200, IngestionRateBytes: 1e6, MaxSeriesPerTenant: 1000},
 			Settings: map[string]string{"ruler.evaluation-interval": "15s"}, TokenHashes: []TokenHash{hash}, Version: 7}},

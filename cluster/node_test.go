@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hopwatch/hopwatch/internal/auth"
 )
 
 func TestSingleNode(t *testing.T) {
@@ -17,7 +19,9 @@ func TestSingleNode(t *testing.T) {
 	watch, stopWatch := n.Watch()
 	defer stopWatch()
 
-	token, hash := NewToken()
+	token, err := auth.NewToken(nil)
+	require.NoError(t, err)
+	hash := HashToken(token)
 	v1, err := n.PutTenant(ctx, Tenant{ID: "acme", Limits: Limits{IngestionRateSpans: 5000}, TokenHashes: []TokenHash{hash}})
 	require.NoError(t, err)
 	<-watch

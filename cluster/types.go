@@ -1,11 +1,12 @@
 package cluster
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"time"
+
+	"github.com/hopwatch/hopwatch/internal/auth"
 )
 
 // Tenant is one tenant's replicated metadata.
@@ -19,7 +20,8 @@ type Tenant struct {
 	// field in Limits yet.
 	Settings map[string]string `json:"settings,omitempty"`
 	// TokenHashes are the SHA-256 hashes of the tenant's API tokens. A
-	// token itself is never stored; see NewToken and HashToken.
+	// token itself is never stored: auth.NewToken makes one, and only
+	// HashToken(token) goes here.
 	TokenHashes []TokenHash `json:"token_hashes,omitempty"`
 	// Version is the raft index of the tenant's last change. In PutTenant
 	// a non-zero Version is a precondition: the change applies only if the
@@ -50,19 +52,15 @@ type Limits struct {
 	MaxSeriesPerTenant int64 `json:"max_series_per_tenant,omitempty"`
 }
 
-// TokenHash is the SHA-256 hash of an API token. It encodes as 64 lower-case
-// hex digits.
+// TokenHash is the SHA-256 hash of an API token, the same hash as
+// auth.HashToken's (the two convert into each other). It encodes as 64
+// lower-case hex digits.
 type TokenHash [sha256.Size]byte
 
-// HashToken returns the hash under which a token is stored.
-func HashToken(token string) TokenHash { return sha256.Sum256([]byte(token)) }
-
-// NewToken returns a new random API token (prefix "hwt_" and 128 random
-// bits) and its hash. Give the token to the user once; store only the hash.
-func NewToken() (token string, hash TokenHash) {
-	token = "hwt_" + rand.Text()
-	return token, HashToken(token)
-}
+// HashToken returns the hash under which a token is stored: auth.HashToken,
+// so that the cluster and the authenticator agree on it. Tokens themselves
+// come from auth.NewToken.
+func HashToken(token string) TokenHash { return auth.HashToken(token) }
 
 func (h TokenHash) String() string { return hex.EncodeToString(h[:]) }
 
