@@ -86,13 +86,21 @@ func (r *Ruler) ConfigHandler(resolver tenant.Resolver) http.Handler {
 				r.storeError(w, err, ns, "")
 				return
 			}
-			if err := r.store.set(id, ns, g); err != nil {
+			set := func() error { return r.store.set(id, ns, g) }
+			if r.store.replica != nil {
+				set = func() error { return r.store.putReplicated(req.Context(), id, ns, g) }
+			}
+			if err := set(); err != nil {
 				r.storeError(w, err, ns, g.Name)
 				return
 			}
 			r.accepted(w)
 		case req.Method == http.MethodDelete:
-			if err := r.store.delete(id, ns, group); err != nil {
+			del := r.store.delete
+			if r.store.replica != nil {
+				del = func(id, ns, group string) error { return r.store.deleteReplicated(req.Context(), id, ns, group) }
+			}
+			if err := del(id, ns, group); err != nil {
 				r.storeError(w, err, ns, group)
 				return
 			}
@@ -123,6 +131,9 @@ func (r *Ruler) storeError(w http.ResponseWriter, err error, ns, group string) {
 			what = fmt.Sprintf("group %q in namespace %q", group, ns)
 		}
 		writeErr(w, http.StatusNotFound, "not_found", "no rule "+what)
+	case errors.Is(err, ErrUnavailable):
+		w.Header().Set("Retry-After", "1")
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	default:
 		writeErr(w, http.StatusInternalServerError, "internal", err.Error())
 	}

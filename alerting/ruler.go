@@ -55,6 +55,9 @@ type Options struct {
 	Webhook WebhookOptions
 	// Anomaly configures the generated baseline anomaly alerts.
 	Anomaly AnomalyOptions
+	// Replica, when set, keeps the rule groups set through the API in the
+	// cluster's replicated metadata instead of Dir alone (see Replica).
+	Replica Replica
 }
 
 // DefaultOptions mirrors Prometheus's defaults, with a 15s interval.
@@ -129,6 +132,8 @@ type Ruler struct {
 	stopped  bool
 	wg       sync.WaitGroup
 	tsets    chan map[string][]*targetgroup.Group
+	// stopReplica ends followReplica (nil without a replica).
+	stopReplica chan struct{}
 }
 
 type rulerMetrics struct {
@@ -153,7 +158,7 @@ func New(opts Options, deps Tenant, reg prometheus.Registerer, logger *slog.Logg
 		deps:     deps,
 		logger:   logger,
 		parser:   p,
-		store:    &store{dir: opts.Dir, parser: p, logger: logger},
+		store:    &store{dir: opts.Dir, parser: p, logger: logger, replica: opts.Replica},
 		metrics:  rules.NewGroupMetrics(reg),
 		managers: map[string]*rules.Manager{},
 		tsets:    make(chan map[string][]*targetgroup.Group, 1),
@@ -182,6 +187,14 @@ func New(opts Options, deps Tenant, reg prometheus.Registerer, logger *slog.Logg
 		return nil, err
 	}
 	r.webhook = wh
+	if opts.Replica != nil {
+		r.stopReplica = make(chan struct{})
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.followReplica(r.stopReplica)
+		}()
+	}
 	return r, nil
 }
 
@@ -222,6 +235,9 @@ func (r *Ruler) Run() error {
 // Stop stops every tenant's evaluation, then drains notifications.
 func (r *Ruler) Stop() {
 	r.mtx.Lock()
+	if r.stopReplica != nil && !r.stopped {
+		close(r.stopReplica)
+	}
 	r.stopped = true
 	ms := r.managers
 	r.managers = map[string]*rules.Manager{}

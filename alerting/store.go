@@ -35,7 +35,9 @@ type store struct {
 	dir    string
 	parser parser.Parser
 	logger *slog.Logger
-	mtx    sync.Mutex
+	// replica, when set, holds the API's groups; dir is then its cache.
+	replica Replica
+	mtx     sync.Mutex
 }
 
 func (s *store) path(tenant, namespace string) string {
