@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/stretchr/testify/require"
 
@@ -102,4 +103,74 @@ func TestStreamSeqsSurviveRestart(t *testing.T) {
 	}
 	require.NoError(t, s.Flush(ctx, base))
 	requireAggregates(t, s, testTenant, base.UnixMilli(), want)
+}
+
+// TestTenantLimitOverrides: SetTenantLimits replaces a tenant's series
+// limit on its next batch, for tenants open and not yet open; lowering it
+// refuses new series only; dropping the override restores the option.
+func TestTenantLimitOverrides(t *testing.T) {
+	opts := testOptions(t.TempDir())
+	opts.MaxSeriesPerTenant = 3
+	s, _ := openStore(t, opts)
+	ctx := context.Background()
+	refused := func(tenantID string, series ...labels.Labels) int {
+		t.Helper()
+		b := batchOf(genObs(5, 10*len(series), series...))
+		require.NoError(t, s.Append(ctx, tenantID, b))
+		return b.Refused.Samples
+	}
+
+	require.Zero(t, refused(testTenant, seriesA, seriesB))
+	require.Equal(t, 3, s.MaxSeries(testTenant))
+	require.Equal(t, 3.0, testutil.ToFloat64(s.metrics.seriesLimit.WithLabelValues(testTenant)))
+
+	// Lowered below what the tenant has: its series go on, a new one is refused.
+	require.NoError(t, s.SetTenantLimits(map[string]TenantLimits{testTenant: {MaxSeries: 1}, "team-b": {MaxSeries: 1}}))
+	require.Equal(t, 1, s.MaxSeries(testTenant))
+	require.Equal(t, 1.0, testutil.ToFloat64(s.metrics.seriesLimit.WithLabelValues(testTenant)))
+	require.Zero(t, refused(testTenant, seriesA, seriesB))
+	require.Equal(t, 10, refused(testTenant, seriesC))
+
+	// A tenant opened after the override starts with it.
+	require.Zero(t, refused("team-b", seriesA))
+	require.Equal(t, 10, refused("team-b", seriesB))
+	require.Equal(t, 1.0, testutil.ToFloat64(s.metrics.seriesLimit.WithLabelValues("team-b")))
+
+	// Raised: the next batch takes the new series.
+	require.NoError(t, s.SetTenantLimits(map[string]TenantLimits{testTenant: {MaxSeries: 10}}))
+	require.Zero(t, refused(testTenant, seriesC))
+	// team-b's override is gone: the option applies again.
+	require.Equal(t, 3, s.MaxSeries("team-b"))
+	require.Zero(t, refused("team-b", seriesB))
+
+	// An invalid override is refused by name and leaves the option.
+	err := s.SetTenantLimits(map[string]TenantLimits{"team-c": {MaxSeries: -1}, testTenant: {MaxSeries: 1}})
+	require.ErrorContains(t, err, "team-c")
+	require.Equal(t, 3, s.MaxSeries("team-c"))
+	require.Equal(t, 1, s.MaxSeries(testTenant))
+
+	// Overrides outlive a restart only through whoever sets them: a
+	// reopened store starts from the options.
+	require.NoError(t, s.Close())
+	s, _ = openStore(t, opts)
+	require.Equal(t, 3, s.MaxSeries(testTenant))
+}
+
+// TestTenantLimitsConcurrent: limits change while batches append (run with
+// -race): the per-batch read is an atomic load, never torn.
+func TestTenantLimitsConcurrent(t *testing.T) {
+	opts := testOptions(t.TempDir())
+	s, _ := openStore(t, opts)
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			_ = s.SetTenantLimits(map[string]TenantLimits{testTenant: {MaxSeries: 1 + i%3}})
+		}
+	}()
+	for i := range 50 {
+		require.NoError(t, s.Append(ctx, testTenant, batchOf(genObs(int64(i), 5, seriesA, seriesB, seriesC))))
+	}
+	<-done
 }

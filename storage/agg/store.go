@@ -54,7 +54,8 @@ type Options struct {
 	SeriesIdleTimeout time.Duration
 	// MaxSeriesPerTenant bounds a tenant's active series (Mimir's
 	// max_global_series_per_user); samples of further new series are
-	// refused and counted in the batch. 0 means no limit.
+	// refused and counted in the batch. 0 means no limit. A tenant's
+	// override (SetTenantLimits) takes its place.
 	MaxSeriesPerTenant int
 	// WALSegmentSize is the size of one ingest WAL segment file.
 	WALSegmentSize int
@@ -144,6 +145,7 @@ type storeMetrics struct {
 	walRepairs       prometheus.Counter
 	seriesExpired    prometheus.Counter
 	activeSeries     *prometheus.GaugeVec
+	seriesLimit      *prometheus.GaugeVec
 	tenants          prometheus.Gauge
 }
 
@@ -198,6 +200,10 @@ func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
 			Name: "hopwatch_agg_active_series",
 			Help: "Span series held in memory, by tenant.",
 		}, []string{"tenant"}),
+		seriesLimit: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopwatch_agg_series_limit",
+			Help: "Active series limit in force, by tenant: the tenant's override or --limits.max-series-per-tenant (0: no limit).",
+		}, []string{"tenant"}),
 		tenants: f.NewGauge(prometheus.GaugeOpts{
 			Name: "hopwatch_tenants",
 			Help: "Tenants with open storage.",
@@ -216,6 +222,68 @@ type Store struct {
 	mtx     sync.RWMutex
 	tenants map[string]*tenantStore
 	closed  bool
+	// overrides are the per-tenant limits of SetTenantLimits, also for
+	// tenants whose storage is not open yet. Guarded by mtx.
+	overrides map[string]TenantLimits
+}
+
+// TenantLimits are one tenant's overrides of the Options' limits, as the
+// cluster's tenant metadata sets them. A zero field keeps the Options'
+// value.
+type TenantLimits struct {
+	// MaxSeries replaces Options.MaxSeriesPerTenant.
+	MaxSeries int
+}
+
+// SetTenantLimits replaces every tenant's overrides: a tenant missing from
+// limits goes back to the Options. Each tenant's next batch sees the new
+// limits; a lowered series limit refuses new series only, the series a
+// tenant has keep being accepted until they go idle. A tenant with an
+// invalid override (a negative field) keeps the Options' limits and is
+// named in the error. SetTenantLimits keeps no reference to limits.
+func (s *Store) SetTenantLimits(limits map[string]TenantLimits) error {
+	var errs []error
+	next := make(map[string]TenantLimits, len(limits))
+	for id, l := range limits {
+		if l.MaxSeries < 0 {
+			errs = append(errs, fmt.Errorf("hopwatch/agg: tenant %s: MaxSeries must not be negative, got %d", id, l.MaxSeries))
+			continue
+		}
+		if l != (TenantLimits{}) {
+			next[id] = l
+		}
+	}
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	s.overrides = next
+	for _, t := range s.tenants {
+		s.applyLimits(t)
+	}
+	return errors.Join(errs...)
+}
+
+// MaxSeries returns the active series limit in force for a tenant (0: no
+// limit).
+func (s *Store) MaxSeries(tenantID string) int {
+	s.mtx.RLock()
+	defer s.mtx.RUnlock()
+	return s.maxSeries(tenantID)
+}
+
+// maxSeries is MaxSeries with s.mtx held.
+func (s *Store) maxSeries(tenantID string) int {
+	if l := s.overrides[tenantID].MaxSeries; l > 0 {
+		return l
+	}
+	return s.opts.MaxSeriesPerTenant
+}
+
+// applyLimits sets a tenant's limits from the options and overrides. The
+// caller holds s.mtx (or is Open).
+func (s *Store) applyLimits(t *tenantStore) {
+	limit := s.maxSeries(t.id)
+	t.maxSeries.Store(int64(limit))
+	s.metrics.seriesLimit.WithLabelValues(t.id).Set(float64(limit))
 }
 
 // Open opens the store and every tenant already in opts.Dir, replaying
@@ -314,6 +382,7 @@ func (s *Store) openTenant(id string) (*tenantStore, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.applyLimits(t)
 	s.tenants[id] = t
 	s.metrics.tenants.Set(float64(len(s.tenants)))
 	s.metrics.activeSeries.WithLabelValues(id).Set(float64(len(t.series)))

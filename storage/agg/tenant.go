@@ -10,6 +10,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -38,6 +39,11 @@ type tenantStore struct {
 	logger *slog.Logger
 	db     *tsdb.DB
 	wal    *wlog.WL
+
+	// maxSeries is the active series limit in force (0: none), set by
+	// Store.applyLimits and read once per batch without s.mtx, so that a
+	// limit change never waits for an append nor an append for it.
+	maxSeries atomic.Int64
 
 	// mtx guards everything below. Append holds it across the WAL write and
 	// the state update, so a checkpoint taken under it sees every sample of
@@ -127,7 +133,7 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	lay := &t.store.layout
 	refs := t.batchRefs[:0]
 	fresh := t.newSeries[:0]
-	limit := t.store.opts.MaxSeriesPerTenant
+	limit := int(t.maxSeries.Load())
 	limited := false
 	for _, bs := range b.Series {
 		s := t.series[bs.Key]
