@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -183,7 +184,7 @@ func newReceiverMetrics(reg prometheus.Registerer) *receiverMetrics {
 		}, []string{"tenant", "reason"}),
 		writerChanges: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_writer_api_requests_total",
-			Help: "Writer API calls (HTTP and gRPC) by action (list, exclude, include) and result (ok, unknown_writer, invalid_writer, invalid_tenant).",
+			Help: "Writer API calls (HTTP and gRPC) by action (list, exclude, include) and result (ok, unknown_writer, invalid_writer, invalid_tenant, unavailable).",
 		}, []string{"action", "result"}),
 		streamDuplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopwatch_stream_duplicate_batches_total",
@@ -213,7 +214,10 @@ type Receiver struct {
 	metrics  *receiverMetrics
 	pairs    *pairer
 	marks    *watermark.Tracker
-	streams  streamWriters
+	// exclusions, when set, holds writer exclusions for the whole
+	// cluster (see UseExclusionReplica).
+	exclusions atomic.Pointer[exclusionsRef]
+	streams    streamWriters
 	// draining is closed when the node shuts down: streams end.
 	draining  chan struct{}
 	drainOnce sync.Once

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -68,11 +69,15 @@ func (r *Receiver) WritersHandler() http.Handler {
 			if !ok {
 				return
 			}
-			wr, err := r.setExcluded(id, req.PathValue("writer"), exclude)
+			wr, err := r.setExcluded(req.Context(), id, req.PathValue("writer"), exclude)
 			if err != nil {
 				code, typ := http.StatusBadRequest, "bad_data"
-				if errors.Is(err, watermark.ErrUnknownWriter) {
+				switch {
+				case errors.Is(err, watermark.ErrUnknownWriter):
 					code, typ = http.StatusNotFound, "not_found"
+				case errors.Is(err, ErrExclusionsUnavailable):
+					code, typ = http.StatusServiceUnavailable, "unavailable"
+					w.Header().Set("Retry-After", "1")
 				}
 				writeAPI(w, code, nil, typ, err.Error())
 				return
@@ -121,7 +126,7 @@ func (r *Receiver) apiTenant(w http.ResponseWriter, req *http.Request, act strin
 }
 
 // setExcluded excludes or includes a writer, logging the change.
-func (r *Receiver) setExcluded(tenantID, writer string, exclude bool) (watermark.Writer, error) {
+func (r *Receiver) setExcluded(ctx context.Context, tenantID, writer string, exclude bool) (watermark.Writer, error) {
 	if writer == "" || strings.TrimSpace(writer) != writer || len(writer) > maxWriterLength {
 		r.metrics.writerChanges.WithLabelValues(action(exclude), "invalid_writer").Inc()
 		return watermark.Writer{}, errors.New("invalid writer id: it must be 1 to 256 bytes without surrounding spaces")
@@ -131,14 +136,21 @@ func (r *Receiver) setExcluded(tenantID, writer string, exclude bool) (watermark
 		w   watermark.Writer
 		err error
 	)
-	if exclude {
+	switch ref := r.exclusions.Load(); {
+	case ref != nil:
+		w, err = r.setReplicated(ctx, ref.rep, tenantID, writer, exclude)
+	case exclude:
 		w, err = r.marks.Exclude(tenantID, writer, now)
-	} else {
+	default:
 		w, err = r.marks.Include(tenantID, writer, now)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, watermark.ErrUnknownWriter):
 		r.metrics.writerChanges.WithLabelValues(action(exclude), "unknown_writer").Inc()
 		return w, err
+	case err != nil:
+		r.metrics.writerChanges.WithLabelValues(action(exclude), "unavailable").Inc()
+		return w, fmt.Errorf("%w: %v", ErrExclusionsUnavailable, err)
 	}
 	r.metrics.writerChanges.WithLabelValues(action(exclude), "ok").Inc()
 	r.logger.Info("writer state changed", "tenant", tenantID, "writer", writer, "state", w.State.String())
@@ -203,10 +215,12 @@ func (s writerService) change(ctx context.Context, writer string, exclude bool) 
 	if err != nil {
 		return nil, err
 	}
-	w, err := s.r.setExcluded(id, writer, exclude)
+	w, err := s.r.setExcluded(ctx, id, writer, exclude)
 	switch {
 	case errors.Is(err, watermark.ErrUnknownWriter):
 		return nil, status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrExclusionsUnavailable):
+		return nil, status.Error(codes.Unavailable, err.Error())
 	case err != nil:
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -35,6 +35,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -134,6 +135,9 @@ type Tracker struct {
 	opts    Options
 	mtx     sync.RWMutex
 	tenants map[string]*tenant
+	// pinned holds the exclusions replicated across the cluster, by tenant
+	// and writer (see SetExclusions); nil when exclusions are local.
+	pinned map[string]map[string]bool
 }
 
 // New returns a tracker; reg, if not nil, receives its metrics, which are
@@ -180,7 +184,7 @@ func (t *Tracker) Observe(tenantID string, writerID []byte, position, now int64)
 			tn.untracked.Add(1)
 			return
 		}
-		w = &writer{}
+		w = &writer{excluded: t.isPinned(tenantID, string(writerID))}
 		tn.writers[string(writerID)] = w
 	}
 	w.pos = max(w.pos, position)
@@ -285,6 +289,62 @@ func (t *Tracker) setExcluded(tenantID, writerID string, excluded bool, now int6
 	w.excluded = excluded
 	t.update(tn, now)
 	return t.snapshot(writerID, w, now), nil
+}
+
+func (t *Tracker) isPinned(tenantID, writerID string) bool {
+	t.mtx.RLock()
+	defer t.mtx.RUnlock()
+	return t.pinned[tenantID][writerID]
+}
+
+// SetExclusions makes the excluded writers exactly those given, by tenant:
+// the exclusions replicated across the cluster, applied on every node
+// alike. A writer listed but not seen yet starts excluded when it first
+// writes. With SetExclusions in use, Exclude and Include are not.
+func (t *Tracker) SetExclusions(byTenant map[string][]string, now int64) {
+	pinned := make(map[string]map[string]bool, len(byTenant))
+	for tn, ws := range byTenant {
+		pinned[tn] = make(map[string]bool, len(ws))
+		for _, w := range ws {
+			pinned[tn][w] = true
+		}
+	}
+	t.mtx.Lock()
+	t.pinned = pinned
+	tenants := make(map[string]*tenant, len(t.tenants))
+	maps.Copy(tenants, t.tenants)
+	t.mtx.Unlock()
+	for id, tn := range tenants {
+		tn.mtx.Lock()
+		for wid, w := range tn.writers {
+			w.excluded = pinned[id][wid]
+		}
+		t.update(tn, now)
+		tn.mtx.Unlock()
+	}
+}
+
+// Pinned returns the writers of a tenant excluded through SetExclusions.
+func (t *Tracker) Pinned(tenantID string) []string {
+	t.mtx.RLock()
+	defer t.mtx.RUnlock()
+	return slices.Sorted(maps.Keys(t.pinned[tenantID]))
+}
+
+// Writer returns one writer's state at now; ok is false for a writer the
+// tenant has not had (or has forgotten).
+func (t *Tracker) Writer(tenantID, writerID string, now int64) (w Writer, ok bool) {
+	tn := t.tenant(tenantID, false)
+	if tn == nil {
+		return Writer{}, false
+	}
+	tn.mtx.Lock()
+	defer tn.mtx.Unlock()
+	t.update(tn, now)
+	if wr := tn.writers[writerID]; wr != nil {
+		return t.snapshot(writerID, wr, now), true
+	}
+	return Writer{}, false
 }
 
 // DeleteTenant forgets a tenant.

@@ -225,3 +225,34 @@ func BenchmarkObserve(b *testing.B) {
 		tr.Observe("tenant", id, int64(i), int64(i))
 	}
 }
+
+func TestReplicatedExclusions(t *testing.T) {
+	tr := newTracker(t, time.Hour)
+	now := 1000 * sec
+	tr.Observe("a", []byte("lag"), 500*sec, now)
+	tr.Observe("a", []byte("ok"), 999*sec, now)
+	// The cluster's set: "lag" and a writer this node has not seen yet.
+	tr.SetExclusions(map[string][]string{"a": {"lag", "later"}}, now)
+	if got, _ := tr.Watermark("a", now); got != 999*sec {
+		t.Fatalf("watermark = %d, want 999s with lag excluded", got/sec)
+	}
+	tr.Observe("a", []byte("later"), 100*sec, now+sec)
+	if w, ok := tr.Writer("a", "later", now+sec); !ok || w.State != Excluded {
+		t.Fatalf("a writer excluded before its first write = %+v, %v; want it excluded", w, ok)
+	}
+	if got, _ := tr.Watermark("a", now+sec); got != 999*sec {
+		t.Fatalf("watermark = %d, want 999s: the excluded newcomer holds nothing", got/sec)
+	}
+	// Out of the set, both hold again (no progress past 999s).
+	tr.SetExclusions(nil, now+2*sec)
+	tr.Observe("a", []byte("ok"), 1100*sec, now+2*sec)
+	if got, _ := tr.Watermark("a", now+2*sec); got != 999*sec {
+		t.Fatalf("watermark = %d after the exclusions ended, want it held at 999s", got/sec)
+	}
+	if w, ok := tr.Writer("a", "lag", now+2*sec); !ok || w.State != Active {
+		t.Fatalf("lag = %+v, %v; want active", w, ok)
+	}
+	if _, ok := tr.Writer("a", "nobody", now); ok {
+		t.Fatal("an unknown writer was found")
+	}
+}
