@@ -457,6 +457,11 @@ func (n *Node) readIndexLocal(ctx context.Context) (uint64, error) {
 }
 
 // waitApplied waits until the local state has reached index.
+// WaitApplied returns once this node has applied the change at index (the
+// index a write returned), so that a caller that wrote through a follower
+// reads its own write from State.
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error { return n.waitApplied(ctx, index) }
+
 func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 	for {
 		ch := n.fsm.progressCh()
