@@ -102,6 +102,11 @@ func (s *State) WriterExcluded(tenant, writer string) bool {
 	return ok
 }
 
+// ExclusionTenants returns the tenants with excluded writers, ordered.
+func (s *State) ExclusionTenants() []string {
+	return slices.Sorted(maps.Keys(s.excl))
+}
+
 // Exclusions returns a tenant's excluded writers, ordered by writer.
 func (s *State) Exclusions(tenant string) []Exclusion {
 	out := make([]Exclusion, 0, len(s.excl[tenant]))
