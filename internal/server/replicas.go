@@ -13,6 +13,8 @@ import (
 // ruleReplica keeps the ruler's API rule groups in the cluster's metadata.
 type ruleReplica struct{ node *cluster.Node }
 
+var _ alerting.Replica = ruleReplica{}
+
 func (r ruleReplica) PutGroup(ctx context.Context, tenant, namespace, name, yaml string) error {
 	i, err := r.node.PutRuleGroup(ctx, tenant, namespace, name, yaml)
 	return r.applied(ctx, i, err)
