@@ -301,10 +301,13 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	writeJSON(w, e.code, env)
 }
 
+// tenantFields says what a tenant's body holds, for a refused field.
+const tenantFields = `a tenant's body has "limits" ("ingestion_rate_spans", "ingestion_burst_spans", "ingestion_rate_bytes", "max_series_per_tenant") and "settings"`
+
 // decodeBody decodes r's JSON body into v, strictly: one object, no field
 // v does not have, at most maxBodyBytes. An empty body is an error unless
-// emptyOK.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) *apiError {
+// emptyOK. fields says what the body may hold, for a refused field.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, emptyOK bool, fields string) *apiError {
 	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
@@ -321,10 +324,10 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) *ap
 	if errors.Is(err, io.EOF) && emptyOK {
 		return nil
 	}
-	return bodyError(err)
+	return bodyError(err, fields)
 }
 
-func bodyError(err error) *apiError {
+func bodyError(err error, fields string) *apiError {
 	var (
 		tooLarge *http.MaxBytesError
 		syntax   *json.SyntaxError
@@ -347,8 +350,7 @@ func bodyError(err error) *apiError {
 		return invalidField(typ.Field, fmt.Sprintf("is a JSON %s; want %s", typ.Value, jsonKind(typ.Type.Kind().String())))
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return badData("unknown field %s in the body; a tenant has \"limits\" (%s) and \"settings\"", name,
-			`"ingestion_rate_spans", "ingestion_burst_spans", "ingestion_rate_bytes", "max_series_per_tenant"`)
+		return badData("unknown field %s in the body; %s", name, fields)
 	}
 	return badData("reading the body: %v", err)
 }

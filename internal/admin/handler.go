@@ -147,6 +147,9 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) error {
 	}
 	parts := strings.Split(rest, "/")
 	id := parts[0]
+	if id == "" {
+		return invalidField("id", "is empty; name the tenant in the path, "+Prefix+"/{id}")
+	}
 	if err := tenant.Validate(id); err != nil {
 		return invalidField("id", strings.TrimPrefix(err.Error(), "hopwatch/tenant: "))
 	}
@@ -243,7 +246,7 @@ func setETag(w http.ResponseWriter, version uint64) {
 
 func (h *handler) put(w http.ResponseWriter, r *http.Request, id string) error {
 	var spec TenantSpec
-	if err := decodeBody(w, r, &spec, false); err != nil {
+	if err := decodeBody(w, r, &spec, false, tenantFields); err != nil {
 		return err
 	}
 	pre, err := parseIfMatch(r)
@@ -269,7 +272,7 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, id string) error {
 
 func (h *handler) patch(w http.ResponseWriter, r *http.Request, id string) error {
 	var p tenantPatch
-	if err := decodeBody(w, r, &p, false); err != nil {
+	if err := decodeBody(w, r, &p, false, tenantFields); err != nil {
 		return err
 	}
 	pre, err := parseIfMatch(r)
@@ -339,7 +342,7 @@ func (h *handler) listTokens(w http.ResponseWriter, r *http.Request, id string) 
 
 func (h *handler) createToken(w http.ResponseWriter, r *http.Request, id string) error {
 	var req struct{}
-	if err := decodeBody(w, r, &req, true); err != nil {
+	if err := decodeBody(w, r, &req, true, "a token is created from an empty body or {}"); err != nil {
 		return err
 	}
 	pre, err := parseIfMatch(r)
