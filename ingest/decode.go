@@ -70,7 +70,7 @@ var reasonInfo = [numReasons]struct{ id, help string }{
 	ReasonEndBeforeStart:     {"end_before_start", "end_time_unix_nano is before start_time_unix_nano"},
 	ReasonInvalidTraceID:     {"invalid_trace_id", "trace_id is empty or all zero"},
 	ReasonLabelValueTooLong:  {"label_value_too_long", "service.name, the span name or a dimension attribute is longer than --limits.max-label-value-length"},
-	ReasonSeriesLimit:        {"per_user_series_limit", "the tenant has reached its limit of active series (--limits.max-series-per-tenant): spans of new series are refused until idle series expire (--spanmetrics.series-idle-timeout) or the limit is raised; known series are still accepted"},
+	ReasonSeriesLimit:        {"per_user_series_limit", "the tenant has reached its limit of active series (--limits.max-series-per-tenant, or the tenant's override through the admin API): spans of new series are refused until idle series expire (--spanmetrics.series-idle-timeout) or the limit is raised; known series are still accepted"},
 }
 
 // String returns the reason's fixed id.
