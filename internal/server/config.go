@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/alerting"
+	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/sampling"
@@ -34,11 +35,15 @@ type Config struct {
 	Auth AuthConfig
 	// TLS configures TLS on the web, OTLP/gRPC and OTLP/HTTP listeners.
 	TLS TLSConfig
-	// Tokens finds the tenant of a bearer token with Auth.Enabled: the
-	// tenant metadata store, which keeps token hashes only. It is not a
-	// setting but a dependency, given by whoever builds the node; nil with
-	// Auth.Enabled is refused.
+	// Tokens finds the tenant of a bearer token with Auth.Enabled. It is
+	// not a setting but a dependency: nil, the node's own store, the
+	// tenants in the cluster's replicated metadata (token hashes only, set
+	// through the admin API), answers; tests give an auth.TokenMap.
 	Tokens auth.Tokens
+	// Cluster configures the node's membership of its raft cluster, which
+	// replicates the metadata (tenants, rule groups, writer exclusions,
+	// members). A single node is a cluster of one.
+	Cluster ClusterConfig
 
 	Ingest  ingest.Options
 	Storage agg.Options
@@ -97,6 +102,75 @@ type TLSConfig struct {
 // Enabled reports whether the listeners serve TLS.
 func (c TLSConfig) Enabled() bool { return c.CertFile != "" || c.KeyFile != "" }
 
+// ClusterConfig configures the node as a member of its raft cluster (see
+// docs/cluster.md). The raft log and snapshots live in
+// <storage.path>/cluster.
+type ClusterConfig struct {
+	// NodeID names the node in the cluster, for good: raft knows it by
+	// this ID (--cluster.node-id). Empty: the ID the node stored at its
+	// first start, else the host name.
+	NodeID string
+	// RaftAddress is the raft transport's listen address
+	// (--cluster.raft-address).
+	RaftAddress string
+	// RaftAdvertiseAddress is the address other nodes dial for raft
+	// (--cluster.raft-advertise-address). Empty: RaftAddress, or, when
+	// that names no host (all addresses), this host's first private IP
+	// with RaftAddress's port.
+	RaftAdvertiseAddress string
+	// GRPCAddress is the listen address of the internal gRPC server, where
+	// other nodes reach this node's cluster service
+	// (--cluster.grpc-address). It is not the public OTLP/gRPC listener.
+	GRPCAddress string
+	// GRPCAdvertiseAddress is where other nodes reach GRPCAddress
+	// (--cluster.grpc-advertise-address), chosen as RaftAdvertiseAddress
+	// is when empty.
+	GRPCAdvertiseAddress string
+	// Join lists internal gRPC addresses of members (--cluster.join): a
+	// node without raft state asks them in turn, with backoff, to add it.
+	Join []string
+	// Bootstrap makes a node without raft state a cluster of one
+	// (--cluster.bootstrap). Set on the first node only, never with Join;
+	// hopwatch serve sets it when no --cluster.join is given. Without
+	// both, a node waits to be added through the admin API of a member.
+	// A node with raft state ignores Bootstrap and Join: it rejoins its
+	// cluster.
+	Bootstrap bool
+	// TLS secures the raft transport and the internal gRPC server and
+	// client with mutual TLS.
+	TLS ClusterTLSConfig
+
+	// Raft's timeouts: zero takes the cluster package's defaults, which
+	// suit a LAN (a new leader within about 1-2.5 s of losing the old
+	// one). They have no flags; tests shorten them.
+	ApplyTimeout       time.Duration
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	UnreachableAfter   time.Duration
+}
+
+// ClusterTLSConfig configures mutual TLS between the nodes: all three
+// files, or none.
+type ClusterTLSConfig struct {
+	// CertFile and KeyFile are the node's certificate, served to the
+	// nodes that dial it and presented to those it dials. It must name
+	// the advertised addresses (IP SANs or DNS names).
+	CertFile string
+	KeyFile  string
+	// CAFile holds the CAs that sign every node's certificate; a peer
+	// without such a certificate is refused, both ways.
+	CAFile string
+}
+
+// Enabled reports whether the cluster's connections use TLS.
+func (c ClusterTLSConfig) Enabled() bool {
+	return c.CertFile != "" || c.KeyFile != "" || c.CAFile != ""
+}
+
+// ClusterDir holds the raft log, the snapshots and the node's stored ID.
+func (c Config) ClusterDir() string { return filepath.Join(c.Storage.Dir, "cluster") }
+
 // multitenant tells whether requests name their tenant: with
 // authentication on, the middleware sets X-Scope-OrgID from the token for
 // every component behind it.
@@ -142,8 +216,16 @@ func DefaultConfig() Config {
 		WindowQuantilesEnabled: true,
 		WindowQuantiles:        windowrec.DefaultOptions(),
 		Alerting:               alerting.DefaultOptions(),
+		Cluster: ClusterConfig{
+			RaftAddress: ":" + cluster.DefaultRaftPort,
+			GRPCAddress: ":" + DefaultClusterGRPCPort,
+			Bootstrap:   true,
+		},
 	}
 }
+
+// DefaultClusterGRPCPort is the internal gRPC server's port.
+const DefaultClusterGRPCPort = "9802"
 
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
@@ -167,15 +249,11 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		add(fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
 	}
-	if c.Auth.Enabled && c.Tokens == nil {
-		add(errors.New("auth.enabled: there is no store of tenants' tokens to check bearer tokens against: " +
-			"hopwatch keeps them in its cluster metadata, which this node does not serve yet; " +
-			"until it does, run with authentication off behind a gateway that authenticates and sets X-Scope-OrgID (--auth.multitenancy-enabled)"))
-	}
 	if c.Auth.AdminTokenFile != "" && !c.Auth.Enabled {
 		add(errors.New("auth.admin-token-file: set without auth.enabled; admin tokens are checked only with authentication on"))
 	}
 	add(c.TLS.validate())
+	add(c.Cluster.validate())
 	if err := c.Ingest.Validate(); err != nil {
 		add(fmt.Errorf("ingest: %w", err))
 	}
@@ -233,4 +311,85 @@ func (c TLSConfig) validate() error {
 		errs = append(errs, errors.New("tls.require-client-cert: needs tls.client-ca-file, the CAs that sign the client certificates"))
 	}
 	return errors.Join(errs...)
+}
+
+// validate reports every problem with the cluster settings, naming the
+// flag. The node ID's rule is the cluster's (raft IDs).
+func (c ClusterConfig) validate() error {
+	var errs []error
+	if c.NodeID != "" {
+		if err := validNodeID(c.NodeID); err != nil {
+			errs = append(errs, fmt.Errorf("cluster.node-id: %w", err))
+		}
+	}
+	listen := func(flag, v string) (host, port string) {
+		host, port, err := net.SplitHostPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", flag, v, err))
+		}
+		return host, port
+	}
+	advertise := func(flag, v string) {
+		if v == "" {
+			return
+		}
+		host, port, err := net.SplitHostPort(v)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", flag, v, err))
+		case host == "" || isUnspecified(host):
+			errs = append(errs, fmt.Errorf("%s: %q names no host that other nodes can dial; give this node's IP address or DNS name", flag, v))
+		case port == "" || port == "0":
+			errs = append(errs, fmt.Errorf("%s: %q has no port; give the port the listener is on", flag, v))
+		}
+	}
+	raftHost, raftPort := listen("cluster.raft-address", c.RaftAddress)
+	listen("cluster.grpc-address", c.GRPCAddress)
+	advertise("cluster.raft-advertise-address", c.RaftAdvertiseAddress)
+	advertise("cluster.grpc-advertise-address", c.GRPCAdvertiseAddress)
+	if raftPort == "0" && (raftHost == "" || isUnspecified(raftHost)) && c.RaftAdvertiseAddress == "" {
+		// The advertised address is fixed before the transport listens:
+		// raft records it in its configuration.
+		errs = append(errs, fmt.Errorf("cluster.raft-address: %q picks a port on every address, which cannot be advertised; give a port, a host (127.0.0.1:0 in tests), or cluster.raft-advertise-address", c.RaftAddress))
+	}
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			errs = append(errs, fmt.Errorf("cluster.join: %q is not host:port (a member's cluster.grpc-address): %w", j, err))
+		}
+	}
+	if c.Bootstrap && len(c.Join) > 0 {
+		errs = append(errs, errors.New("cluster.bootstrap: set together with cluster.join; bootstrap the first node only, and let the others join it"))
+	}
+	t := c.TLS
+	if t.Enabled() {
+		for _, f := range []struct{ flag, v string }{
+			{"cluster.tls.cert-file", t.CertFile}, {"cluster.tls.key-file", t.KeyFile}, {"cluster.tls.ca-file", t.CAFile},
+		} {
+			if f.v == "" {
+				errs = append(errs, fmt.Errorf("%s: needed with the other cluster.tls settings; cluster TLS is mutual and takes all three files", f.flag))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validNodeID checks an ID against the cluster's rule for member IDs.
+func validNodeID(id string) error {
+	if len(id) == 0 || len(id) > maxNodeIDBytes {
+		return fmt.Errorf("%q: use 1 to %d characters", id, maxNodeIDBytes)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return fmt.Errorf("%q: use only A-Z, a-z, 0-9, '.', '-' and '_'", id)
+		}
+	}
+	return nil
+}
+
+// maxNodeIDBytes is the cluster's bound on a member ID.
+const maxNodeIDBytes = 128
+
+func isUnspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }

@@ -46,6 +46,7 @@ func startServerReg(t *testing.T, reg *prometheus.Registry, mutate func(*server.
 	cfg.OTLPHTTPListenAddress = "127.0.0.1:0"
 	cfg.FlushInterval = time.Second
 	cfg.Storage.Dir = t.TempDir()
+	testCluster(&cfg.Cluster)
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -59,6 +60,20 @@ func startServerReg(t *testing.T, reg *prometheus.Registry, mutate func(*server.
 	})
 	waitFor(t, "server ready", srv.Ready)
 	return srv, srv.Addrs()
+}
+
+// testCluster puts the node's cluster listeners on loopback ephemeral ports
+// and shortens raft's timeouts, so that a node elects itself within a
+// fraction of a second; writes may wait long on a loaded machine.
+func testCluster(c *server.ClusterConfig) {
+	c.NodeID = "n1"
+	c.RaftAddress = "127.0.0.1:0"
+	c.GRPCAddress = "127.0.0.1:0"
+	c.ApplyTimeout = 10 * time.Second
+	c.HeartbeatTimeout = 300 * time.Millisecond
+	c.ElectionTimeout = 300 * time.Millisecond
+	c.LeaderLeaseTimeout = 150 * time.Millisecond
+	c.UnreachableAfter = time.Second
 }
 
 // waitFor polls cond until it holds; it waits for the system to converge

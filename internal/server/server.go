@@ -20,10 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/prometheus/rules"
 	promstorage "github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/fileutil"
 	v1 "github.com/prometheus/prometheus/web/api/v1"
 	"google.golang.org/grpc"
 
 	"github.com/hopwatch/hopwatch/alerting"
+	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/ingest"
 	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/sampling"
@@ -54,6 +56,26 @@ type Server struct {
 	auth *auth.Authenticator
 	// tls is the public listeners' TLS configuration; nil with TLS off.
 	tls *tls.Config
+	// tokens is the token store when Config.Tokens is nil: the tenants in
+	// the cluster's metadata.
+	tokens clusterTokens
+	// clusterTLS secures the cluster's connections; nil with cluster TLS
+	// off.
+	clusterTLS *tls.Config
+	// node is this node's membership of its raft cluster, which holds the
+	// metadata; set by Start.
+	node *cluster.Node
+	// clusterGRPC is the internal gRPC server (cluster.grpc-address),
+	// clusterLn its listener; clusterLock holds the cluster directory.
+	clusterGRPC *grpc.Server
+	clusterLn   net.Listener
+	clusterLock fileutil.Releaser
+	// raftAddr and clusterGRPCAddr are the addresses the node advertises.
+	raftAddr, clusterGRPCAddr string
+	// clusterStop ends the join and the following of the replicated
+	// writer exclusions; clusterWG waits for them.
+	clusterStop context.CancelFunc
+	clusterWG   sync.WaitGroup
 	// sampler sets the raw tier's sampling level; nil with sampling or the
 	// raw tier off.
 	sampler *sampling.Controller
@@ -106,9 +128,16 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		flushed: make(chan struct{}),
 	}
 	var err error
+	if cfg.Tokens == nil {
+		cfg.Tokens = &s.tokens
+	}
 	if s.auth, err = newAuthenticator(cfg, reg, logger.With("component", "auth")); err != nil {
 		return nil, err
 	}
+	if s.clusterTLS, err = newClusterTLS(cfg.Cluster.TLS); err != nil {
+		return nil, fmt.Errorf("cluster.tls: %w", err)
+	}
+	logClusterSecurity(cfg, logger)
 	if s.tls, err = newServerTLS(cfg.TLS); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
@@ -137,14 +166,7 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		return s.ruler.RulesRetriever(ctx)
 	}
 	qopts.Alertmanagers = alertmanagers{s}
-	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), query.RawStorageFunc(s.rawTenantDB), s.Ready, reg, logger.With("component", "query"))
-	if err != nil {
-		return nil, err
-	}
-	aopts := cfg.Alerting
-	aopts.Dir = cfg.RulesDir()
-	aopts.TenantLabel = cfg.multitenant()
-	s.ruler, err = alerting.New(aopts, rulerDeps{s}, reg, logger.With("component", "ruler"))
+	s.api, err = query.New(qopts, query.StorageFunc(s.tenantDB), query.RawStorageFunc(s.rawTenantDB), s.storageReady, reg, logger.With("component", "query"))
 	if err != nil {
 		return nil, err
 	}
@@ -324,15 +346,36 @@ func (s *Server) windowSink(id string) promstorage.Appendable {
 	return nil
 }
 
-// Ready tells whether the WAL replay is done and spans are accepted.
-func (s *Server) Ready() bool { return s.store.Load() != nil }
+// Ready tells whether the node is ready: its storage has replayed its WAL
+// and accepts spans, and it has caught up with its cluster's leader.
+func (s *Server) Ready() bool { return s.storageReady() && s.clusterReady() }
 
-// Addrs are the bound listen addresses (useful with port 0).
-type Addrs struct{ Web, OTLPGRPC, OTLPHTTP string }
+// storageReady tells whether the WAL replay is done and spans are accepted.
+func (s *Server) storageReady() bool { return s.store.Load() != nil }
+
+// clusterReady tells whether the node has applied everything its cluster's
+// leader had committed when the node first asked after starting.
+func (s *Server) clusterReady() bool { return s.node != nil && s.node.Ready() }
+
+// Node returns the node's cluster membership; valid after Start.
+func (s *Server) Node() *cluster.Node { return s.node }
+
+// Addrs are the bound listen addresses (useful with port 0), and the
+// addresses the node advertises to the other members of its cluster.
+type Addrs struct {
+	Web, OTLPGRPC, OTLPHTTP string
+	// ClusterRaft is the raft transport's advertised address.
+	ClusterRaft string
+	// ClusterGRPC is the internal gRPC server's advertised address, the
+	// one to list in another node's cluster.join.
+	ClusterGRPC string
+}
 
 // Addrs returns the bound addresses; valid after Start.
 func (s *Server) Addrs() Addrs {
-	return Addrs{Web: s.webLn.Addr().String(), OTLPGRPC: s.grpcLn.Addr().String(), OTLPHTTP: s.httpLn.Addr().String()}
+	a := Addrs{Web: s.webLn.Addr().String(), OTLPGRPC: s.grpcLn.Addr().String(), OTLPHTTP: s.httpLn.Addr().String()}
+	a.ClusterRaft, a.ClusterGRPC = s.raftAddr, s.clusterGRPCAddr
+	return a
 }
 
 // Start binds the listeners and serves. Storage opens (replaying its WAL)
@@ -354,11 +397,23 @@ func (s *Server) Start() error {
 	s.webLn = listen(s.cfg.WebListenAddress)
 	s.grpcLn = listen(s.cfg.OTLPGRPCListenAddress)
 	s.httpLn = listen(s.cfg.OTLPHTTPListenAddress)
+	s.clusterLn = listen(s.cfg.Cluster.GRPCAddress)
+	if err == nil {
+		err = s.openCluster()
+	}
+	if err == nil {
+		err = s.newRuler()
+	}
 	if err != nil {
-		for _, ln := range []net.Listener{s.webLn, s.grpcLn, s.httpLn} {
+		for _, ln := range []net.Listener{s.webLn, s.grpcLn, s.httpLn, s.clusterLn} {
 			if ln != nil {
 				ln.Close()
 			}
+		}
+		if s.node != nil {
+			_ = s.node.Shutdown()
+			_ = s.clusterLock.Release()
+			s.node = nil
 		}
 		return err
 	}
@@ -387,8 +442,11 @@ func (s *Server) Start() error {
 	s.goServe("web", serveHTTP(s.web, s.webLn))
 	s.goServe("otlp-http", serveHTTP(s.otlpHTTP, s.httpLn))
 	s.goServe("otlp-grpc", func() error { return s.grpc.Serve(s.grpcLn) })
+	s.goServe("cluster-grpc", func() error { return s.clusterGRPC.Serve(s.clusterLn) })
 	s.logger.Info("listening", "web", s.webLn.Addr().String(), "otlp_grpc", s.grpcLn.Addr().String(), "otlp_http", s.httpLn.Addr().String(),
-		"tls", s.tls != nil, "auth", s.auth != nil)
+		"cluster_raft", s.raftAddr, "cluster_grpc", s.clusterGRPCAddr, "node_id", s.node.ID(),
+		"tls", s.tls != nil, "cluster_tls", s.clusterTLS != nil, "auth", s.auth != nil)
+	s.startCluster()
 
 	s.wg.Add(1)
 	go func() {
@@ -429,6 +487,21 @@ func (s *Server) Start() error {
 		}
 		s.flushLoop(st)
 	}()
+	return nil
+}
+
+// newRuler builds the ruler, its API's rule groups kept in the cluster's
+// metadata.
+func (s *Server) newRuler() error {
+	aopts := s.cfg.Alerting
+	aopts.Dir = s.cfg.RulesDir()
+	aopts.TenantLabel = s.cfg.multitenant()
+	aopts.Replica = ruleReplica{s.node}
+	r, err := alerting.New(aopts, rulerDeps{s}, s.reg, s.logger.With("component", "ruler"))
+	if err != nil {
+		return err
+	}
+	s.ruler = r
 	return nil
 }
 
@@ -483,7 +556,8 @@ func (s *Server) flushLoop(st *agg.Store) {
 func (s *Server) Err() <-chan error { return s.errc }
 
 // Shutdown drains in-flight exports, flushes the aggregates, checkpoints and
-// closes storage, then stops the web server.
+// closes storage, stops the web server, and last stops the node's part in
+// its cluster (it stays a member: see POST /api/v1/admin/cluster/leave).
 func (s *Server) Shutdown(ctx context.Context) error {
 	var errs []error
 	s.stopOnce.Do(func() {
@@ -503,6 +577,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		close(s.stop)
 		<-s.flushed
+		if s.clusterStop != nil {
+			s.clusterStop()
+			s.clusterWG.Wait()
+		}
 		s.ruler.Stop()
 		if st := s.store.Load(); st != nil {
 			if err := st.Flush(ctx, time.Now()); err != nil {
@@ -519,6 +597,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if err := s.web.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("web shutdown: %w", err))
+		}
+		// The cluster goes last: the API and the components above read and
+		// write the metadata until they stop.
+		if err := s.closeCluster(ctx); err != nil {
+			errs = append(errs, err)
 		}
 		s.wg.Wait()
 	})
@@ -567,6 +650,9 @@ func (s *Server) webHandler() http.Handler {
 			return s.cfg.Flags
 		})))
 	}
+	// The cluster: its status, and membership changes.
+	mux.Handle("/api/v1/cluster", s.adminOnly(s.clusterHandler()))
+	mux.Handle("/api/v1/admin/cluster/", s.adminOnly(s.clusterAdminHandler()))
 	// Administration.
 	mux.Handle("/-/reload", s.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodPut {
@@ -598,12 +684,16 @@ func (s *Server) webHandler() http.Handler {
 		fmt.Fprintln(w, "hopwatch is Healthy.")
 	})
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.Ready() {
+		switch {
+		case !s.storageReady():
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintln(w, "hopwatch is not ready: replaying the WAL.")
-			return
+		case !s.clusterReady():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "hopwatch is not ready: not caught up with the cluster's leader (see GET /api/v1/cluster).")
+		default:
+			fmt.Fprintln(w, "hopwatch is Ready.")
 		}
-		fmt.Fprintln(w, "hopwatch is Ready.")
 	})
 	return mux
 }
