@@ -59,9 +59,15 @@ func TestBadConfigIsRefused(t *testing.T) {
 		`web.listen-address: "nohostport" is not host:port`,
 		"ClassicBuckets[1] = 0.05: bounds must increase")
 	f("auth.bad.yml",
-		"auth.enabled: there is no store of tenants' tokens",
 		"tls.cert-file: needed with tls.key-file",
 		"tls.require-client-cert: needs tls.client-ca-file")
+	f("cluster.bad.yml",
+		`cluster.node-id: "node one": use only A-Z, a-z, 0-9`,
+		`cluster.raft-address: "9801" is not host:port`,
+		`cluster.raft-advertise-address: "0.0.0.0:9801" names no host that other nodes can dial`,
+		`cluster.join: "node2" is not host:port`,
+		"cluster.bootstrap: set together with cluster.join",
+		"cluster.tls.key-file: needed", "cluster.tls.ca-file: needed")
 	f("admin-without-auth.bad.yml",
 		"auth.admin-token-file: set without auth.enabled",
 		"tls.client-ca-file: set without tls.cert-file and tls.key-file")
@@ -99,4 +105,42 @@ func TestVersion(t *testing.T) {
 	var stdout bytes.Buffer
 	require.Equal(t, 0, run([]string{"--version"}, &stdout, &bytes.Buffer{}))
 	require.Contains(t, stdout.String(), "hopwatch version ")
+}
+
+func TestClusterFlags(t *testing.T) {
+	cfg, _, err := setup("serve", nil, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, server.ClusterConfig{RaftAddress: ":9801", GRPCAddress: ":9802", Bootstrap: true}, cfg.Cluster,
+		"alone, a node bootstraps a cluster of one on the standard ports")
+
+	cfg, _, err = setup("serve", []string{"--config.file=testdata/cluster.good.yml"}, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, server.ClusterConfig{
+		NodeID: "hopwatch-2", RaftAddress: "10.0.0.2:9801", GRPCAddress: "10.0.0.2:9802",
+		Join:      []string{"10.0.0.1:9802", "10.0.0.3:9802"},
+		Bootstrap: false,
+		TLS:       server.ClusterTLSConfig{CertFile: "/etc/hopwatch/node.pem", KeyFile: "/etc/hopwatch/node-key.pem", CAFile: "/etc/hopwatch/cluster-ca.pem"},
+	}, cfg.Cluster, "a node told where to join does not bootstrap")
+	require.Contains(t, cfg.ConfigYAML, "cluster.bootstrap: \"false\"\n")
+	require.Equal(t, "/var/lib/hopwatch/cluster", cfg.ClusterDir())
+
+	cfg, _, err = setup("serve", []string{"--cluster.join=10.0.0.1:9802", "--cluster.join=10.0.0.3:9802",
+		"--cluster.raft-advertise-address=10.0.0.2:9801", "--cluster.grpc-advertise-address=hopwatch-2.internal:9802"}, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.0.0.1:9802", "10.0.0.3:9802"}, cfg.Cluster.Join)
+	require.False(t, cfg.Cluster.Bootstrap)
+	require.Equal(t, "10.0.0.2:9801", cfg.Cluster.RaftAdvertiseAddress)
+	require.Equal(t, "hopwatch-2.internal:9802", cfg.Cluster.GRPCAdvertiseAddress)
+
+	// A node that waits to be added through the admin API.
+	cfg, _, err = setup("serve", []string{"--cluster.bootstrap=false"}, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.False(t, cfg.Cluster.Bootstrap)
+	require.Empty(t, cfg.Cluster.Join)
+
+	// Both, given, contradict each other.
+	cfg, _, err = setup("serve", []string{"--cluster.bootstrap", "--cluster.join=10.0.0.1:9802"}, server.DefaultConfig(), &bytes.Buffer{})
+	require.NoError(t, err)
+	require.ErrorContains(t, cfg.Validate(), "cluster.bootstrap: set together with cluster.join")
 }

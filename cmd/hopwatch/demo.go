@@ -19,6 +19,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	def := server.DefaultConfig()
 	def.FlushInterval = time.Second
 	def.Storage.Dir = ""
+	// A demo node is a cluster of one that nobody joins: its cluster ports
+	// stay on loopback, out of the way of a real node on 9801 and 9802.
+	def.Cluster.RaftAddress = "127.0.0.1:0"
+	def.Cluster.GRPCAddress = "127.0.0.1:0"
 	cfg, logger, err := setup("demo", args, def, stderr)
 	if err != nil {
 		return err

@@ -85,6 +85,15 @@ func setup(name string, args []string, cfg server.Config, stderr io.Writer) (ser
 			return cfg, nil, fmt.Errorf("config file refused:\n%w", err)
 		}
 	}
+	// --cluster.bootstrap defaults to true without --cluster.join only: a
+	// node told where to join does not start a cluster of its own.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["cluster.bootstrap"] && len(cfg.Cluster.Join) > 0 {
+		if err := fs.Set("cluster.bootstrap", "false"); err != nil {
+			return cfg, nil, err
+		}
+	}
 	logger, err := newLogger(lo, stderr)
 	if err != nil {
 		return cfg, nil, err

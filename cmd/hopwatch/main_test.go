@@ -39,7 +39,8 @@ func startProc(t *testing.T, args ...string) *proc {
 		t.Fatal(err)
 	}
 	args = append([]string{"serve", "--log.format=json",
-		"--web.listen-address=127.0.0.1:0", "--otlp.grpc.listen-address=127.0.0.1:0", "--otlp.http.listen-address=127.0.0.1:0"}, args...)
+		"--web.listen-address=127.0.0.1:0", "--otlp.grpc.listen-address=127.0.0.1:0", "--otlp.http.listen-address=127.0.0.1:0",
+		"--cluster.raft-address=127.0.0.1:0", "--cluster.grpc-address=127.0.0.1:0"}, args...)
 	p := &proc{cmd: exec.Command(exe, args...), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "HOPWATCH_TEST_RUN_MAIN=1")
 	stderr, err := p.cmd.StderrPipe()
