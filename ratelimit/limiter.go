@@ -1,0 +1,485 @@
+package ratelimit
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Limiter.
+type Options struct {
+	// Name is the limited quantity, such as "spans" or "bytes": the value
+	// of the limit label on the limiter's metrics and the limiter's key in
+	// the exchange, so every node names it the same. Lower case letters,
+	// digits and underscores.
+	Name string
+	// Default is every tenant's cluster-wide limit unless SetTenantLimits
+	// overrides it (the --limits.* flags).
+	Default Limit
+	// IdleTimeout: a tenant without decisions for this long (and whose
+	// bucket has refilled) is forgotten, with its metric series. 0 means
+	// 10 minutes.
+	IdleTimeout time.Duration
+	// Clock is the monotonic clock; nil means MonotonicClock().
+	Clock Clock
+}
+
+// DefaultOptions returns the options of a spans limiter without a limit.
+func DefaultOptions() Options {
+	return Options{Name: "spans", IdleTimeout: 10 * time.Minute}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// EnsureDefaults fills zero fields.
+func (o *Options) EnsureDefaults() {
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 10 * time.Minute
+	}
+	if o.Clock == nil {
+		o.Clock = MonotonicClock()
+	}
+}
+
+// Validate reports every invalid field.
+func (o Options) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(o.Name) {
+		errs = append(errs, fmt.Errorf("hopwatch/ratelimit: Name %q: want lower case letters, digits and underscores", o.Name))
+	}
+	if err := o.Default.validate("Default"); err != nil {
+		errs = append(errs, err)
+	}
+	if o.IdleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("hopwatch/ratelimit: IdleTimeout %v is negative", o.IdleTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// rebaseAfter bounds a bucket's age: token time grows at the bucket's rate
+// from its epoch and must stay within 63 bits (at maxRate, 106 days).
+// Maintenance replaces older buckets by equal ones with a new epoch.
+const rebaseAfter = int64(time.Hour)
+
+// Limiter admits or refuses batches of one quantity per tenant, on this
+// node, from the node's share of each tenant's cluster-wide limit.
+//
+// Threading: every method is safe for concurrent use. AllowN, Allow and
+// ReturnN take no lock and do not allocate once the tenant is known; the
+// first decision of a tenant (or after its eviction) takes the limiter's
+// mutex to create it. An Exchange maintains the limiter: it sets shares
+// and evicts idle tenants; without one, every node admits the whole limit.
+type Limiter struct {
+	name  string
+	clock Clock
+	idle  int64
+
+	// tenants maps a tenant ID to its *tenant. sync.Map reads are lock-free
+	// and do not allocate, which a striped map under read locks would not
+	// give: the reader count of the hot stripe would be one more line that
+	// every core writes.
+	tenants sync.Map
+
+	// mu serialises changes of conf, tenant creation and eviction; conf is
+	// read without it.
+	mu   sync.Mutex
+	conf atomic.Pointer[limitsConf]
+
+	metrics *limiterMetrics
+	logger  *slog.Logger
+}
+
+// limitsConf is the limiter's configuration at one moment; replaced, never
+// changed.
+type limitsConf struct {
+	def       Limit
+	overrides map[string]Limit
+	// nodes is the number of live members: a tenant whose owner has not
+	// answered admits 1/nodes of its limit here.
+	nodes int
+}
+
+func (c *limitsConf) limit(tenant string) Limit {
+	if o, ok := c.overrides[tenant]; ok {
+		return o.resolve(c.def)
+	}
+	return c.def.resolve(Limit{})
+}
+
+// New returns a limiter. A nil registerer registers nothing, a nil logger
+// discards.
+func New(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*Limiter, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Limiter{
+		name:   opts.Name,
+		clock:  opts.Clock,
+		idle:   int64(opts.IdleTimeout),
+		logger: logger.With("component", "ratelimit", "limit", opts.Name),
+	}
+	l.conf.Store(&limitsConf{def: opts.Default, nodes: 1})
+	m, err := newLimiterMetrics(l, reg)
+	if err != nil {
+		return nil, err
+	}
+	l.metrics = m
+	return l, nil
+}
+
+// Name returns the limited quantity's name (Options.Name).
+func (l *Limiter) Name() string { return l.name }
+
+// Allow is AllowN(tenant, 1).
+func (l *Limiter) Allow(tenant string) Decision { return l.AllowN(tenant, 1) }
+
+// AllowN decides on a batch of n units (spans, bytes) of a tenant at once:
+// either all are admitted or none. The decision reads the monotonic clock
+// and the tenant's bucket, nothing else: no lock, no network, no
+// allocation once the tenant is known. n <= 0 is admitted.
+func (l *Limiter) AllowN(tenant string, n int64) Decision {
+	n = max(n, 0)
+	now := l.clock.Now()
+	t := l.tenant(tenant)
+	for {
+		b := t.b.Load()
+		o, missing := b.take(now, n)
+		switch o {
+		case admitted:
+			t.admitted.Add(n)
+			return Decision{Allowed: true, Global: b.global, Local: b.localLimit()}
+		case refused:
+			t.refused.Add(n)
+			return Decision{RetryAfter: b.wait(missing), Global: b.global, Local: b.localLimit()}
+		}
+		t = l.current(t, b, tenant)
+	}
+}
+
+// ReturnN gives back n units that AllowN admitted for tenant when the
+// batch was refused after all (by another limit): they go back into the
+// bucket, up to its size. The admission stays counted.
+func (l *Limiter) ReturnN(tenantID string, n int64) {
+	if n <= 0 {
+		return
+	}
+	now := l.clock.Now()
+	v, ok := l.tenants.Load(tenantID)
+	if !ok {
+		return // evicted since: its bucket was full
+	}
+	t := v.(*tenant)
+	for {
+		b := t.b.Load()
+		if b.give(now, n) == admitted {
+			return
+		}
+		if b.gone {
+			return
+		}
+		t = l.current(t, b, tenantID)
+	}
+}
+
+// current returns the tenant to try again after its bucket b was found
+// retired: the same tenant once its new bucket is in place, or the
+// tenant's new record if it was evicted.
+func (l *Limiter) current(t *tenant, b *bucket, id string) *tenant {
+	if b.gone {
+		return l.tenant(id)
+	}
+	if t.b.Load() == b {
+		// A reconfiguration is between retiring b and storing its
+		// successor, a few instructions away.
+		runtime.Gosched()
+	}
+	return t
+}
+
+func (l *Limiter) tenant(id string) *tenant {
+	if v, ok := l.tenants.Load(id); ok {
+		return v.(*tenant)
+	}
+	return l.create(id)
+}
+
+// create makes a tenant's record with a full bucket at the share every
+// node assumes before the owner answers: 1/nodes.
+func (l *Limiter) create(id string) *tenant {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if v, ok := l.tenants.Load(id); ok {
+		return v.(*tenant)
+	}
+	// The ID may be a view into a request buffer: keep a copy.
+	id = strings.Clone(id)
+	c := l.conf.Load()
+	now := l.clock.Now()
+	t := &tenant{id: id}
+	t.share = 1 / float64(c.nodes)
+	t.lastAt, t.idleSince = now, now
+	g := c.limit(id)
+	t.b.Store(newBucket(now, localLimit(g, t.share, c.nodes), g, math.MaxInt64))
+	l.tenants.Store(id, t)
+	l.metrics.tenants.Inc()
+	return t
+}
+
+// SetTenantLimits replaces every tenant's override of the default limit
+// (a zero field keeps the default's). Tenants not in overrides go back to
+// the default. An invalid override is refused, naming the tenant, and
+// that tenant keeps the default; the others apply. Buckets keep their
+// level (up to the new size): a raised limit refills faster, it does not
+// refill at once.
+func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
+	var errs []error
+	valid := make(map[string]Limit, len(overrides))
+	for _, id := range slices.Sorted(maps.Keys(overrides)) {
+		if err := overrides[id].validate("tenant " + id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		valid[id] = overrides[id]
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.conf.Load()
+	c := &limitsConf{def: old.def, overrides: valid, nodes: old.nodes}
+	l.conf.Store(c)
+	now := l.clock.Now()
+	l.tenants.Range(func(_, v any) bool {
+		t := v.(*tenant)
+		t.mu.Lock()
+		if g := c.limit(t.id); g != t.b.Load().global {
+			t.reconfigure(now, g, t.share, c.nodes)
+		}
+		t.mu.Unlock()
+		return true
+	})
+	return errors.Join(errs...)
+}
+
+// Limit returns the tenant's cluster-wide limit.
+func (l *Limiter) Limit(tenant string) Limit { return l.conf.Load().limit(tenant) }
+
+// setNodes sets the number of live members. Tenants the owner has not
+// answered for take 1/nodes of their limit; every bucket's floor (burst /
+// nodes) follows.
+func (l *Limiter) setNodes(nodes int) {
+	nodes = max(nodes, 1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.conf.Load()
+	if old.nodes == nodes {
+		return
+	}
+	c := &limitsConf{def: old.def, overrides: old.overrides, nodes: nodes}
+	l.conf.Store(c)
+	now := l.clock.Now()
+	l.tenants.Range(func(_, v any) bool {
+		t := v.(*tenant)
+		t.mu.Lock()
+		if t.state != shareAssigned {
+			t.share = 1 / float64(nodes)
+		}
+		t.reconfigure(now, t.b.Load().global, t.share, nodes)
+		t.mu.Unlock()
+		return true
+	})
+}
+
+// shareState says where a tenant's share on this node comes from.
+type shareState uint8
+
+const (
+	// shareInitial: 1/nodes, until the owner first answers.
+	shareInitial shareState = iota
+	// shareAssigned: the owner's answer.
+	shareAssigned
+	// shareFallback: 1/nodes, because the owner has not answered for the
+	// exchange timeout.
+	shareFallback
+)
+
+// tenant is one tenant's record in a Limiter.
+//
+// Layout: b is read by every decision and written about once per exchange
+// interval; the counters are written by every decision; the rest belongs to
+// the exchange. Each group has its own cache line, so that the counters'
+// traffic between cores never evicts the bucket pointer from a reader's
+// cache. The two counters share a line: a decision writes one of them, and
+// two lines would double the lines a mixed stream moves between cores.
+type tenant struct {
+	b  atomic.Pointer[bucket]
+	id string
+	_  [cacheLine - 8 - 16]byte
+
+	admitted atomic.Int64 // units
+	refused  atomic.Int64 // units
+	_        [cacheLine - 16]byte
+
+	// Under mu: written by the exchange and by reconfigurations.
+	mu                  sync.Mutex
+	share               float64
+	state               shareState
+	assignedAt          int64 // monotonic ns of the owner's last answer
+	lastOffered, lastAt int64 // admitted+refused at the last sweep, and when
+	idleSince           int64 // monotonic ns of the last sweep that saw no decision
+	demand              float64
+}
+
+// reconfigure replaces the tenant's bucket by one for the global limit g at
+// the given share, with the old bucket's level. The old bucket's final
+// state comes from an atomic swap, so no decision on it is lost. t.mu is
+// held.
+func (t *tenant) reconfigure(now int64, g Limit, share float64, nodes int) {
+	old := t.b.Load()
+	if old.gone {
+		return
+	}
+	level := old.retire(now)
+	t.b.Store(newBucket(now, localLimit(g, share, nodes), g, level))
+}
+
+// localLimit is this node's part of a tenant's global limit: the share of
+// its rate, and the share of its burst but no less than burst/nodes, so
+// that a node whose demand was small can still take a batch that the
+// even split would take.
+func localLimit(g Limit, share float64, nodes int) Limit {
+	if g.Unlimited() {
+		return g
+	}
+	share = min(max(share, 0), 1)
+	burst := math.Ceil(float64(g.Burst) * max(share, 1/float64(max(nodes, 1))))
+	return Limit{Rate: g.Rate * share, Burst: max(int64(burst), 1)}
+}
+
+func (b *bucket) localLimit() Limit {
+	if b.unlimited {
+		return b.global
+	}
+	return Limit{Rate: b.perSec, Burst: b.burst}
+}
+
+// tenantDemand is one tenant's demand measured by sweep.
+type tenantDemand struct {
+	t      *tenant
+	demand float64 // units per second offered since the last sweep
+}
+
+// sweep measures each tenant's demand since the last sweep, appends it to
+// dst, evicts the tenants idle for the idle timeout whose bucket is full,
+// and rebases old buckets. The exchange calls it once per interval.
+func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.conf.Load()
+	l.tenants.Range(func(_, v any) bool {
+		t := v.(*tenant)
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		offered := t.admitted.Load() + t.refused.Load()
+		if offered != t.lastOffered {
+			t.idleSince = now
+		}
+		if dt := now - t.lastAt; dt > 0 {
+			t.demand = float64(offered-t.lastOffered) * 1e9 / float64(dt)
+		}
+		t.lastOffered, t.lastAt = offered, now
+		b := t.b.Load()
+		if now-t.idleSince >= l.idle && l.evict(now, t) {
+			return true
+		}
+		if now-b.epoch >= rebaseAfter {
+			t.reconfigure(now, b.global, t.share, c.nodes)
+		}
+		dst = append(dst, tenantDemand{t: t, demand: t.demand})
+		return true
+	})
+	return dst
+}
+
+// evict forgets an idle tenant if its bucket is full: a new record starts
+// full, so forgetting loses nothing. A decision racing the eviction finds
+// the gone bucket and looks the tenant up again. l.mu and t.mu are held.
+func (l *Limiter) evict(now int64, t *tenant) bool {
+	old := t.b.Load()
+	level := old.retire(now)
+	if !old.unlimited && level < old.burst {
+		// Not refilled yet (or used since the last sweep): keep it.
+		t.b.Store(newBucket(now, old.localLimit(), old.global, level))
+		return false
+	}
+	gone := &bucket{}
+	gone.gone = true
+	gone.full.Store(retired)
+	t.b.Store(gone)
+	l.tenants.Delete(t.id)
+	l.metrics.tenants.Dec()
+	l.metrics.evictions.Inc()
+	l.logger.Debug("idle tenant evicted", "tenant", t.id)
+	return true
+}
+
+// applyShare sets a tenant's share as its owner answered it.
+func (l *Limiter) applyShare(now int64, t *tenant, share float64) {
+	c := l.conf.Load()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.state, t.assignedAt = shareAssigned, now
+	if b := t.b.Load(); share != t.share || b.global != c.limit(t.id) {
+		t.share = share
+		t.reconfigure(now, c.limit(t.id), share, c.nodes)
+	}
+}
+
+// fallBack sets the even split on a tenant whose owner did not answer,
+// unless the owner's last answer is younger than timeout ns: a share known
+// a moment ago is closer to right than the even split.
+func (l *Limiter) fallBack(now int64, t *tenant, timeout int64) {
+	c := l.conf.Load()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state == shareFallback || t.state == shareAssigned && now-t.assignedAt < timeout {
+		return
+	}
+	if t.state == shareAssigned {
+		l.logger.Warn("tenant's share falls back to the even split: its owner has not answered", "tenant", t.id, "nodes", c.nodes)
+	}
+	t.state = shareFallback
+	if share := 1 / float64(c.nodes); share != t.share {
+		t.share = share
+		t.reconfigure(now, c.limit(t.id), share, c.nodes)
+	}
+}
+
+// countFallback sets the fallback gauge: tenants at the even split because
+// their owner did not answer.
+func (l *Limiter) countFallback() {
+	var n int
+	l.tenants.Range(func(_, v any) bool {
+		t := v.(*tenant)
+		t.mu.Lock()
+		if t.state == shareFallback {
+			n++
+		}
+		t.mu.Unlock()
+		return true
+	})
+	l.metrics.fallback.Set(float64(n))
+}
