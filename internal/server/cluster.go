@@ -226,6 +226,7 @@ func (s *Server) openCluster() (err error) {
 	s.clusterGRPC = grpc.NewServer(opts...)
 	node.RegisterGRPC(s.clusterGRPC)
 	s.node, s.clusterLock = node, lock
+	s.clusterCtx, s.clusterStop = context.WithCancel(context.Background())
 	s.tokens.node.Store(node)
 	return nil
 }
@@ -234,8 +235,7 @@ func (s *Server) openCluster() (err error) {
 // (a join waits for the members listed to answer), and follows the
 // replicated writer exclusions. A join that is refused ends the server.
 func (s *Server) startCluster() {
-	ctx, cancel := context.WithCancel(context.Background())
-	s.clusterStop = cancel
+	ctx := s.clusterCtx
 	s.clusterWG.Add(2)
 	go func() {
 		defer s.clusterWG.Done()

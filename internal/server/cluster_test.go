@@ -274,8 +274,9 @@ func TestClusterNodeIdentity(t *testing.T) {
 }
 
 // TestClusterTokens: with authentication on and no token store given, the
-// tenants' tokens are the cluster's: a token works once its tenant holds
-// its hash, and stops working when the tenant is deleted.
+// tenants' tokens are the cluster's, set through the tenant admin API: a
+// token works once made, and stops working when revoked; a tenant's limit
+// override is in force in storage.
 func TestClusterTokens(t *testing.T) {
 	admin := newToken(t)
 	adminFile := filepath.Join(t.TempDir(), "admin-tokens")
@@ -284,30 +285,53 @@ func TestClusterTokens(t *testing.T) {
 		c.Auth.Enabled = true
 		c.Auth.AdminTokenFile = adminFile
 	})
-	tok := newToken(t)
-	query := "http://" + addrs.Web + "/api/v1/labels"
-	code, _, body := httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok))
+	base := "http://" + addrs.Web
+	query := base + "/api/v1/labels"
+	call := func(method, path, tok string, body string) (int, []byte) {
+		t.Helper()
+		code, _, b := httpDo(t, http.DefaultClient, method, base+path, "application/json", []byte(body), bearer(tok))
+		return code, b
+	}
+
+	code, body := call(http.MethodPut, "/api/v1/admin/tenants/team-c", admin, `{"limits": {"max_series_per_tenant": 100}}`)
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	code, body = call(http.MethodPost, "/api/v1/admin/tenants/team-c/tokens", admin, "")
+	require.Equal(t, http.StatusCreated, code, "%s", body)
+	var made struct {
+		Data struct{ Token, Hash string } `json:"data"`
+	}
+	require.NoError(t, json.Unmarshal(body, &made))
+	tok := made.Data.Token
+	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok))
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	waitFor(t, "team-c's series limit in force", func() bool { return server.TenantMaxSeries(srv, "team-c") == 100 })
+
+	// The cluster's APIs are an admin's.
+	for _, c := range []struct{ method, path string }{
+		{http.MethodGet, "/api/v1/cluster"},
+		{http.MethodDelete, "/api/v1/admin/cluster/members/n9"},
+		{http.MethodGet, "/api/v1/admin/tenants"},
+	} {
+		code, body = call(c.method, c.path, tok, "")
+		require.Equal(t, http.StatusForbidden, code, "%s %s: %s", c.method, c.path, body)
+	}
+	code, body = call(http.MethodGet, "/api/v1/cluster", admin, "")
+	require.Equal(t, http.StatusOK, code, "%s", body)
+
+	code, body = call(http.MethodDelete, "/api/v1/admin/tenants/team-c/tokens/"+made.Data.Hash, admin, "")
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok))
 	require.Equal(t, http.StatusUnauthorized, code, "%s", body)
 
+	// Any change to the cluster's tenants reaches the authenticator, however
+	// it was made.
+	tok2 := newToken(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := srv.Node().PutTenant(ctx, cluster.Tenant{ID: "team-c", TokenHashes: []cluster.TokenHash{cluster.HashToken(tok)}})
+	_, err := srv.Node().PutTenant(ctx, cluster.Tenant{ID: "team-d", TokenHashes: []cluster.TokenHash{cluster.HashToken(tok2)}})
 	require.NoError(t, err)
-	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok))
+	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok2))
 	require.Equal(t, http.StatusOK, code, "%s", body)
-
-	// The cluster API is an admin's.
-	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, "http://"+addrs.Web+"/api/v1/cluster", "", nil, bearer(tok))
-	require.Equal(t, http.StatusForbidden, code, "%s", body)
-	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, "http://"+addrs.Web+"/api/v1/cluster", "", nil, bearer(admin))
-	require.Equal(t, http.StatusOK, code, "%s", body)
-	code, _, body = httpDo(t, http.DefaultClient, http.MethodDelete, "http://"+addrs.Web+"/api/v1/admin/cluster/members/n9", "", nil, bearer(tok))
-	require.Equal(t, http.StatusForbidden, code, "%s", body)
-
-	_, err = srv.Node().DeleteTenant(ctx, "team-c")
-	require.NoError(t, err)
-	code, _, body = httpDo(t, http.DefaultClient, http.MethodGet, query, "", nil, bearer(tok))
-	require.Equal(t, http.StatusUnauthorized, code, "%s", body)
 }
 
 // TestClusterConfig: cluster settings that cannot work are refused at

@@ -8,3 +8,7 @@ func PinRawSampling(s *Server, level int) { s.sampler.Pin(level) }
 
 // RawStore returns the raw tier of a ready node.
 func RawStore(s *Server) *raw.Store { return s.raw }
+
+// TenantMaxSeries returns the series limit in force for a tenant of a ready
+// node.
+func TenantMaxSeries(s *Server, tenant string) int { return s.store.Load().MaxSeries(tenant) }

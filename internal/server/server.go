@@ -27,6 +27,7 @@ import (
 	"github.com/hopwatch/hopwatch/alerting"
 	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/ingest"
+	"github.com/hopwatch/hopwatch/internal/admin"
 	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/sampling"
 	"github.com/hopwatch/hopwatch/internal/tenant"
@@ -72,8 +73,9 @@ type Server struct {
 	clusterLock fileutil.Releaser
 	// raftAddr and clusterGRPCAddr are the addresses the node advertises.
 	raftAddr, clusterGRPCAddr string
-	// clusterStop ends the join and the following of the replicated
-	// writer exclusions; clusterWG waits for them.
+	// clusterCtx ends, by clusterStop, the join and the following of the
+	// replicated writer exclusions and limits; clusterWG waits for them.
+	clusterCtx  context.Context
 	clusterStop context.CancelFunc
 	clusterWG   sync.WaitGroup
 	// sampler sets the raw tier's sampling level; nil with sampling or the
@@ -411,6 +413,7 @@ func (s *Server) Start() error {
 			}
 		}
 		if s.node != nil {
+			s.clusterStop()
 			_ = s.node.Shutdown()
 			_ = s.clusterLock.Release()
 			s.node = nil
@@ -472,6 +475,14 @@ func (s *Server) Start() error {
 			return
 		}
 		s.store.Store(st)
+		// The tenants' limit overrides in the cluster's metadata apply to
+		// storage from now on; the cluster's work stops before storage
+		// closes.
+		s.clusterWG.Add(1)
+		go func() {
+			defer s.clusterWG.Done()
+			admin.ApplyLimits(s.clusterCtx, s.node, st, s.logger)
+		}()
 		s.logger.Info("ready", "startup_seconds", time.Since(start).Seconds(), "tenants", len(st.Tenants()))
 		if err := s.ruler.Run(); err != nil {
 			s.logger.Error("loading rules failed; fix the files and POST /-/reload", "err", err)
@@ -653,6 +664,10 @@ func (s *Server) webHandler() http.Handler {
 	// The cluster: its status, and membership changes.
 	mux.Handle("/api/v1/cluster", s.adminOnly(s.clusterHandler()))
 	mux.Handle("/api/v1/admin/cluster/", s.adminOnly(s.clusterAdminHandler()))
+	// Tenants, their limits and tokens, in the cluster's metadata.
+	tenants := s.adminOnly(admin.NewHandler(s.node, s.reg, s.logger))
+	mux.Handle(admin.Prefix, tenants)
+	mux.Handle(admin.Prefix+"/", tenants)
 	// Administration.
 	mux.Handle("/-/reload", s.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodPut {
