@@ -23,7 +23,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
 		switch args[0] {
-		case "serve", "demo", "bench":
+		case "serve", "demo", "bench", "cluster":
 			cmd, args = args[0], args[1:]
 		case "version", "--version", "-version":
 			info := version.Get()
@@ -44,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(ctx, args, stdout, stderr)
 	case "bench":
 		err = runBench(args, stdout, stderr)
+	case "cluster":
+		err = runCluster(ctx, args, stdout, stderr)
 	}
 	switch {
 	case errors.Is(err, flag.ErrHelp):
@@ -63,6 +65,11 @@ Usage:
   hopwatch bench storage     measure the raw tier's codecs on datasets D1-D4
   hopwatch bench ingest      measure end-to-end ingest with OpenTelemetry's telemetrygen
   hopwatch bench stream      measure end-to-end streaming ingest with the Go client
+  hopwatch bench cluster     measure metadata write latency and leader failover on 3 loopback nodes
+  hopwatch cluster status    members, leader and raft positions, from a node's HTTP API
+  hopwatch cluster join      add a node to the cluster (--id, --raft-address, --grpc-address)
+  hopwatch cluster remove ID take a member out of the cluster
+  hopwatch cluster leave     the node at --url leaves the cluster
   hopwatch --version         print the version
 `
 
