@@ -517,8 +517,12 @@ func writeEnvelope(w http.ResponseWriter, code int, v any) {
 }
 
 // logClusterSecurity warns about cluster ports that anyone can use to
-// change the metadata.
+// change the metadata, and about tenants' tokens that nobody can issue.
 func logClusterSecurity(cfg Config, logger *slog.Logger) {
+	if cfg.Auth.Enabled && cfg.Tokens == nil && cfg.Auth.AdminTokenFile == "" {
+		logger.Warn("authentication is on without admin tokens: tenants' tokens are issued through the admin API (/api/v1/admin/tenants), which needs one, so this node can issue none; " +
+			"only tokens already in the cluster's metadata work. Set auth.admin-token-file")
+	}
 	if cfg.Auth.Enabled && !cfg.Cluster.TLS.Enabled() {
 		logger.Warn("authentication is on, but the cluster ports (cluster.raft-address, cluster.grpc-address) accept anyone who reaches them, and through them tenants and tokens can be changed: "+
 			"keep them on the nodes' private network, or set cluster.tls.cert-file, cluster.tls.key-file and cluster.tls.ca-file",

@@ -2,10 +2,13 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,8 +16,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/cluster"
+	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
 	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/server"
 )
@@ -361,4 +368,47 @@ func TestClusterConfig(t *testing.T) {
 	f(func(c *server.ClusterConfig) {
 		c.TLS = server.ClusterTLSConfig{CertFile: "missing.pem", KeyFile: "missing.key", CAFile: "ca.pem"}
 	}, "cluster.tls: hopwatch/auth: certificate file")
+}
+
+// TestClusterTLS: with --cluster.tls.* two nodes form a cluster over
+// mutual TLS on both cluster ports, and a client without a certificate of
+// the cluster's CA is refused on both.
+func TestClusterTLS(t *testing.T) {
+	ca := newTestCA(t)
+	withTLS := func(cn string, join string) func(*server.Config) {
+		certFile, keyFile, _ := ca.issue(t, cn)
+		return func(c *server.Config) {
+			c.Cluster.TLS = server.ClusterTLSConfig{CertFile: certFile, KeyFile: keyFile, CAFile: ca.file}
+			if join != "" {
+				joining(join)(c)
+			}
+		}
+	}
+	_, a1 := startNode(t, "n1", "", true, withTLS("n1", ""))
+	_, a2 := startNode(t, "n2", "", true, withTLS("n2", a1.ClusterGRPC))
+	waitFor(t, "two members", func() bool { return len(clusterStatus(t, a1.Web).Members) == 2 })
+	code, _, body := httpDo(t, http.DefaultClient, http.MethodPost, "http://"+a2.Web+"/api/v1/rules/team", "application/yaml",
+		[]byte("name: over-tls\nrules:\n- record: job:up:sum\n  expr: sum(up)\n"), nil)
+	require.Equal(t, http.StatusAccepted, code, "%s", body)
+
+	_, _, stranger := newTestCA(t).issue(t, "stranger")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for name, conn := range map[string]*grpc.ClientConn{
+		"plain text":                  dialGRPC(t, a1.ClusterGRPC),
+		"no certificate":              dialTLS(t, a1.ClusterGRPC, ca),
+		"a certificate of another CA": dialTLS(t, a1.ClusterGRPC, ca, stranger),
+	} {
+		_, err := hopwatchv1.NewClusterServiceClient(conn).ReadIndex(ctx, &hopwatchv1.ReadIndexRequest{})
+		require.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", name, err)
+	}
+	c, err := tls.Dial("tcp", a1.ClusterRaft, &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
+	if err == nil {
+		// TLS 1.3 reports a refused client certificate at the first read.
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	require.Error(t, err, "raft without a client certificate")
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the raft port did not refuse the client")
 }

@@ -130,6 +130,7 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		flushed: make(chan struct{}),
 	}
 	var err error
+	logClusterSecurity(cfg, logger)
 	if cfg.Tokens == nil {
 		cfg.Tokens = &s.tokens
 	}
@@ -139,7 +140,6 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	if s.clusterTLS, err = newClusterTLS(cfg.Cluster.TLS); err != nil {
 		return nil, fmt.Errorf("cluster.tls: %w", err)
 	}
-	logClusterSecurity(cfg, logger)
 	if s.tls, err = newServerTLS(cfg.TLS); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
