@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"gopkg.in/yaml.v3"
@@ -146,6 +147,20 @@ func (s *store) materialize() (bool, error) {
 func (r *Ruler) followReplica(stop <-chan struct{}) {
 	ch, unwatch := r.store.replica.Watch()
 	defer unwatch()
+	// Groups set through the API before the node kept them in the
+	// cluster are imported once, before the files become the replica's.
+	for {
+		err := r.store.importLocal(stop)
+		if err == nil {
+			break
+		}
+		r.logger.Warn("importing the node's rule groups into the cluster failed; retrying", "err", err)
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 	for {
 		changed, err := r.store.materialize()
 		if err != nil {
@@ -163,4 +178,54 @@ func (r *Ruler) followReplica(stop <-chan struct{}) {
 		case <-ch:
 		}
 	}
+}
+
+// importedMarker, in the store's directory, records that the local rule
+// files were imported into the replica.
+const importedMarker = ".replicated"
+
+// importLocal puts the groups of the local rule files (the anomaly
+// namespace excepted) into the replica, once per data directory.
+func (s *store) importLocal(stop <-chan struct{}) error {
+	marker := filepath.Join(s.dir, importedMarker)
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	files, err := filepath.Glob(filepath.Join(s.dir, "*", "*.yaml"))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for _, f := range files {
+		tenant, ns := filepath.Base(filepath.Dir(f)), strings.TrimSuffix(filepath.Base(f), ".yaml")
+		if ns == AnomalyNamespace || !validName.MatchString(ns) {
+			continue
+		}
+		rgs, err := s.readNamespace(tenant, ns)
+		if err != nil {
+			return err
+		}
+		for _, g := range rgs.Groups {
+			b, err := yaml.Marshal(g)
+			if err != nil {
+				return err
+			}
+			if err := s.replica.PutGroup(ctx, tenant, ns, g.Name, string(b)); err != nil {
+				return fmt.Errorf("rule group %q of %s: %w", g.Name, f, err)
+			}
+			s.logger.Info("rule group imported into the cluster", "tenant", tenant, "namespace", ns, "group", g.Name)
+		}
+	}
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(marker, nil, 0o644)
 }

@@ -164,3 +164,35 @@ func TestReplicatedRuleGroups(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	require.Equal(t, "1", resp.Header.Get("Retry-After"))
 }
+
+// TestLocalGroupsImportedOnce: rule groups set through the API before the
+// node kept them in the cluster are imported into it on the first start,
+// and a group deleted in the cluster afterwards is not imported again.
+func TestLocalGroupsImportedOnce(t *testing.T) {
+	rep := newMemReplica()
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "team-a"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "team-a", "old.yaml"),
+		[]byte("groups:\n  - name: kept\n    rules:\n      - alert: Slow\n        expr: vector(1) > 2\n"), 0o644))
+	start := func() *Ruler {
+		o := DefaultOptions()
+		o.Dir = dir
+		o.Replica = rep
+		r, err := New(o, noData{}, nil, nil)
+		require.NoError(t, err)
+		return r
+	}
+	r := start()
+	require.Eventually(t, func() bool { return len(rep.Groups()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	require.Equal(t, ReplicaGroup{Tenant: "team-a", Namespace: "old", Name: "kept"}, ReplicaGroup{Tenant: rep.Groups()[0].Tenant, Namespace: rep.Groups()[0].Namespace, Name: rep.Groups()[0].Name})
+	r.Stop()
+
+	require.NoError(t, rep.DeleteGroup(context.Background(), "team-a", "old", ""))
+	r = start()
+	defer r.Stop()
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(dir, "team-a", "old.yaml"))
+		return os.IsNotExist(err)
+	}, 20*time.Second, 10*time.Millisecond, "the deleted group's file goes")
+	require.Empty(t, rep.Groups(), "not imported again")
+}
