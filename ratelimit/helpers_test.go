@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,3 +58,5 @@ func admitN(l *Limiter, tenant string, count int, n int64) int {
 	}
 	return ok
 }
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }

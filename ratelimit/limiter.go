@@ -156,6 +156,9 @@ func (l *Limiter) AllowN(tenant string, n int64) Decision {
 	n = max(n, 0)
 	now := l.clock.Now()
 	t := l.tenant(tenant)
+	if n > t.maxBatch.Load() {
+		t.maxBatch.Store(n) // racy max: a lost update only delays the floor
+	}
 	for {
 		b := t.b.Load()
 		o, missing := b.take(now, n)
@@ -230,11 +233,11 @@ func (l *Limiter) create(id string) *tenant {
 	id = strings.Clone(id)
 	c := l.conf.Load()
 	now := l.clock.Now()
-	t := &tenant{id: id}
+	t := &tenant{id: id, state: shareInitial}
 	t.share = 1 / float64(c.nodes)
 	t.lastAt, t.idleSince = now, now
 	g := c.limit(id)
-	t.b.Store(newBucket(now, localLimit(g, t.share, c.nodes), g, math.MaxInt64))
+	t.b.Store(newBucket(now, t.localLimit(g), g, math.MaxInt64))
 	l.tenants.Store(id, t)
 	l.metrics.tenants.Inc()
 	return t
@@ -266,7 +269,7 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 		t := v.(*tenant)
 		t.mu.Lock()
 		if g := c.limit(t.id); g != t.b.Load().global {
-			t.reconfigure(now, g, t.share, c.nodes)
+			t.reconfigure(now, g)
 		}
 		t.mu.Unlock()
 		return true
@@ -277,9 +280,8 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 // Limit returns the tenant's cluster-wide limit.
 func (l *Limiter) Limit(tenant string) Limit { return l.conf.Load().limit(tenant) }
 
-// setNodes sets the number of live members. Tenants the owner has not
-// answered for take 1/nodes of their limit; every bucket's floor (burst /
-// nodes) follows.
+// setNodes sets the number of live members: tenants the owner has not
+// answered for take 1/nodes of their limit.
 func (l *Limiter) setNodes(nodes int) {
 	nodes = max(nodes, 1)
 	l.mu.Lock()
@@ -296,8 +298,8 @@ func (l *Limiter) setNodes(nodes int) {
 		t.mu.Lock()
 		if t.state != shareAssigned {
 			t.share = 1 / float64(nodes)
+			t.reconfigure(now, t.b.Load().global)
 		}
-		t.reconfigure(now, t.b.Load().global, t.share, nodes)
 		t.mu.Unlock()
 		return true
 	})
@@ -331,7 +333,8 @@ type tenant struct {
 
 	admitted atomic.Int64 // units
 	refused  atomic.Int64 // units
-	_        [cacheLine - 16]byte
+	maxBatch atomic.Int64 // largest batch since the last sweep
+	_        [cacheLine - 24]byte
 
 	// Under mu: written by the exchange and by reconfigurations.
 	mu                  sync.Mutex
@@ -341,32 +344,38 @@ type tenant struct {
 	lastOffered, lastAt int64 // admitted+refused at the last sweep, and when
 	idleSince           int64 // monotonic ns of the last sweep that saw no decision
 	demand              float64
+	batch               int64 // largest batch offered in the last interval with decisions
 }
 
 // reconfigure replaces the tenant's bucket by one for the global limit g at
-// the given share, with the old bucket's level. The old bucket's final
+// the tenant's share, with the old bucket's level. The old bucket's final
 // state comes from an atomic swap, so no decision on it is lost. t.mu is
 // held.
-func (t *tenant) reconfigure(now int64, g Limit, share float64, nodes int) {
+func (t *tenant) reconfigure(now int64, g Limit) { t.reconfigureCapped(now, g, math.MaxInt64) }
+
+// reconfigureCapped is reconfigure with the new level at most maxLevel.
+func (t *tenant) reconfigureCapped(now int64, g Limit, maxLevel int64) {
 	old := t.b.Load()
 	if old.gone {
 		return
 	}
-	level := old.retire(now)
-	t.b.Store(newBucket(now, localLimit(g, share, nodes), g, level))
+	level := min(old.retire(now), maxLevel)
+	t.b.Store(newBucket(now, t.localLimit(g), g, level))
 }
 
 // localLimit is this node's part of a tenant's global limit: the share of
-// its rate, and the share of its burst but no less than burst/nodes, so
-// that a node whose demand was small can still take a batch that the
-// even split would take.
-func localLimit(g Limit, share float64, nodes int) Limit {
+// its rate, and the share of its burst but no less than the largest batch
+// offered here lately (up to the whole burst). The node's buckets hold no
+// more than a global bucket would, except for batches that could not pass
+// otherwise: a batch larger than the node's burst is refused once, and
+// fits after the next exchange. t.mu is held.
+func (t *tenant) localLimit(g Limit) Limit {
 	if g.Unlimited() {
 		return g
 	}
-	share = min(max(share, 0), 1)
-	burst := math.Ceil(float64(g.Burst) * max(share, 1/float64(max(nodes, 1))))
-	return Limit{Rate: g.Rate * share, Burst: max(int64(burst), 1)}
+	share := min(max(t.share, 0), 1)
+	burst := max(int64(math.Ceil(float64(g.Burst)*share)), min(t.batch, g.Burst), 1)
+	return Limit{Rate: g.Rate * share, Burst: burst}
 }
 
 func (b *bucket) localLimit() Limit {
@@ -388,7 +397,6 @@ type tenantDemand struct {
 func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := l.conf.Load()
 	l.tenants.Range(func(_, v any) bool {
 		t := v.(*tenant)
 		t.mu.Lock()
@@ -396,6 +404,10 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		offered := t.admitted.Load() + t.refused.Load()
 		if offered != t.lastOffered {
 			t.idleSince = now
+		}
+		if mb := t.maxBatch.Swap(0); mb > 0 && mb != t.batch {
+			t.batch = mb
+			t.reconfigure(now, t.b.Load().global)
 		}
 		if dt := now - t.lastAt; dt > 0 {
 			t.demand = float64(offered-t.lastOffered) * 1e9 / float64(dt)
@@ -406,7 +418,7 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 			return true
 		}
 		if now-b.epoch >= rebaseAfter {
-			t.reconfigure(now, b.global, t.share, c.nodes)
+			t.reconfigure(now, b.global)
 		}
 		dst = append(dst, tenantDemand{t: t, demand: t.demand})
 		return true
@@ -437,14 +449,28 @@ func (l *Limiter) evict(now int64, t *tenant) bool {
 }
 
 // applyShare sets a tenant's share as its owner answered it.
+//
+// When the new share admits less than the demand this node just reported
+// (the tenant is over its limit across the cluster) and there are other
+// nodes, the bucket is emptied: a global bucket under that load would be
+// empty, its tokens taken by the nodes now refused. Without this, tokens
+// a node banked while its share exceeded its load (the interval after the
+// load moved away from it) would be spent on top of the limit once its
+// share shrinks. A single node keeps its bucket: it is the global one.
 func (l *Limiter) applyShare(now int64, t *tenant, share float64) {
 	c := l.conf.Load()
+	g := c.limit(t.id)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.state, t.assignedAt = shareAssigned, now
-	if b := t.b.Load(); share != t.share || b.global != c.limit(t.id) {
+	saturated := c.nodes > 1 && share*g.Rate < t.demand
+	if b := t.b.Load(); share != t.share || b.global != g || saturated {
 		t.share = share
-		t.reconfigure(now, c.limit(t.id), share, c.nodes)
+		maxLevel := int64(math.MaxInt64)
+		if saturated {
+			maxLevel = 0
+		}
+		t.reconfigureCapped(now, g, maxLevel)
 	}
 }
 
@@ -464,7 +490,7 @@ func (l *Limiter) fallBack(now int64, t *tenant, timeout int64) {
 	t.state = shareFallback
 	if share := 1 / float64(c.nodes); share != t.share {
 		t.share = share
-		t.reconfigure(now, c.limit(t.id), share, c.nodes)
+		t.reconfigure(now, c.limit(t.id))
 	}
 }
 

@@ -1,0 +1,396 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// ExchangeOptions configures an Exchange.
+type ExchangeOptions struct {
+	// Membership is the ring; required.
+	Membership Membership
+	// Limiters are the limiters whose shares the exchange keeps, with
+	// distinct names; every node must run the same names.
+	Limiters []*Limiter
+	// Interval is how often this node reports its demand and receives its
+	// shares. 0 means 1 s. Every node should use the same.
+	Interval time.Duration
+	// Timeout: an owner forgets a node's report this old, which gives the
+	// node's share to the others; a node whose owner has not answered for
+	// this long admits limit/n. 0 means 3 intervals.
+	Timeout time.Duration
+	// RequestTimeout bounds one call to an owner. 0 means half an interval.
+	RequestTimeout time.Duration
+	// DialOptions are used to reach the other nodes' internal gRPC
+	// listeners; nil means plain text (insecure.NewCredentials), as on a
+	// trusted network.
+	DialOptions []grpc.DialOption
+	// Clock is the monotonic clock; nil means MonotonicClock(). It must be
+	// the limiters' clock.
+	Clock Clock
+}
+
+// EnsureDefaults fills zero fields.
+func (o *ExchangeOptions) EnsureDefaults() {
+	if o.Interval == 0 {
+		o.Interval = time.Second
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 3 * o.Interval
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = o.Interval / 2
+	}
+	if o.DialOptions == nil {
+		o.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	if o.Clock == nil {
+		o.Clock = MonotonicClock()
+	}
+}
+
+// Validate reports every invalid field.
+func (o ExchangeOptions) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("hopwatch/ratelimit: "+format, args...))
+	}
+	if o.Membership == nil {
+		bad("Membership is nil")
+	}
+	names := map[string]bool{}
+	for i, l := range o.Limiters {
+		switch {
+		case l == nil:
+			bad("Limiters[%d] is nil", i)
+		case names[l.name]:
+			bad("Limiters[%d]: a second limiter named %q", i, l.name)
+		default:
+			names[l.name] = true
+		}
+	}
+	if o.Interval <= 0 {
+		bad("Interval %v is not positive", o.Interval)
+	}
+	if o.Timeout < o.Interval {
+		bad("Timeout %v is shorter than Interval %v: every report would be forgotten before the next", o.Timeout, o.Interval)
+	}
+	if o.RequestTimeout <= 0 || o.RequestTimeout > o.Interval {
+		bad("RequestTimeout %v is not between 0 and Interval %v", o.RequestTimeout, o.Interval)
+	}
+	return errors.Join(errs...)
+}
+
+// Exchange keeps the shares of its limiters' tenants on this node: it
+// reports demand to each tenant's owner every interval, and, as the owner
+// of some tenants, answers the other nodes.
+//
+// Threading: Run is called once, by the goroutine that owns the exchange;
+// it returns when its context ends, having closed its connections and
+// stopped its ticker. The gRPC service registered by RegisterGRPC may be
+// called at any time, before and after Run.
+type Exchange struct {
+	opts     ExchangeOptions
+	limiters map[string]*Limiter
+	clock    Clock
+	owner    *ownerTable
+	conns    *connPool
+	metrics  *exchangeMetrics
+	logger   *slog.Logger
+
+	// failing holds the owners whose last call failed, for logging once
+	// per change; only rounds touch it, and rounds do not overlap.
+	failing map[string]bool
+}
+
+// NewExchange returns an exchange over opts.Limiters. A nil registerer
+// registers nothing, a nil logger discards.
+func NewExchange(opts ExchangeOptions, reg prometheus.Registerer, logger *slog.Logger) (*Exchange, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newExchangeMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	e := &Exchange{
+		opts:     opts,
+		limiters: map[string]*Limiter{},
+		clock:    opts.Clock,
+		owner: &ownerTable{
+			self:    opts.Membership.Self(),
+			timeout: int64(opts.Timeout),
+			warmup:  int64(opts.Interval + opts.RequestTimeout),
+			tenants: map[ownedKey]*owned{},
+		},
+		conns:   &connPool{opts: opts.DialOptions, conns: map[string]*grpc.ClientConn{}},
+		metrics: m,
+		logger:  logger.With("component", "ratelimit"),
+		failing: map[string]bool{},
+	}
+	ms := opts.Membership.Members()
+	for _, l := range opts.Limiters {
+		e.limiters[l.name] = l
+		// Decisions before the first round admit limit/n.
+		l.setNodes(liveCount(ms))
+	}
+	return e, nil
+}
+
+// RegisterGRPC registers RateLimitService on the node's internal gRPC
+// server (the one other nodes reach at the members' GRPCAddr).
+func (e *Exchange) RegisterGRPC(s grpc.ServiceRegistrar) {
+	hopwatchv1.RegisterRateLimitServiceServer(s, &service{e: e})
+}
+
+// Run exchanges demand and shares every interval until ctx ends.
+func (e *Exchange) Run(ctx context.Context) {
+	t := time.NewTicker(e.opts.Interval)
+	defer t.Stop()
+	defer e.conns.close()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.round(ctx)
+		}
+	}
+}
+
+// pending is one tenant's demand on its way to its owner.
+type pending struct {
+	l *Limiter
+	t *tenant
+}
+
+// round is one exchange: measure, report to the owners, apply the shares.
+func (e *Exchange) round(ctx context.Context) {
+	now := e.clock.Now()
+	ms := e.opts.Membership.Members()
+	self := e.opts.Membership.Self()
+	n := liveCount(ms)
+	e.metrics.members.Set(float64(n))
+	for _, l := range e.opts.Limiters {
+		l.setNodes(n)
+	}
+
+	// Group each limiter's tenants by owner.
+	type batch struct {
+		items []pending
+		req   []*hopwatchv1.TenantDemand
+	}
+	batches := map[int]*batch{}
+	var buf []tenantDemand
+	for _, l := range e.opts.Limiters {
+		buf = l.sweep(now, buf[:0])
+		for _, td := range buf {
+			o := ownerOf(TenantKey(td.t.id), ms)
+			b := batches[o]
+			if b == nil {
+				b = &batch{}
+				batches[o] = b
+			}
+			b.items = append(b.items, pending{l: l, t: td.t})
+			b.req = append(b.req, &hopwatchv1.TenantDemand{Limit: l.name, Tenant: td.t.id, Rate: td.demand})
+		}
+	}
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	unreachable := 0
+	for o, b := range batches {
+		switch {
+		case o < 0:
+			e.fallBack(b.items)
+			unreachable++
+		case ms[o].ID == self:
+			shares := e.owner.report(e.clock.Now(), self, b.req, ms, e.limiters)
+			e.apply(b.items, shares)
+		default:
+			m := ms[o]
+			wg.Go(func() {
+				shares, err := e.call(ctx, self, m, b.req)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					unreachable++
+					e.fallBack(b.items)
+					if !e.failing[m.ID] {
+						e.logger.Warn("rate limit owner did not answer; its tenants keep their last share for the timeout, then take limit/n",
+							"owner", m.ID, "addr", m.GRPCAddr, "tenants", len(b.items), "timeout", e.opts.Timeout, "err", err)
+					}
+					e.failing[m.ID] = true
+					return
+				}
+				if e.failing[m.ID] {
+					e.logger.Info("rate limit owner answers again", "owner", m.ID)
+					delete(e.failing, m.ID)
+				}
+				e.apply(b.items, shares)
+			})
+		}
+	}
+	wg.Wait()
+	e.metrics.unreachable.Set(float64(unreachable))
+	for _, l := range e.opts.Limiters {
+		l.countFallback()
+	}
+	e.metrics.owned.Set(float64(e.owner.expire(e.clock.Now())))
+	e.conns.keep(ms)
+}
+
+// call sends one report to a remote owner, in requests of at most
+// maxDemands demands.
+func (e *Exchange) call(ctx context.Context, self string, m Member, req []*hopwatchv1.TenantDemand) ([]float64, error) {
+	start := time.Now()
+	defer func() { e.metrics.duration.Observe(time.Since(start).Seconds()) }()
+	conn, err := e.conns.get(m.GRPCAddr)
+	if err != nil {
+		e.metrics.errors.Inc()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.opts.RequestTimeout)
+	defer cancel()
+	client := hopwatchv1.NewRateLimitServiceClient(conn)
+	shares := make([]float64, 0, len(req))
+	for len(req) > 0 {
+		part := req[:min(len(req), maxDemands)]
+		req = req[len(part):]
+		resp, err := client.ExchangeDemand(ctx, &hopwatchv1.ExchangeDemandRequest{NodeId: self, Demands: part})
+		if err == nil && len(resp.GetShares()) != len(part) {
+			err = fmt.Errorf("hopwatch/ratelimit: %s answered %d shares for %d demands", m.ID, len(resp.GetShares()), len(part))
+		}
+		if err != nil {
+			e.metrics.errors.Inc()
+			return nil, err
+		}
+		shares = append(shares, resp.GetShares()...)
+	}
+	return shares, nil
+}
+
+func (e *Exchange) apply(items []pending, shares []float64) {
+	now := e.clock.Now()
+	for i, it := range items {
+		s := shares[i]
+		if math.IsNaN(s) {
+			s = 0
+		}
+		it.l.applyShare(now, it.t, min(max(s, 0), 1))
+	}
+}
+
+func (e *Exchange) fallBack(items []pending) {
+	now := e.clock.Now()
+	for _, it := range items {
+		it.l.fallBack(now, it.t, int64(e.opts.Timeout))
+	}
+}
+
+// connPool holds one client connection per owner address.
+type connPool struct {
+	opts  []grpc.DialOption
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func (p *connPool) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conns[addr]; c != nil {
+		return c, nil
+	}
+	if addr == "" {
+		return nil, errors.New("hopwatch/ratelimit: the owner has no gRPC address yet")
+	}
+	c, err := grpc.NewClient(addr, p.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("hopwatch/ratelimit: gRPC client for %s: %w", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+// keep closes the connections to addresses no longer in the ring.
+func (p *connPool) keep(ms []Member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	in := make(map[string]bool, len(ms))
+	for _, m := range ms {
+		in[m.GRPCAddr] = true
+	}
+	for addr, c := range p.conns {
+		if !in[addr] {
+			_ = c.Close()
+			delete(p.conns, addr)
+		}
+	}
+}
+
+func (p *connPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, addr)
+	}
+}
+
+// exchangeMetrics are an Exchange's measurements.
+type exchangeMetrics struct {
+	duration    prometheus.Histogram
+	errors      prometheus.Counter
+	unreachable prometheus.Gauge
+	owned       prometheus.Gauge
+	members     prometheus.Gauge
+}
+
+func newExchangeMetrics(reg prometheus.Registerer) (*exchangeMetrics, error) {
+	m := &exchangeMetrics{
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:                        "hopwatch_ratelimit_exchange_duration_seconds",
+			Help:                        "Time of one demand report to a tenant owner on another node, from sending to the answer or the failure.",
+			Buckets:                     prometheus.ExponentialBuckets(0.0001, 4, 9),
+			NativeHistogramBucketFactor: 1.1,
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_ratelimit_exchange_errors_total",
+			Help: "Demand reports to a tenant owner that failed (the owner's tenants keep their share for the exchange timeout, then take limit/n).",
+		}),
+		unreachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopwatch_ratelimit_owners_unreachable",
+			Help: "Owners that did not answer this node's last demand report.",
+		}),
+		owned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopwatch_ratelimit_owned_tenants",
+			Help: "Tenant limits this node owns: it splits them among the nodes that report demand.",
+		}),
+		members: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hopwatch_ratelimit_live_members",
+			Help: "Live members of the ring: n in the even split limit/n.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.duration, m.errors, m.unreachable, m.owned, m.members} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
