@@ -452,11 +452,14 @@ func (l *Limiter) evict(now int64, t *tenant) bool {
 //
 // When the new share admits less than the demand this node just reported
 // (the tenant is over its limit across the cluster) and there are other
-// nodes, the bucket is emptied: a global bucket under that load would be
-// empty, its tokens taken by the nodes now refused. Without this, tokens
-// a node banked while its share exceeded its load (the interval after the
-// load moved away from it) would be spent on top of the limit once its
-// share shrinks. A single node keeps its bucket: it is the global one.
+// nodes, the bucket keeps at most one batch: a global bucket under that
+// load would be empty, its tokens taken by the nodes now refused. Without
+// this, tokens a node banked while its share exceeded its load (the
+// interval after the load moved away from it) would be spent on top of
+// the limit once its share shrinks. The one batch is the tokens accruing
+// towards the next batch, which emptying would throw away at every
+// exchange (measured: 5% of the limit with batches of 1% of it). A single
+// node keeps its bucket: it is the global one.
 func (l *Limiter) applyShare(now int64, t *tenant, share float64) {
 	c := l.conf.Load()
 	g := c.limit(t.id)
@@ -468,7 +471,7 @@ func (l *Limiter) applyShare(now int64, t *tenant, share float64) {
 		t.share = share
 		maxLevel := int64(math.MaxInt64)
 		if saturated {
-			maxLevel = 0
+			maxLevel = t.batch
 		}
 		t.reconfigureCapped(now, g, maxLevel)
 	}
