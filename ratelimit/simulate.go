@@ -388,7 +388,7 @@ func summarise(name string, ws []SimWindow, opts SimulateOptions) SimPhase {
 func simMove(event string, tenants []string, tenant string, before, after []Member) SimMove {
 	moved := movedOwners(tenants, before, after)
 	nb, na := liveCount(before), liveCount(after)
-	ideal := math.Abs(1/float64(na) - 1/float64(nb)) * float64(min(na, nb))
+	ideal := math.Abs(1/float64(na)-1/float64(nb)) * float64(min(na, nb))
 	return SimMove{
 		Event: event, MembersBefore: nb, MembersAfter: na, MovedFraction: moved, IdealFraction: ideal,
 		TenantOwnerBefore: before[Owner(tenant, before)].ID, TenantOwnerAfter: after[Owner(tenant, after)].ID,
