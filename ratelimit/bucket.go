@@ -34,13 +34,21 @@ const retired = math.MinInt64
 // new bucket and retires the old one by swapping retired into its full
 // word, which yields the final state atomically (see tenant.reconfigure).
 //
-// Layout: full is written by every admission of the tenant, from every
-// core; it has a cache line to itself so that reading the constants below
-// never misses because of it, nor it because of them. Buckets are 128
-// bytes, a size class whose objects are 64-byte aligned.
+// Layout: full and the two counters are written by the tenant's
+// decisions, from every core; they share one cache line, so that a
+// decision moves exactly one line between cores (its compare-and-swap
+// makes the line its core's, and the count that follows finds it there),
+// and the constants have the next line to themselves, so that reading them
+// never misses because of the writes. Buckets are 128 bytes, a size class
+// whose objects are 64-byte aligned.
+//
+// The counters count the decisions made on this bucket; the tenant adds
+// up those of its buckets (tenant.counts).
 type bucket struct {
-	full atomic.Int64
-	_    [cacheLine - 8]byte
+	full     atomic.Int64
+	admitted atomic.Int64 // units
+	refused  atomic.Int64 // units
+	_        [cacheLine - 24]byte
 	bucketConst
 	_ [cacheLine - unsafe.Sizeof(bucketConst{})]byte
 }

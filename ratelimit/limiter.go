@@ -164,10 +164,10 @@ func (l *Limiter) AllowN(tenant string, n int64) Decision {
 		o, missing := b.take(now, n)
 		switch o {
 		case admitted:
-			t.admitted.Add(n)
+			b.admitted.Add(n)
 			return Decision{Allowed: true, Global: b.global, Local: b.localLimit()}
 		case refused:
-			t.refused.Add(n)
+			b.refused.Add(n)
 			return Decision{RetryAfter: b.wait(missing), Global: b.global, Local: b.localLimit()}
 		}
 		t = l.current(t, b, tenant)
@@ -277,6 +277,20 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	return errors.Join(errs...)
 }
 
+// admitted returns the units admitted for a tenant since it was last
+// created.
+func (l *Limiter) admitted(id string) int64 {
+	v, ok := l.tenants.Load(id)
+	if !ok {
+		return 0
+	}
+	t := v.(*tenant)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, _ := t.counts()
+	return a
+}
+
 // Limit returns the tenant's cluster-wide limit.
 func (l *Limiter) Limit(tenant string) Limit { return l.conf.Load().limit(tenant) }
 
@@ -318,23 +332,24 @@ const (
 	shareFallback
 )
 
+// foldAfter is how long a retired bucket's counters are left to settle
+// before they are added to its tenant's base: a decision that won its
+// compare-and-swap on the bucket just before it was retired counts there
+// right after. A decision is never a second between the two.
+const foldAfter = int64(time.Second)
+
 // tenant is one tenant's record in a Limiter.
 //
-// Layout: b is read by every decision and written about once per exchange
-// interval; the counters are written by every decision; the rest belongs to
-// the exchange. Each group has its own cache line, so that the counters'
-// traffic between cores never evicts the bucket pointer from a reader's
-// cache. The two counters share a line: a decision writes one of them, and
-// two lines would double the lines a mixed stream moves between cores.
+// Layout: b and maxBatch are read by every decision and written about once
+// per exchange interval (maxBatch: when a batch is larger than any before);
+// the rest belongs to the exchange and reconfigurations. The decisions'
+// writes go to the bucket (see bucket), never here, so these lines stay in
+// every core's cache.
 type tenant struct {
-	b  atomic.Pointer[bucket]
-	id string
-	_  [cacheLine - 8 - 16]byte
-
-	admitted atomic.Int64 // units
-	refused  atomic.Int64 // units
+	b        atomic.Pointer[bucket]
 	maxBatch atomic.Int64 // largest batch since the last sweep
-	_        [cacheLine - 24]byte
+	id       string
+	_        [cacheLine - 8 - 8 - 16]byte
 
 	// Under mu: written by the exchange and by reconfigurations.
 	mu                  sync.Mutex
@@ -345,6 +360,39 @@ type tenant struct {
 	idleSince           int64 // monotonic ns of the last sweep that saw no decision
 	demand              float64
 	batch               int64 // largest batch offered in the last interval with decisions
+	// base counts the decisions of buckets retired and folded; retired
+	// holds the buckets retired less than foldAfter ago.
+	baseAdmitted, baseRefused int64
+	retired                   []retiredBucket
+}
+
+type retiredBucket struct {
+	b  *bucket
+	at int64
+}
+
+// counts returns the units the tenant admitted and refused. t.mu is held.
+func (t *tenant) counts() (admitted, refused int64) {
+	admitted, refused = t.baseAdmitted, t.baseRefused
+	for _, r := range t.retired {
+		admitted += r.b.admitted.Load()
+		refused += r.b.refused.Load()
+	}
+	b := t.b.Load()
+	return admitted + b.admitted.Load(), refused + b.refused.Load()
+}
+
+// fold adds the counters of buckets retired foldAfter ago or more to the
+// base. t.mu is held.
+func (t *tenant) fold(now int64) {
+	t.retired = slices.DeleteFunc(t.retired, func(r retiredBucket) bool {
+		if now-r.at < foldAfter {
+			return false
+		}
+		t.baseAdmitted += r.b.admitted.Load()
+		t.baseRefused += r.b.refused.Load()
+		return true
+	})
 }
 
 // reconfigure replaces the tenant's bucket by one for the global limit g at
@@ -361,6 +409,8 @@ func (t *tenant) reconfigureCapped(now int64, g Limit, maxLevel int64) {
 	}
 	level := min(old.retire(now), maxLevel)
 	t.b.Store(newBucket(now, t.localLimit(g), g, level))
+	t.fold(now)
+	t.retired = append(t.retired, retiredBucket{b: old, at: now})
 }
 
 // localLimit is this node's part of a tenant's global limit: the share of
@@ -401,7 +451,9 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		t := v.(*tenant)
 		t.mu.Lock()
 		defer t.mu.Unlock()
-		offered := t.admitted.Load() + t.refused.Load()
+		t.fold(now)
+		admitted, refused := t.counts()
+		offered := admitted + refused
 		if offered != t.lastOffered {
 			t.idleSince = now
 		}
@@ -431,10 +483,13 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 // the gone bucket and looks the tenant up again. l.mu and t.mu are held.
 func (l *Limiter) evict(now int64, t *tenant) bool {
 	old := t.b.Load()
-	level := old.retire(now)
-	if !old.unlimited && level < old.burst {
-		// Not refilled yet (or used since the last sweep): keep it.
+	if !old.unlimited && old.level(old.full.Load(), old.tokensAt(now)) < old.burst {
+		return false // not refilled yet
+	}
+	if level := old.retire(now); !old.unlimited && level < old.burst {
+		// Used between the two looks: keep it.
 		t.b.Store(newBucket(now, old.localLimit(), old.global, level))
+		t.retired = append(t.retired, retiredBucket{b: old, at: now})
 		return false
 	}
 	gone := &bucket{}

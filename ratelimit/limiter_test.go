@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -377,4 +378,52 @@ func TestOptions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "spans", l.Name())
 	require.True(t, l.Allow("x").Allowed)
+}
+
+// TestLayout: the padding the comments promise.
+func TestLayout(t *testing.T) {
+	require.Equal(t, uintptr(2*cacheLine), unsafe.Sizeof(bucket{}))
+	require.Equal(t, uintptr(cacheLine), unsafe.Offsetof(bucket{}.bucketConst))
+	require.Equal(t, uintptr(cacheLine), unsafe.Offsetof(tenant{}.mu))
+}
+
+// TestCountsAcrossReconfiguration: decisions racing reconfigurations are
+// all counted, in whichever bucket they were made.
+func TestCountsAcrossReconfiguration(t *testing.T) {
+	clock := newFakeClock()
+	l := newTestLimiter(t, clock, Limit{Rate: 1e9, Burst: 1e9})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = l.SetTenantLimits(map[string]Limit{"acme": {Rate: float64(1e9 + i%2)}})
+			if i%16 == 0 {
+				clock.Step(300 * time.Millisecond) // lets fold run
+			}
+		}
+	})
+	var workers sync.WaitGroup
+	for range 8 {
+		workers.Go(func() {
+			for range 20000 {
+				l.AllowN("acme", 3)
+				l.AllowN("acme", 2e9) // refused: larger than the burst
+			}
+		})
+	}
+	workers.Wait()
+	close(stop)
+	wg.Wait()
+	v, _ := l.tenants.Load("acme")
+	tn := v.(*tenant)
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	a, r := tn.counts()
+	require.Equal(t, int64(8*20000*3), a)
+	require.Equal(t, int64(8*20000*2e9), r)
 }

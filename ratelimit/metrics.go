@@ -6,7 +6,7 @@ import (
 
 // limiterMetrics are a Limiter's measurements. The per-tenant series are
 // read from the tenants' own counters at scrape time, so a decision adds
-// to one counter on the tenant's line and nothing else, and an evicted
+// to one counter on its bucket's line and nothing else, and an evicted
 // tenant's series go with it.
 type limiterMetrics struct {
 	l                        *Limiter
@@ -60,11 +60,12 @@ func (m *limiterMetrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *limiterMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.l.tenants.Range(func(_, v any) bool {
 		t := v.(*tenant)
-		ch <- prometheus.MustNewConstMetric(m.admitted, prometheus.CounterValue, float64(t.admitted.Load()), t.id)
-		ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(t.refused.Load()), t.id)
 		t.mu.Lock()
+		admitted, refused := t.counts()
 		share := t.share
 		t.mu.Unlock()
+		ch <- prometheus.MustNewConstMetric(m.admitted, prometheus.CounterValue, float64(admitted), t.id)
+		ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(refused), t.id)
 		if t.b.Load().unlimited {
 			share = 1
 		}

@@ -272,12 +272,8 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 
 	sum := func() (admitted, evenAdmitted, off float64) {
 		for _, id := range ids {
-			if v, ok := nodes[id].l.tenants.Load(simTenant); ok {
-				admitted += float64(v.(*tenant).admitted.Load())
-			}
-			if v, ok := even[id].tenants.Load(simTenant); ok {
-				evenAdmitted += float64(v.(*tenant).admitted.Load())
-			}
+			admitted += float64(nodes[id].l.admitted(simTenant))
+			evenAdmitted += float64(even[id].admitted(simTenant))
 			loadMu.Lock()
 			off += float64(*offeredBy[id])
 			loadMu.Unlock()
