@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -33,17 +32,11 @@ func (n *clusterProc) start(t *testing.T, args ...string) {
 func (n *clusterProc) url() string { return "http://" + n.p.addrs.web }
 
 // freeAddrs returns n loopback addresses whose ports were free a moment
-// ago. A node's raft address must stay the same across its restarts, so
-// the ports are chosen up front.
+// ago (see freeLoopbackAddrs).
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	var out []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer ln.Close()
-		out = append(out, ln.Addr().String())
-	}
+	out, err := freeLoopbackAddrs(n)
+	require.NoError(t, err)
 	return out
 }
 

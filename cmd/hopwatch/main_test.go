@@ -1,13 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
-	"io"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -21,83 +16,28 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// proc is hopwatch running as a child process.
-type proc struct {
-	cmd   *exec.Cmd
-	addrs struct{ web, grpc, http string }
-	mtx   sync.Mutex
-	logs  []map[string]any
-	done  chan struct{}
-}
-
-// startProc starts hopwatch with args plus JSON logs and loopback ports, and
-// waits until it listens.
+// startProc starts hopwatch serve with args plus JSON logs and loopback
+// ports, and waits until it listens; the test's cleanup kills it.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append([]string{"serve", "--log.format=json",
-		"--web.listen-address=127.0.0.1:0", "--otlp.grpc.listen-address=127.0.0.1:0", "--otlp.http.listen-address=127.0.0.1:0",
-		"--cluster.raft-address=127.0.0.1:0", "--cluster.grpc-address=127.0.0.1:0"}, args...)
-	p := &proc{cmd: exec.Command(exe, args...), done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "HOPWATCH_TEST_RUN_MAIN=1")
-	stderr, err := p.cmd.StderrPipe()
+	p, err := startServe(exe, append(os.Environ(), "HOPWATCH_TEST_RUN_MAIN=1"), 0,
+		func(line string) { t.Logf("hopwatch: %s", line) }, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	})
-	listening := make(chan struct{})
-	go func() {
-		defer close(p.done)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		once := sync.Once{}
-		for sc.Scan() {
-			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) != nil {
-				t.Logf("hopwatch: %s", sc.Text())
-				continue
-			}
-			p.mtx.Lock()
-			p.logs = append(p.logs, rec)
-			p.mtx.Unlock()
-			if rec["msg"] == "listening" {
-				p.addrs.web, _ = rec["web"].(string)
-				p.addrs.grpc, _ = rec["otlp_grpc"].(string)
-				p.addrs.http, _ = rec["otlp_http"].(string)
-				once.Do(func() { close(listening) })
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-		_ = p.cmd.Wait()
-	}()
+	t.Cleanup(p.kill)
 	select {
-	case <-listening:
+	case <-p.listening:
 	case <-p.done:
 		t.Fatalf("hopwatch exited before listening: %v", p.logLines())
 	case <-time.After(60 * time.Second):
 		t.Fatal("hopwatch did not start listening")
 	}
 	return p
-}
-
-func (p *proc) logLines() []string {
-	p.mtx.Lock()
-	defer p.mtx.Unlock()
-	var out []string
-	for _, r := range p.logs {
-		b, _ := json.Marshal(r)
-		out = append(out, string(b))
-	}
-	return out
 }
 
 // hasLog tells whether a log record with msg was written.
