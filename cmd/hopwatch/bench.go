@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hopwatch/hopwatch/cluster"
@@ -190,16 +192,40 @@ func (v intList) Set(s string) error {
 
 // runBenchCluster runs `hopwatch bench cluster`: metadata write latency
 // and leader failover on a 3-node loopback cluster with its raft logs on
-// disk.
+// disk, its nodes in this process (cluster.Benchmark, stopped to fail over)
+// or, with --processes, three hopwatch serve processes (killed with
+// SIGKILL).
 func runBenchCluster(args []string, stdout, stderr io.Writer) error {
 	var o cluster.BenchmarkOptions
+	var processes bool
 	fs := flag.NewFlagSet("hopwatch bench cluster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.Writes, "writes", 1000, "writes timed on the leader and on a follower")
 	fs.IntVar(&o.Kills, "kills", 10, "times the leader is stopped")
-	fs.StringVar(&o.Dir, "dir", "", "where the nodes keep their raft logs (default: a temporary directory)")
+	fs.StringVar(&o.Dir, "dir", "", "where the nodes keep their raft logs (default: a temporary directory); with --processes, where their temporary data directories are made")
+	fs.BoolVar(&processes, "processes", false, "run the nodes as three hopwatch serve processes of this binary, write through their HTTP API and kill the leader with SIGKILL")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if processes {
+		if o.Writes <= 0 || o.Kills < 0 {
+			return errors.New("with --processes, --writes must be positive and --kills at least 0")
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		// The nodes get SIGINT from the terminal too; this context stops
+		// the measuring, and the deferred kills reap them.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		po := procBenchOptions{Exe: exe, Env: os.Environ(), Dir: o.Dir, Writes: o.Writes, Kills: o.Kills, Stderr: stderr}
+		res, err := benchClusterProcesses(ctx, po)
+		if err != nil {
+			return err
+		}
+		printProcBench(stdout, po, res)
+		return nil
 	}
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	res, err := cluster.Benchmark(context.Background(), o)
