@@ -487,6 +487,7 @@ func startConfiguredNode(name string, logger *slog.Logger, configure func(*serve
 	}
 	cfg := server.DefaultConfig()
 	cfg.WebListenAddress, cfg.OTLPGRPCListenAddress, cfg.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Cluster.RaftAddress, cfg.Cluster.GRPCAddress = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Storage.Dir = dir
 	configure(&cfg)
 	reg = prometheus.NewRegistry()

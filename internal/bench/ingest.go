@@ -1,10 +1,10 @@
 package bench
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
@@ -107,32 +107,7 @@ func Ingest(w io.Writer, o IngestOptions) (IngestResult, error) {
 // directory, and waits until it is ready; stop shuts it down and removes
 // the directory.
 func startNode(name string, raw bool) (srv *server.Server, reg *prometheus.Registry, stop func(), err error) {
-	dir, err := os.MkdirTemp("", "hopwatch-bench-"+name+"-")
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress, cfg.OTLPGRPCListenAddress, cfg.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Storage.Dir = dir
-	cfg.RawEnabled = raw
-	reg = prometheus.NewRegistry()
-	if srv, err = server.New(cfg, reg, nil); err == nil {
-		err = srv.Start()
-	}
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, nil, err
-	}
-	for !srv.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
-	stop = func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		os.RemoveAll(dir)
-	}
-	return srv, reg, stop, nil
+	return startConfiguredNode(name, slog.New(slog.DiscardHandler), func(c *server.Config) { c.RawEnabled = raw })
 }
 
 type families map[string]*dto.MetricFamily
