@@ -142,9 +142,8 @@ func (c *cluster) round(ids ...string) {
 }
 
 func (c *cluster) share(id, tenantID string) float64 {
-	v, ok := c.nodes[id].l.tenants.Load(tenantID)
-	require.True(c.t, ok, "%s knows %s", id, tenantID)
-	t := v.(*tenant)
+	t := c.nodes[id].l.tenants.load(tenantID)
+	require.NotNil(c.t, t, "%s knows %s", id, tenantID)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.share

@@ -85,11 +85,10 @@ type Limiter struct {
 	clock Clock
 	idle  int64
 
-	// tenants maps a tenant ID to its *tenant. sync.Map reads are lock-free
-	// and do not allocate, which a striped map under read locks would not
-	// give: the reader count of the hot stripe would be one more line that
-	// every core writes.
-	tenants sync.Map
+	// tenants maps a tenant ID to its record; lookups take no lock and
+	// write nothing (a striped map under read locks would make the hot
+	// stripe's reader count one more line that every core writes).
+	tenants index
 
 	// mu serialises changes of conf, tenant creation and eviction; conf is
 	// read without it.
@@ -182,11 +181,10 @@ func (l *Limiter) ReturnN(tenantID string, n int64) {
 		return
 	}
 	now := l.clock.Now()
-	v, ok := l.tenants.Load(tenantID)
-	if !ok {
+	t := l.tenants.load(tenantID)
+	if t == nil {
 		return // evicted since: its bucket was full
 	}
-	t := v.(*tenant)
 	for {
 		b := t.b.Load()
 		if b.give(now, n) == admitted {
@@ -204,7 +202,7 @@ func (l *Limiter) ReturnN(tenantID string, n int64) {
 // tenant's new record if it was evicted.
 func (l *Limiter) current(t *tenant, b *bucket, id string) *tenant {
 	if b.gone {
-		return l.tenant(id)
+		return l.create(id)
 	}
 	if t.b.Load() == b {
 		// A reconfiguration is between retiring b and storing its
@@ -215,8 +213,8 @@ func (l *Limiter) current(t *tenant, b *bucket, id string) *tenant {
 }
 
 func (l *Limiter) tenant(id string) *tenant {
-	if v, ok := l.tenants.Load(id); ok {
-		return v.(*tenant)
+	if t := l.tenants.load(id); t != nil {
+		return t
 	}
 	return l.create(id)
 }
@@ -226,8 +224,8 @@ func (l *Limiter) tenant(id string) *tenant {
 func (l *Limiter) create(id string) *tenant {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if v, ok := l.tenants.Load(id); ok {
-		return v.(*tenant)
+	if t := l.tenants.loadLive(id); t != nil {
+		return t
 	}
 	// The ID may be a view into a request buffer: keep a copy.
 	id = strings.Clone(id)
@@ -238,7 +236,7 @@ func (l *Limiter) create(id string) *tenant {
 	t.lastAt, t.idleSince = now, now
 	g := c.limit(id)
 	t.b.Store(newBucket(now, t.localLimit(g), g, math.MaxInt64))
-	l.tenants.Store(id, t)
+	l.tenants.add(t)
 	l.metrics.tenants.Inc()
 	return t
 }
@@ -265,14 +263,12 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	c := &limitsConf{def: old.def, overrides: valid, nodes: old.nodes}
 	l.conf.Store(c)
 	now := l.clock.Now()
-	l.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
+	l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
 		if g := c.limit(t.id); g != t.b.Load().global {
 			t.reconfigure(now, g)
 		}
 		t.mu.Unlock()
-		return true
 	})
 	return errors.Join(errs...)
 }
@@ -280,11 +276,10 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 // admitted returns the units admitted for a tenant since it was last
 // created.
 func (l *Limiter) admitted(id string) int64 {
-	v, ok := l.tenants.Load(id)
-	if !ok {
+	t := l.tenants.load(id)
+	if t == nil {
 		return 0
 	}
-	t := v.(*tenant)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	a, _ := t.counts()
@@ -307,15 +302,13 @@ func (l *Limiter) setNodes(nodes int) {
 	c := &limitsConf{def: old.def, overrides: old.overrides, nodes: nodes}
 	l.conf.Store(c)
 	now := l.clock.Now()
-	l.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
+	l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
 		if t.state != shareAssigned {
 			t.share = 1 / float64(nodes)
 			t.reconfigure(now, t.b.Load().global)
 		}
 		t.mu.Unlock()
-		return true
 	})
 }
 
@@ -447,10 +440,15 @@ type tenantDemand struct {
 func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
+	// Evicted records leave the snapshot in one rebuild at the end; until
+	// then, a decision that finds one waits for l.mu in create.
+	defer l.tenants.rebuild()
+	l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
 		defer t.mu.Unlock()
+		if t.b.Load().gone {
+			return
+		}
 		t.fold(now)
 		admitted, refused := t.counts()
 		offered := admitted + refused
@@ -467,13 +465,12 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		t.lastOffered, t.lastAt = offered, now
 		b := t.b.Load()
 		if now-t.idleSince >= l.idle && l.evict(now, t) {
-			return true
+			return
 		}
 		if now-b.epoch >= rebaseAfter {
 			t.reconfigure(now, b.global)
 		}
 		dst = append(dst, tenantDemand{t: t, demand: t.demand})
-		return true
 	})
 	return dst
 }
@@ -496,7 +493,6 @@ func (l *Limiter) evict(now int64, t *tenant) bool {
 	gone.gone = true
 	gone.full.Store(retired)
 	t.b.Store(gone)
-	l.tenants.Delete(t.id)
 	l.metrics.tenants.Dec()
 	l.metrics.evictions.Inc()
 	l.logger.Debug("idle tenant evicted", "tenant", t.id)
@@ -556,14 +552,12 @@ func (l *Limiter) fallBack(now int64, t *tenant, timeout int64) {
 // their owner did not answer.
 func (l *Limiter) countFallback() {
 	var n int
-	l.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
+	l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
-		if t.state == shareFallback {
+		if t.state == shareFallback && !t.b.Load().gone {
 			n++
 		}
 		t.mu.Unlock()
-		return true
 	})
 	l.metrics.fallback.Set(float64(n))
 }

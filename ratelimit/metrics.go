@@ -58,18 +58,34 @@ func (m *limiterMetrics) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector for the per-tenant series.
 func (m *limiterMetrics) Collect(ch chan<- prometheus.Metric) {
-	m.l.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
+	type row struct {
+		id                string
+		admitted, refused int64
+		share             float64
+	}
+	var rows []row
+	// Read under the limiter's mutex, so that a rebuild of the index does
+	// not show a tenant twice; sent after it, so that a slow scrape does
+	// not hold up new tenants.
+	m.l.mu.Lock()
+	m.l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
-		admitted, refused := t.counts()
-		share := t.share
-		t.mu.Unlock()
-		ch <- prometheus.MustNewConstMetric(m.admitted, prometheus.CounterValue, float64(admitted), t.id)
-		ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(refused), t.id)
-		if t.b.Load().unlimited {
-			share = 1
+		defer t.mu.Unlock()
+		b := t.b.Load()
+		if b.gone {
+			return
 		}
-		ch <- prometheus.MustNewConstMetric(m.share, prometheus.GaugeValue, share, t.id)
-		return true
+		r := row{id: t.id, share: t.share}
+		r.admitted, r.refused = t.counts()
+		if b.unlimited {
+			r.share = 1
+		}
+		rows = append(rows, r)
 	})
+	m.l.mu.Unlock()
+	for _, r := range rows {
+		ch <- prometheus.MustNewConstMetric(m.admitted, prometheus.CounterValue, float64(r.admitted), r.id)
+		ch <- prometheus.MustNewConstMetric(m.refused, prometheus.CounterValue, float64(r.refused), r.id)
+		ch <- prometheus.MustNewConstMetric(m.share, prometheus.GaugeValue, r.share, r.id)
+	}
 }

@@ -68,7 +68,7 @@ func (o *ownerTable) report(now int64, node string, demands []*hopwatchv1.Tenant
 		t.reports[node] = demandReport{rate: min(rate, math.MaxFloat64), at: now}
 		// The owner knows its own demand: no need to assume any when
 		// its limiter has not seen the tenant.
-		_, selfActive := l.tenants.Load(d.GetTenant())
+		selfActive := l.tenants.load(d.GetTenant()) != nil
 		shares[i] = t.share(now, node, g.Rate, ms, n, o.timeout, o.warmup, o.self, selfActive)
 		r := t.reports[node]
 		r.share = shares[i]
