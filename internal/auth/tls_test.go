@@ -2,19 +2,12 @@ package auth
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,64 +23,24 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hopwatch/hopwatch/internal/testcerts"
 )
 
-// testCA signs certificates for the tests; its PEM is in file.
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-	file string
-}
+// testCA signs certificates for the tests.
+type testCA struct{ *testcerts.CA }
 
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	ca := &testCA{cert: cert, key: key, file: filepath.Join(t.TempDir(), name+".pem")}
-	require.NoError(t, os.WriteFile(ca.file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	return ca
-}
+func newTestCA(t *testing.T, name string) testCA { return testCA{testcerts.NewCA(t, name)} }
 
 // keyPair is a certificate and key as PEM.
 type keyPair struct{ cert, key []byte }
 
 // issue returns a certificate for localhost and 127.0.0.1, usable by
 // servers and clients, with the given serial number.
-func (ca *testCA) issue(t *testing.T, cn string, serial int64) keyPair {
+func (ca testCA) issue(t *testing.T, cn string, serial int64) keyPair {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	require.NoError(t, err)
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	return keyPair{
-		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		key:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
-	}
+	p := ca.Issue(t, cn, serial)
+	return keyPair{cert: p.Cert, key: p.Key}
 }
 
 // files writes kp to name.crt and name.key in dir.
@@ -211,10 +164,10 @@ func TestTLSConfigErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint16(tls.VersionTLS12), cfg.MinVersion)
 	require.Equal(t, tls.NoClientCert, cfg.ClientAuth)
-	cfg, err = ServerConfig(certFile, keyFile, ca.file, false)
+	cfg, err = ServerConfig(certFile, keyFile, ca.File, false)
 	require.NoError(t, err)
 	require.Equal(t, tls.VerifyClientCertIfGiven, cfg.ClientAuth)
-	cfg, err = ServerConfig(certFile, keyFile, ca.file, true)
+	cfg, err = ServerConfig(certFile, keyFile, ca.File, true)
 	require.NoError(t, err)
 	require.Equal(t, tls.RequireAndVerifyClientCert, cfg.ClientAuth)
 }
@@ -237,46 +190,46 @@ func TestTLSHTTP(t *testing.T) {
 		cfg, err := ServerConfig(certFile, keyFile, "", false)
 		require.NoError(t, err)
 		url := serveTLS(t, cfg, peerHandler)
-		serial, body, err := get(t, url, client(ca.file, "", ""))
+		serial, body, err := get(t, url, client(ca.File, "", ""))
 		require.NoError(t, err)
 		require.Equal(t, int64(7), serial)
 		require.Equal(t, "no client certificate", body)
 
-		_, _, err = get(t, url, client(other.file, "", ""))
+		_, _, err = get(t, url, client(other.File, "", ""))
 		var unknown x509.UnknownAuthorityError
 		require.ErrorAs(t, err, &unknown, "a server signed by a CA the client does not trust")
 
-		old := client(ca.file, "", "")
+		old := client(ca.File, "", "")
 		old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 		_, _, err = get(t, url, old)
 		require.ErrorContains(t, err, "protocol version", "TLS 1.1 is refused")
 	})
 
 	t.Run("mTLS required", func(t *testing.T) {
-		cfg, err := ServerConfig(certFile, keyFile, ca.file, true)
+		cfg, err := ServerConfig(certFile, keyFile, ca.File, true)
 		require.NoError(t, err)
 		url := serveTLS(t, cfg, peerHandler)
-		_, body, err := get(t, url, client(ca.file, clientCert, clientKey))
+		_, body, err := get(t, url, client(ca.File, clientCert, clientKey))
 		require.NoError(t, err)
 		require.Equal(t, "node-2 #8", body)
 
-		_, _, err = get(t, url, client(ca.file, "", ""))
+		_, _, err = get(t, url, client(ca.File, "", ""))
 		requireRefusedHandshake(t, err, "certificate required")
-		_, _, err = get(t, url, client(ca.file, strangerCert, strangerKey))
+		_, _, err = get(t, url, client(ca.File, strangerCert, strangerKey))
 		requireRefusedHandshake(t, err, "unknown certificate authority") // a client certificate from another CA
 	})
 
 	t.Run("mTLS optional", func(t *testing.T) {
-		cfg, err := ServerConfig(certFile, keyFile, ca.file, false)
+		cfg, err := ServerConfig(certFile, keyFile, ca.File, false)
 		require.NoError(t, err)
 		url := serveTLS(t, cfg, peerHandler)
-		_, body, err := get(t, url, client(ca.file, "", ""))
+		_, body, err := get(t, url, client(ca.File, "", ""))
 		require.NoError(t, err)
 		require.Equal(t, "no client certificate", body)
-		_, body, err = get(t, url, client(ca.file, clientCert, clientKey))
+		_, body, err = get(t, url, client(ca.File, clientCert, clientKey))
 		require.NoError(t, err)
 		require.Equal(t, "node-2 #8", body)
-		_, _, err = get(t, url, client(ca.file, strangerCert, strangerKey))
+		_, _, err = get(t, url, client(ca.File, strangerCert, strangerKey))
 		requireRefusedHandshake(t, err, "unknown certificate authority") // a certificate given is verified
 	})
 }
@@ -290,10 +243,10 @@ func TestTLSRotation(t *testing.T) {
 	certFile, keyFile := ca.issue(t, "hopwatch", 1).files(t, dir, "server")
 	clientCert, clientKey := ca.issue(t, "node-2", 100).files(t, dir, "client")
 
-	cfg, err := ServerConfig(certFile, keyFile, ca.file, true)
+	cfg, err := ServerConfig(certFile, keyFile, ca.File, true)
 	require.NoError(t, err)
 	url := serveTLS(t, cfg, peerHandler)
-	ccfg, err := ClientConfig(ca.file, clientCert, clientKey, "localhost")
+	ccfg, err := ClientConfig(ca.File, clientCert, clientKey, "localhost")
 	require.NoError(t, err)
 
 	check := func(wantServer int64, wantClient string) {
@@ -372,13 +325,13 @@ func TestTLSGRPC(t *testing.T) {
 	certFile, keyFile := ca.issue(t, "hopwatch", 1).files(t, dir, "server")
 	clientCert, clientKey := ca.issue(t, "node-2", 2).files(t, dir, "client")
 
-	scfg, err := ServerConfig(certFile, keyFile, ca.file, true)
+	scfg, err := ServerConfig(certFile, keyFile, ca.File, true)
 	require.NoError(t, err)
 	a, err := New(Options{Enabled: true, Realm: "hopwatch"}, testTokens(), prometheus.NewRegistry(), nil)
 	require.NoError(t, err)
 
 	t.Run("mTLS and token", func(t *testing.T) {
-		ccfg, err := ClientConfig(ca.file, clientCert, clientKey, "localhost")
+		ccfg, err := ClientConfig(ca.File, clientCert, clientKey, "localhost")
 		require.NoError(t, err)
 		conn := startGRPC(t, a, credentials.NewTLS(scfg), credentials.NewTLS(ccfg))
 		out := new(wrapperspb.StringValue)
@@ -390,7 +343,7 @@ func TestTLSGRPC(t *testing.T) {
 	})
 
 	t.Run("no client certificate", func(t *testing.T) {
-		ccfg, err := ClientConfig(ca.file, "", "", "localhost")
+		ccfg, err := ClientConfig(ca.File, "", "", "localhost")
 		require.NoError(t, err)
 		conn := startGRPC(t, a, credentials.NewTLS(scfg), credentials.NewTLS(ccfg))
 		err = conn.Invoke(t.Context(), whoamiMethod, wrapperspb.String("hi"), new(wrapperspb.StringValue), grpc.PerRPCCredentials(bearerCreds(tokenA)))

@@ -378,7 +378,7 @@ func TestClusterTLS(t *testing.T) {
 	withTLS := func(cn string, join string) func(*server.Config) {
 		certFile, keyFile, _ := ca.issue(t, cn)
 		return func(c *server.Config) {
-			c.Cluster.TLS = server.ClusterTLSConfig{CertFile: certFile, KeyFile: keyFile, CAFile: ca.file}
+			c.Cluster.TLS = server.ClusterTLSConfig{CertFile: certFile, KeyFile: keyFile, CAFile: ca.File}
 			if join != "" {
 				joining(join)(c)
 			}
@@ -402,7 +402,7 @@ func TestClusterTLS(t *testing.T) {
 		_, err := hopwatchv1.NewClusterServiceClient(conn).ReadIndex(ctx, &hopwatchv1.ReadIndexRequest{})
 		require.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", name, err)
 	}
-	c, err := tls.Dial("tcp", a1.ClusterRaft, &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
+	c, err := tls.Dial("tcp", a1.ClusterRaft, &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12})
 	if err == nil {
 		// TLS 1.3 reports a refused client certificate at the first read.
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))

@@ -26,17 +26,17 @@ import (
 )
 
 // httpsClient is an HTTP client trusting ca, presenting certs.
-func httpsClient(t *testing.T, ca *testCA, certs ...tls.Certificate) *http.Client {
+func httpsClient(t *testing.T, ca testCA, certs ...tls.Certificate) *http.Client {
 	t.Helper()
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, Certificates: certs, MinVersion: tls.VersionTLS12}}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
 }
 
 // dialTLS is a gRPC connection to addr trusting ca, presenting certs.
-func dialTLS(t *testing.T, addr string, ca *testCA, certs ...tls.Certificate) *grpc.ClientConn {
+func dialTLS(t *testing.T, addr string, ca testCA, certs ...tls.Certificate) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: ca.pool, Certificates: certs, MinVersion: tls.VersionTLS12})))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: ca.Pool, Certificates: certs, MinVersion: tls.VersionTLS12})))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return conn
@@ -59,17 +59,17 @@ func TestTLS(t *testing.T) {
 	hdr := map[string]string{"authorization": "Bearer " + tok}
 
 	gexp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(addrs.OTLPGRPC), otlptracegrpc.WithHeaders(hdr),
-		otlptracegrpc.WithTLSCredentials(credentials.NewClientTLSFromCert(ca.pool, "")))
+		otlptracegrpc.WithTLSCredentials(credentials.NewClientTLSFromCert(ca.Pool, "")))
 	require.NoError(t, err)
 	emit(t, gexp, []*spanSet{{service: "svc-tls", name: "grpc-op", kind: trace.SpanKindServer, durations: spread(2)}})
 	hexp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithHeaders(hdr),
-		otlptracehttp.WithTLSClientConfig(&tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}))
+		otlptracehttp.WithTLSClientConfig(&tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}))
 	require.NoError(t, err)
 	emit(t, hexp, []*spanSet{{service: "svc-tls", name: "http-op", kind: trace.SpanKindServer, durations: spread(3)}})
 
 	opts := client.DefaultOptions()
 	opts.Target = addrs.OTLPGRPC
-	opts.TLS = &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+	opts.TLS = &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
 	opts.Token = tok
 	opts.Writer = "tls-stream"
 	c, err := client.New(opts, nil, nil)
@@ -115,7 +115,7 @@ func TestMutualTLS(t *testing.T) {
 	_, _, strangerCert := newTestCA(t).issue(t, "stranger")
 	reg := prometheus.NewRegistry()
 	_, addrs := startServerReg(t, reg, func(c *server.Config) {
-		c.TLS = server.TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: ca.file, RequireClientCert: true}
+		c.TLS = server.TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: ca.File, RequireClientCert: true}
 	})
 	ctx := context.Background()
 	traces := func() ptraceotlp.ExportRequest {
