@@ -112,10 +112,11 @@ func (b *bucket) level(full, tokenNow int64) int64 {
 	return b.burst - max(0, full-tokenNow)
 }
 
-// wait returns how long until need more tokens have accrued.
-func (b *bucket) wait(need int64) time.Duration {
+// wait returns how long until need more tokens have accrued; never, at a
+// rate of 0 (a share of 0), reported as ifNever.
+func (b *bucket) wait(need int64, ifNever time.Duration) time.Duration {
 	if b.perSec <= 0 {
-		return time.Duration(math.MaxInt64)
+		return ifNever
 	}
 	return time.Duration(math.Ceil(float64(need) * 1e9 / b.perSec))
 }

@@ -20,7 +20,8 @@ type ExchangeOptions struct {
 	// Membership is the ring; required.
 	Membership Membership
 	// Limiters are the limiters whose shares the exchange keeps, with
-	// distinct names; every node must run the same names.
+	// distinct names; every node must run the same names. A limiter
+	// belongs to one exchange.
 	Limiters []*Limiter
 	// Interval is how often this node reports its demand and receives its
 	// shares. 0 means 1 s. Every node should use the same.
@@ -147,6 +148,7 @@ func NewExchange(opts ExchangeOptions, reg prometheus.Registerer, logger *slog.L
 		e.limiters[l.name] = l
 		// Decisions before the first round admit limit/n.
 		l.setNodes(liveCount(ms))
+		l.interval.Store(int64(opts.Interval))
 	}
 	return e, nil
 }

@@ -401,3 +401,26 @@ func TestExchangeBatchFloor(t *testing.T) {
 	c.round("a", "b", "c")
 	require.Equal(t, int64(1000), c.nodes["b"].l.AllowN(tenant, 1001).Local.Burst)
 }
+
+// TestExchangeZeroShare: a node whose share is 0 (no demand there while
+// the others take the whole limit) refuses with RetryAfter = the interval,
+// and gets its share within two exchanges once it has demand (at the
+// first, a reports before b and still sees b's old demand).
+func TestExchangeZeroShare(t *testing.T) {
+	c := newCluster(t, Limit{Rate: 1000, Burst: 1000}, "a", "b")
+	const tenant = "acme"
+	c.nodes["b"].l.AllowN(tenant, 1)
+	for range 3 {
+		c.drive(tenant, map[string]float64{"a": 2000}, time.Second)
+		c.round("a", "b")
+	}
+	require.Zero(t, c.share("b", tenant))
+	d := c.nodes["b"].l.AllowN(tenant, 10)
+	require.False(t, d.Allowed)
+	require.Equal(t, time.Second, d.RetryAfter)
+	for range 2 {
+		c.drive(tenant, map[string]float64{"a": 2000, "b": 2000}, time.Second)
+		c.round("a", "b")
+	}
+	require.InDelta(t, 0.5, c.share("b", tenant), 1e-9)
+}

@@ -64,9 +64,10 @@ type Decision struct {
 	// tenant's bucket.
 	Allowed bool
 	// RetryAfter is, for a refused batch, how long until a batch of the
-	// same size fits this node's bucket at its current rate; 0 when
-	// allowed. A batch larger than Local.Burst does not fit until this
-	// node's share grows: see Local.
+	// same size fits this node's bucket at its current rate (the exchange
+	// interval if this node's share is 0); 0 when allowed. A batch larger
+	// than Local.Burst does not fit until the next exchange raises this
+	// node's burst: see Local.
 	RetryAfter time.Duration
 	// Global is the tenant's cluster-wide limit, the figure a refusal
 	// should name (with the setting that changes it), never the share.

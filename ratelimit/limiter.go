@@ -95,6 +95,11 @@ type Limiter struct {
 	mu   sync.Mutex
 	conf atomic.Pointer[limitsConf]
 
+	// interval is the exchange interval (1 s until an exchange sets it):
+	// the RetryAfter of a node whose share is 0, which the next exchange
+	// may change.
+	interval atomic.Int64
+
 	metrics *limiterMetrics
 	logger  *slog.Logger
 }
@@ -133,6 +138,7 @@ func New(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*Limiter
 		logger: logger.With("component", "ratelimit", "limit", opts.Name),
 	}
 	l.conf.Store(&limitsConf{def: opts.Default, nodes: 1})
+	l.interval.Store(int64(time.Second))
 	m, err := newLimiterMetrics(l, reg)
 	if err != nil {
 		return nil, err
@@ -167,7 +173,7 @@ func (l *Limiter) AllowN(tenant string, n int64) Decision {
 			return Decision{Allowed: true, Global: b.global, Local: b.localLimit()}
 		case refused:
 			b.refused.Add(n)
-			return Decision{RetryAfter: b.wait(missing), Global: b.global, Local: b.localLimit()}
+			return Decision{RetryAfter: b.wait(missing, time.Duration(l.interval.Load())), Global: b.global, Local: b.localLimit()}
 		}
 		t = l.current(t, b, tenant)
 	}
