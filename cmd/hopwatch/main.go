@@ -65,7 +65,10 @@ Usage:
   hopwatch bench storage     measure the raw tier's codecs on datasets D1-D4
   hopwatch bench ingest      measure end-to-end ingest with OpenTelemetry's telemetrygen
   hopwatch bench stream      measure end-to-end streaming ingest with the Go client
+  hopwatch bench quantile    measure exact window quantiles against Prometheus, and the sketch's error
+  hopwatch bench alert       measure alert detection delay at a real Alertmanager
   hopwatch bench cluster     measure metadata write latency and leader failover on 3 loopback nodes
+                             (--processes: three hopwatch serve processes, the leader SIGKILLed)
   hopwatch cluster status    members, leader and raft positions, from a node's HTTP API
   hopwatch cluster join      add a node to the cluster (--id, --raft-address, --grpc-address)
   hopwatch cluster remove ID take a member out of the cluster
