@@ -11,7 +11,9 @@ package ratelimit
 // decision takes units (the compare-and-swap path); "refuse", a limit of 1
 // unit per second, so nearly every decision is a refusal. x/time/rate gets
 // one *rate.Limiter per tenant in a read-only map (no lock), its best case,
-// and reads time.Now() per decision as its Allow does.
+// and reads time.Now() per decision as its Allow does. "hopwatch-coarse"
+// is the same limiter on a clock read from memory (CoarseClock, in
+// coarse_test.go), to show what the clock read costs.
 
 import (
 	"fmt"
@@ -33,6 +35,15 @@ type impl struct {
 var impls = []impl{
 	{"hopwatch", func(b *testing.B, lim Limit, tenants []string) allowFunc {
 		l := newTestLimiter(b, MonotonicClock(), lim)
+		for _, t := range tenants {
+			l.Allow(t)
+		}
+		return func(t string, n int64) bool { return l.AllowN(t, n).Allowed }
+	}},
+	{"hopwatch-coarse", func(b *testing.B, lim Limit, tenants []string) allowFunc {
+		clock := NewCoarseClock(time.Millisecond)
+		b.Cleanup(clock.Stop)
+		l := newTestLimiter(b, clock, lim)
 		for _, t := range tenants {
 			l.Allow(t)
 		}
