@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"bytes"
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -40,4 +41,18 @@ func TestSimulate(t *testing.T) {
 func TestSimulateOptions(t *testing.T) {
 	_, err := Simulate(context.Background(), SimulateOptions{Phase: time.Second})
 	require.ErrorContains(t, err, "Phase")
+}
+
+// TestSimulateReport runs the full simulation with the default options
+// (40 s) and prints its report, the figures of docs/ratelimit.md, until
+// `hopwatch bench ratelimit` calls Simulate:
+//
+//	HOPWATCH_RATELIMIT_SIM=1 go test ./ratelimit -run TestSimulateReport -v -count 1
+func TestSimulateReport(t *testing.T) {
+	if os.Getenv("HOPWATCH_RATELIMIT_SIM") == "" {
+		t.Skip("set HOPWATCH_RATELIMIT_SIM=1 to run the 40 s simulation")
+	}
+	res, err := Simulate(context.Background(), SimulateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, res.Print(os.Stdout))
 }
