@@ -424,3 +424,38 @@ func TestExchangeZeroShare(t *testing.T) {
 	}
 	require.InDelta(t, 0.5, c.share("b", tenant), 1e-9)
 }
+
+// TestExchangeMetrics: the per-tenant share and counters and the
+// exchange's own series, as a scrape sees them.
+func TestExchangeMetrics(t *testing.T) {
+	c := newCluster(t, Limit{Rate: 1000, Burst: 1000}, "a", "b")
+	tenant := c.tenantOwnedBy("b")
+	for range 3 {
+		c.drive(tenant, map[string]float64{"a": 1500, "b": 500}, time.Second)
+		c.round("a", "b")
+	}
+	reg := c.nodes["a"].reg
+	require.NoError(t, testutil.GatherAndCompare(reg, stringsReader(fmt.Sprintf(`
+# HELP hopwatch_ratelimit_share Fraction of the tenant's cluster-wide limit this node admits until the next exchange.
+# TYPE hopwatch_ratelimit_share gauge
+hopwatch_ratelimit_share{limit="spans",tenant=%q} 0.75
+# HELP hopwatch_ratelimit_live_members Live members of the ring: n in the even split limit/n.
+# TYPE hopwatch_ratelimit_live_members gauge
+hopwatch_ratelimit_live_members 2
+# HELP hopwatch_ratelimit_owned_tenants Tenant limits this node owns: it splits them among the nodes that report demand.
+# TYPE hopwatch_ratelimit_owned_tenants gauge
+hopwatch_ratelimit_owned_tenants 0
+# HELP hopwatch_ratelimit_tenants Tenants the limiter holds a bucket for.
+# TYPE hopwatch_ratelimit_tenants gauge
+hopwatch_ratelimit_tenants{limit="spans"} 1
+`, tenant)), "hopwatch_ratelimit_share", "hopwatch_ratelimit_live_members", "hopwatch_ratelimit_owned_tenants", "hopwatch_ratelimit_tenants"))
+	require.Equal(t, 1.0, testutil.ToFloat64(c.nodes["b"].e.metrics.owned))
+	// a's reports went over gRPC to b: three timed, none failed.
+	require.Equal(t, 1, testutil.CollectAndCount(c.nodes["a"].e.metrics.duration))
+	require.Zero(t, testutil.ToFloat64(c.nodes["a"].e.metrics.errors))
+	n, err := testutil.GatherAndCount(reg, "hopwatch_ratelimit_admitted_total", "hopwatch_ratelimit_refused_total")
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	a := c.nodes["a"].l.admitted(tenant)
+	require.InDelta(t, 1000+750+750, a, 40, "a's part of the limit over 3 s (1000 as the first-second burst and rate)")
+}
