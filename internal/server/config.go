@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"path/filepath"
 	"time"
@@ -68,6 +69,10 @@ type Config struct {
 	WindowQuantiles windowrec.Options
 	// Alerting configures the ruler; its Dir is derived from Storage.Dir.
 	Alerting alerting.Options
+	// RateLimits are every tenant's default ingestion rate limits, held
+	// across the cluster (see docs/ratelimit.md); the cluster's tenant
+	// metadata overrides them per tenant.
+	RateLimits RateLimitConfig
 
 	// ConfigYAML is the effective configuration as served by /api/v1/status/config.
 	ConfigYAML string
@@ -150,6 +155,45 @@ type ClusterConfig struct {
 	UnreachableAfter   time.Duration
 }
 
+// RateLimitConfig holds the default ingestion rate limits of every tenant,
+// cluster-wide: the nodes of a cluster together admit them, not each node.
+type RateLimitConfig struct {
+	// IngestionRateSpans is the spans per second a tenant may send
+	// (--limits.ingestion-rate-spans); 0 means no limit.
+	IngestionRateSpans float64
+	// IngestionBurstSpans is the spans a tenant that has been quiet may
+	// send at once (--limits.ingestion-burst-spans); 0 means one second of
+	// IngestionRateSpans. A request with more spans is refused as too
+	// large.
+	IngestionBurstSpans int64
+	// IngestionRateBytes is the request bytes per second (after
+	// decompression) a tenant may send (--limits.ingestion-rate-bytes), with
+	// a burst of one second of it; 0 means no limit.
+	IngestionRateBytes float64
+	// ExchangeInterval is how often the nodes exchange each tenant's demand
+	// with its owner, which splits the limit among them
+	// (--limits.exchange-interval). Every node should use the same.
+	ExchangeInterval time.Duration
+}
+
+func (c RateLimitConfig) validate() error {
+	var errs []error
+	rate := func(flag string, v float64) {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %v is not a finite number >= 0 (0 means no limit)", flag, v))
+		}
+	}
+	rate("limits.ingestion-rate-spans", c.IngestionRateSpans)
+	rate("limits.ingestion-rate-bytes", c.IngestionRateBytes)
+	if c.IngestionBurstSpans < 0 {
+		errs = append(errs, fmt.Errorf("limits.ingestion-burst-spans: %d is negative (0 means one second of limits.ingestion-rate-spans)", c.IngestionBurstSpans))
+	}
+	if c.ExchangeInterval <= 0 {
+		errs = append(errs, fmt.Errorf("limits.exchange-interval: must be positive, got %s", c.ExchangeInterval))
+	}
+	return errors.Join(errs...)
+}
+
 // ClusterTLSConfig configures mutual TLS between the nodes: all three
 // files, or none.
 type ClusterTLSConfig struct {
@@ -216,6 +260,7 @@ func DefaultConfig() Config {
 		WindowQuantilesEnabled: true,
 		WindowQuantiles:        windowrec.DefaultOptions(),
 		Alerting:               alerting.DefaultOptions(),
+		RateLimits:             RateLimitConfig{ExchangeInterval: time.Second},
 		Cluster: ClusterConfig{
 			RaftAddress: ":" + cluster.DefaultRaftPort,
 			GRPCAddress: ":" + DefaultClusterGRPCPort,
@@ -254,6 +299,7 @@ func (c Config) Validate() error {
 	}
 	add(c.TLS.validate())
 	add(c.Cluster.validate())
+	add(c.RateLimits.validate())
 	if err := c.Ingest.Validate(); err != nil {
 		add(fmt.Errorf("ingest: %w", err))
 	}
