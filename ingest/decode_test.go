@@ -184,7 +184,7 @@ func BenchmarkExport(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := r.export(ctx, protoGRPC, "anonymous", "", decodeProtobuf(body)); err != nil {
+		if _, err := r.export(ctx, protoGRPC, "anonymous", "", len(body), decodeProtobuf(body)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -163,10 +163,14 @@ func (r *Receiver) exportGRPC(ctx context.Context, in *rawMessage) (*rawMessage,
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 	}
-	res, err := r.export(ctx, protoGRPC, tenantID, writer, decodeProtobuf(in.b))
+	res, err := r.export(ctx, protoGRPC, tenantID, writer, len(in.b), decodeProtobuf(in.b))
 	var malformed errMalformed
 	if errors.As(err, &malformed) {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	var limited *errRateLimited
+	if errors.As(err, &limited) {
+		return nil, limited.rpcStatus().Err()
 	}
 	if err != nil {
 		// UNAVAILABLE is retryable for OTLP clients; nothing of the request was kept.

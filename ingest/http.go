@@ -84,11 +84,21 @@ func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
 	if mediaType == contentJSON {
 		decode = decodeJSON(body)
 	}
-	res, err := r.export(req.Context(), protoHTTP, tenantID, writer, decode)
+	res, err := r.export(req.Context(), protoHTTP, tenantID, writer, len(body), decode)
 	var malformed errMalformed
 	if errors.As(err, &malformed) {
 		// Counted by export.
 		writeStatus(w, respType, http.StatusBadRequest, err.Error())
+		return
+	}
+	var limited *errRateLimited
+	if errors.As(err, &limited) {
+		// Counted by export. OTLP exporters retry a 429 after Retry-After;
+		// the body's RetryInfo says the same to clients that read it.
+		if !limited.tooLarge {
+			w.Header().Set("Retry-After", retryAfterSeconds(limited.retryAfter))
+		}
+		writeRPCStatus(w, respType, limited.httpStatus(), limited.rpcStatus().Proto())
 		return
 	}
 	if err != nil {
@@ -171,7 +181,11 @@ func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason 
 // writeStatus writes an OTLP error response: a google.rpc.Status in the
 // request's encoding, as the OTLP/HTTP specification asks.
 func writeStatus(w http.ResponseWriter, contentType string, httpStatus int, msg string) {
-	st := &spb.Status{Code: int32(grpcCode(httpStatus)), Message: msg}
+	writeRPCStatus(w, contentType, httpStatus, &spb.Status{Code: int32(grpcCode(httpStatus)), Message: msg})
+}
+
+// writeRPCStatus writes st, details included, as an OTLP error response.
+func writeRPCStatus(w http.ResponseWriter, contentType string, httpStatus int, st *spb.Status) {
 	var out []byte
 	if contentType == contentJSON {
 		out, _ = protojson.Marshal(st)

@@ -223,8 +223,10 @@ type Receiver struct {
 	drainOnce sync.Once
 	// grpcMetrics counts gRPC calls and messages per method, live.
 	grpcMetrics *grpcprom.ServerMetrics
-	logger      *slog.Logger
-	work        sync.Pool // *work
+	// limits are the tenants' ingestion rate limits; set before serving.
+	limits RateLimits
+	logger *slog.Logger
+	work   sync.Pool // *work
 }
 
 // work is the per-request scratch space, pooled so that steady-state
@@ -336,9 +338,12 @@ func (r *Receiver) Drain() { r.drainOnce.Do(func() { close(r.draining) }) }
 // Watermarks returns the receiver's writer tracker.
 func (r *Receiver) Watermarks() *watermark.Tracker { return r.marks }
 
-// export decodes a request and appends its samples for tenantID; writer,
-// if not empty, names the request's writer.
-func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string, decode decodeFunc) (exportResult, error) {
+// export decodes a request of size bytes (after decompression) and appends
+// its samples for tenantID; writer, if not empty, names the request's
+// writer. A request over the tenant's rate limits is refused as a whole
+// with an *errRateLimited before anything of it is written (the service
+// graph's pairing included).
+func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string, size int, decode decodeFunc) (exportResult, error) {
 	start := time.Now()
 	defer func() { r.metrics.duration.WithLabelValues(protocol).Observe(time.Since(start).Seconds()) }()
 	w := r.work.Get().(*work)
@@ -352,6 +357,10 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string
 		return exportResult{}, errMalformed{err}
 	}
 	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
+	if e := r.allow(tenantID, int64(total), int64(size)); e != nil {
+		r.countRateLimited(protocol, tenantID, total, e)
+		return exportResult{}, e
+	}
 	// Edges whose two sides are now known go into the same durable append.
 	var gs graphStats
 	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano(), &gs)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/prometheus/prometheus/model/labels"
 
@@ -139,6 +140,21 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 	w := r.work.Get().(*work)
 	defer r.work.Put(w)
 	dedup := r.streams.get(tenantID, writer)
+	// A batch refused by a rate limit is acknowledged at once, but its
+	// credit, and that of every batch acknowledged after it, is withheld
+	// until its retry delay has passed: the client's sending stops for as
+	// long as the limit asks, even if it resends sooner.
+	var (
+		withheld uint32
+		grantAt  time.Time
+		grant    <-chan time.Time // nil while nothing is withheld
+		timer    *time.Timer
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		var req *hopwatchv1.StreamRequest
 		select {
@@ -146,6 +162,15 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 			return errDraining
 		case err := <-readErr:
 			return err
+		case <-grant:
+			// Granted before it is sent: the client may answer at once.
+			acked.Add(uint64(withheld))
+			credit := withheld
+			withheld, grant = 0, nil
+			if err := stream.Send(&hopwatchv1.StreamResponse{Credit: credit}); err != nil {
+				return err
+			}
+			continue
 		case req = <-batches:
 		}
 		if req == nil { // the client closed its side and every batch is applied
@@ -156,10 +181,25 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 				return nil
 			}
 		}
-		ack := r.applyBatch(ctx, tenantID, writer, dedup, w, req.GetBatch())
-		ack.Credit = 1
-		// Granted before it is sent: the client may answer at once.
-		acked.Add(1)
+		ack, retryAfter := r.applyBatch(ctx, tenantID, writer, dedup, w, req.GetBatch())
+		if retryAfter > 0 {
+			if at := time.Now().Add(retryAfter); withheld == 0 || at.After(grantAt) {
+				grantAt = at
+				if timer == nil {
+					timer = time.NewTimer(retryAfter)
+				} else {
+					timer.Reset(retryAfter)
+				}
+				grant = timer.C
+			}
+		}
+		if withheld > 0 || retryAfter > 0 {
+			withheld++
+		} else {
+			ack.Credit = 1
+			// Granted before it is sent: the client may answer at once.
+			acked.Add(1)
+		}
 		if err := stream.Send(ack); err != nil {
 			return err
 		}
@@ -177,8 +217,10 @@ func tenantCode(err error) codes.Code {
 	return codes.InvalidArgument
 }
 
-// applyBatch applies one batch of a writer once, and says how it went.
-func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedup *streamWriter, w *work, hb *hopwatchv1.HopBatch) *hopwatchv1.StreamResponse {
+// applyBatch applies one batch of a writer once, and says how it went;
+// retryAfter is positive when a rate limit refused the batch, for as long
+// as the stream withholds credit.
+func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedup *streamWriter, w *work, hb *hopwatchv1.HopBatch) (_ *hopwatchv1.StreamResponse, retryAfter time.Duration) {
 	start := time.Now()
 	defer func() { r.metrics.duration.WithLabelValues(protoStream).Observe(time.Since(start).Seconds()) }()
 	r.metrics.requests.WithLabelValues(protoStream).Inc()
@@ -190,7 +232,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		return ack
 	}
 	if seq == 0 {
-		return reject(refusedMalformed, "batch seq 0: sequence numbers start at 1")
+		return reject(refusedMalformed, "batch seq 0: sequence numbers start at 1"), 0
 	}
 
 	dedup.mtx.Lock()
@@ -199,22 +241,37 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 	if seq <= dedup.last {
 		r.metrics.streamDuplicates.Inc()
 		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
-		return ack
+		return ack, 0
 	}
 	if dedup.gap != 0 && seq > dedup.gap {
 		r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
 		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE
 		ack.ErrorMessage = fmt.Sprintf("batch %d waits for batch %d, which storage could not take: resend from batch %d", seq, dedup.gap, dedup.gap)
-		return ack
+		return ack, 0
 	}
 
 	w.batch.Reset()
 	var ref Refusals
 	n, end, err := w.dec.decodeHopBatch(hb, &w.batch, &ref)
 	if err != nil {
-		return reject(refusedMalformed, fmt.Sprintf("malformed batch %d: %v", seq, err))
+		return reject(refusedMalformed, fmt.Sprintf("malformed batch %d: %v", seq, err)), 0
 	}
 	r.metrics.spansReceived.WithLabelValues(protoStream).Add(float64(n))
+	if e := r.allow(tenantID, int64(n), int64(proto.Size(hb))); e != nil {
+		r.countRateLimited(protoStream, tenantID, n, e)
+		if e.tooLarge {
+			ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_REJECTED, e.Error()
+			return ack, 0
+		}
+		// UNAVAILABLE: the client sends it again with the same seq. Later
+		// batches wait for it, as for a storage failure: applied first,
+		// they would make its resend look like a duplicate.
+		ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, e.Error()
+		if dedup.gap == 0 || seq < dedup.gap {
+			dedup.gap = seq
+		}
+		return ack, e.retryAfter
+	}
 	// Storage logs the seq with the samples and refuses a seq it applied
 	// before a restart, which the in-memory check above cannot know.
 	w.batch.Writer, w.batch.Seq = writer, seq
@@ -223,7 +280,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		dedup.last = max(dedup.last, seq)
 		r.metrics.streamDuplicates.Inc()
 		ack.Status = hopwatchv1.AckStatus_ACK_STATUS_DUPLICATE
-		return ack
+		return ack, 0
 	}
 	if err != nil {
 		r.metrics.requestsRefused.WithLabelValues(protoStream, refusedUnavailable).Inc()
@@ -232,7 +289,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		if dedup.gap == 0 || seq < dedup.gap {
 			dedup.gap = seq
 		}
-		return ack
+		return ack, 0
 	}
 	r.countLate(tenantID, &w.batch)
 	r.countLimited(tenantID, &w.batch, &ref, true)
@@ -251,7 +308,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 	if rejected > 0 {
 		ack.ErrorMessage = ref.Message(n)
 	}
-	return ack
+	return ack, 0
 }
 
 // decodeHopBatch appends a batch's records to b. Records of a series

@@ -220,7 +220,8 @@ func TestStreamUnavailableHoldsLaterBatches(t *testing.T) {
 		}
 	}
 	apply := func(seq uint64) hopwatchv1.AckStatus {
-		return r.applyBatch(context.Background(), "anonymous", "w", dedup, w, batch(seq)).GetStatus()
+		ack, _ := r.applyBatch(context.Background(), "anonymous", "w", dedup, w, batch(seq))
+		return ack.GetStatus()
 	}
 	require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, apply(1))
 	app.fail = true

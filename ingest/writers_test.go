@@ -40,7 +40,7 @@ func TestWriterIDs(t *testing.T) {
 	ids := func(header string) []string {
 		r, err := New(DefaultOptions(), nopAppender{}, nil, nil)
 		require.NoError(t, err)
-		_, err = r.export(context.Background(), protoHTTP, "anonymous", header, decodeProtobuf(body))
+		_, err = r.export(context.Background(), protoHTTP, "anonymous", header, len(body), decodeProtobuf(body))
 		require.NoError(t, err)
 		_, ws := r.Watermarks().Writers("anonymous", time.Now().UnixNano())
 		var out []string
