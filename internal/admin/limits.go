@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/hopwatch/hopwatch/cluster"
+	"github.com/hopwatch/hopwatch/ratelimit"
 	"github.com/hopwatch/hopwatch/storage/agg"
 )
 
@@ -38,9 +39,8 @@ var _ LimitsTarget = (*agg.Store)(nil)
 // value. It logs each tenant whose limits change. The caller runs it in a
 // goroutine it owns and waits for it after cancelling ctx.
 //
-// Enforced today: max_series_per_tenant (storage/agg refuses new series
-// past it). The ingestion rate limits are stored and validated by the
-// cluster, for the rate limiter to read.
+// It applies max_series_per_tenant (storage/agg refuses new series past
+// it); ApplyRateLimits applies the ingestion rate limits.
 func ApplyLimits(ctx context.Context, src Watcher, target LimitsTarget, logger *slog.Logger) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -91,6 +91,91 @@ func overrides(s *cluster.State) map[string]agg.TenantLimits {
 	for _, t := range s.Tenants() {
 		l := agg.TenantLimits{MaxSeries: int(min(t.Limits.MaxSeriesPerTenant, math.MaxInt))}
 		if l != (agg.TenantLimits{}) {
+			out[t.ID] = l
+		}
+	}
+	return out
+}
+
+// RateLimitsTarget takes every tenant's overrides of one rate limit at
+// once; *ratelimit.Limiter implements it.
+type RateLimitsTarget interface {
+	SetTenantLimits(map[string]ratelimit.Limit) error
+}
+
+var _ RateLimitsTarget = (*ratelimit.Limiter)(nil)
+
+// ApplyRateLimits keeps the spans and bytes limiters' per-tenant limits
+// equal to the tenants' ingestion rate overrides in src, as ApplyLimits
+// does for storage: at once, then after every change applied on this node,
+// until ctx ends. A zero field keeps the flag's value. There is no byte
+// burst override: the bytes limit's burst is one second of its rate. The
+// caller runs it in a goroutine it owns and waits for it after cancelling
+// ctx.
+func ApplyRateLimits(ctx context.Context, src Watcher, spans, bytes RateLimitsTarget, logger *slog.Logger) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "admin")
+	changed, stop := src.Watch()
+	defer stop()
+	var applied map[string]cluster.Limits
+	apply := func() {
+		s := src.State()
+		next := rateOverrides(s)
+		if applied != nil && maps.Equal(applied, next) {
+			return
+		}
+		sp, by := map[string]ratelimit.Limit{}, map[string]ratelimit.Limit{}
+		for id, l := range next {
+			if l := (ratelimit.Limit{Rate: l.IngestionRateSpans, Burst: l.IngestionBurstSpans}); l != (ratelimit.Limit{}) {
+				sp[id] = l
+			}
+			if l.IngestionRateBytes != 0 {
+				by[id] = ratelimit.Limit{Rate: l.IngestionRateBytes}
+			}
+		}
+		// The cluster validates limits before they are committed, so a
+		// refusal is a mismatch between the two: the tenants keep the
+		// flags' limits.
+		if err := spans.SetTenantLimits(sp); err != nil {
+			logger.Error("tenant span rate limits refused by the limiter", "index", s.Index(), "err", err)
+		}
+		if err := bytes.SetTenantLimits(by); err != nil {
+			logger.Error("tenant byte rate limits refused by the limiter", "index", s.Index(), "err", err)
+		}
+		for _, id := range slices.Sorted(maps.Keys(next)) {
+			if old, ok := applied[id]; !ok || old != next[id] {
+				l := next[id]
+				logger.Info("tenant rate limits applied", "tenant", id, "ingestion_rate_spans", l.IngestionRateSpans,
+					"ingestion_burst_spans", l.IngestionBurstSpans, "ingestion_rate_bytes", l.IngestionRateBytes, "index", s.Index())
+			}
+		}
+		for _, id := range slices.Sorted(maps.Keys(applied)) {
+			if _, ok := next[id]; !ok {
+				logger.Info("tenant rate limits back to the defaults", "tenant", id, "index", s.Index())
+			}
+		}
+		applied = next
+	}
+	apply()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			apply()
+		}
+	}
+}
+
+// rateOverrides returns the ingestion rate overrides of every tenant that
+// has one, the other limits zeroed.
+func rateOverrides(s *cluster.State) map[string]cluster.Limits {
+	out := map[string]cluster.Limits{}
+	for _, t := range s.Tenants() {
+		l := cluster.Limits{IngestionRateSpans: t.Limits.IngestionRateSpans, IngestionBurstSpans: t.Limits.IngestionBurstSpans, IngestionRateBytes: t.Limits.IngestionRateBytes}
+		if l != (cluster.Limits{}) {
 			out[t.ID] = l
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/stretchr/testify/require"
 
+	"github.com/hopwatch/hopwatch/ratelimit"
 	"github.com/hopwatch/hopwatch/sample"
 	"github.com/hopwatch/hopwatch/storage/agg"
 )
@@ -84,4 +85,43 @@ func TestApplyLimits(t *testing.T) {
 	// Deleted: back to the flag's value.
 	a.do("DELETE", Prefix+"/early", "").ok(t, 200, nil)
 	require.Eventually(t, func() bool { return store.MaxSeries("early") == 100 }, time.Second, time.Millisecond)
+}
+
+// TestApplyRateLimits: a tenant's ingestion rate overrides, written through
+// the admin API on a real node, reach the spans and bytes limiters; a zero
+// field keeps the flag's value, a deletion returns the tenant to the flags.
+func TestApplyRateLimits(t *testing.T) {
+	a := startAPI(t, nil)
+	newLimiter := func(name string, def ratelimit.Limit) *ratelimit.Limiter {
+		l, err := ratelimit.New(ratelimit.Options{Name: name, Default: def}, nil, nil)
+		require.NoError(t, err)
+		return l
+	}
+	spans := newLimiter("spans", ratelimit.Limit{Rate: 1000, Burst: 2000})
+	bytes := newLimiter("bytes", ratelimit.Limit{Rate: 1e6})
+
+	a.do("PUT", Prefix+"/early", `{"limits":{"ingestion_burst_spans":50}}`).ok(t, 201, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ApplyRateLimits(ctx, a.node, spans, bytes, testLogger())
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	require.Eventually(t, func() bool { return spans.Limit("early") == ratelimit.Limit{Rate: 1000, Burst: 50} }, waitFor, tick)
+
+	a.do("PUT", Prefix+"/acme", `{"limits":{"ingestion_rate_spans":10,"ingestion_rate_bytes":500,"max_series_per_tenant":5}}`).ok(t, 201, nil)
+	require.Eventually(t, func() bool {
+		return spans.Limit("acme") == ratelimit.Limit{Rate: 10, Burst: 2000} && bytes.Limit("acme") == ratelimit.Limit{Rate: 500, Burst: 500}
+	}, waitFor, tick)
+
+	a.do("DELETE", Prefix+"/acme", "").ok(t, 200, nil)
+	require.Eventually(t, func() bool {
+		return spans.Limit("acme") == ratelimit.Limit{Rate: 1000, Burst: 2000} && bytes.Limit("acme") == ratelimit.Limit{Rate: 1e6, Burst: 1e6}
+	}, waitFor, tick)
+	require.Equal(t, ratelimit.Limit{Rate: 1000, Burst: 50}, spans.Limit("early"))
 }
