@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/hopwatch/hopwatch/cluster"
+	"github.com/hopwatch/hopwatch/internal/admin"
 	"github.com/hopwatch/hopwatch/internal/auth"
 )
 
@@ -232,11 +233,20 @@ func (s *Server) openCluster() (err error) {
 }
 
 // startCluster bootstraps the node or joins its cluster in the background
-// (a join waits for the members listed to answer), and follows the
-// replicated writer exclusions. A join that is refused ends the server.
+// (a join waits for the members listed to answer), follows the replicated
+// writer exclusions and rate limit overrides, and runs the rate limits'
+// exchange. A join that is refused ends the server.
 func (s *Server) startCluster() {
 	ctx := s.clusterCtx
-	s.clusterWG.Add(2)
+	s.clusterWG.Add(4)
+	go func() {
+		defer s.clusterWG.Done()
+		s.exchange.Run(ctx)
+	}()
+	go func() {
+		defer s.clusterWG.Done()
+		admin.ApplyRateLimits(ctx, s.node, s.spansLimiter, s.bytesLimiter, s.logger)
+	}()
 	go func() {
 		defer s.clusterWG.Done()
 		if err := s.node.Start(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, cluster.ErrShutdown) {

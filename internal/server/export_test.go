@@ -1,6 +1,9 @@
 package server
 
-import "github.com/hopwatch/hopwatch/storage/raw"
+import (
+	"github.com/hopwatch/hopwatch/ratelimit"
+	"github.com/hopwatch/hopwatch/storage/raw"
+)
 
 // PinRawSampling fixes the raw tier's sampling level of a node built with
 // sampling on.
@@ -12,3 +15,7 @@ func RawStore(s *Server) *raw.Store { return s.raw }
 // TenantMaxSeries returns the series limit in force for a tenant of a ready
 // node.
 func TenantMaxSeries(s *Server, tenant string) int { return s.store.Load().MaxSeries(tenant) }
+
+// TenantRateLimit returns the cluster-wide spans limit in force for a
+// tenant.
+func TenantRateLimit(s *Server, tenant string) ratelimit.Limit { return s.spansLimiter.Limit(tenant) }

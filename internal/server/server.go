@@ -34,6 +34,7 @@ import (
 	"github.com/hopwatch/hopwatch/internal/version"
 	"github.com/hopwatch/hopwatch/internal/windowrec"
 	"github.com/hopwatch/hopwatch/query"
+	"github.com/hopwatch/hopwatch/ratelimit"
 	"github.com/hopwatch/hopwatch/sample"
 	"github.com/hopwatch/hopwatch/storage/agg"
 	"github.com/hopwatch/hopwatch/storage/raw"
@@ -81,6 +82,10 @@ type Server struct {
 	// sampler sets the raw tier's sampling level; nil with sampling or the
 	// raw tier off.
 	sampler *sampling.Controller
+	// spansLimiter and bytesLimiter hold the tenants' ingestion rate
+	// limits; exchange splits them among the cluster's nodes.
+	spansLimiter, bytesLimiter *ratelimit.Limiter
+	exchange                   *ratelimit.Exchange
 	// rawInFlight counts raw appends in progress, the sampler's queue
 	// depth. Every append writes it, so it has a cache line of its own.
 	rawInFlight paddedInt64
@@ -152,6 +157,9 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	cfg.Query.MultitenancyEnabled = cfg.multitenant()
 	s.recv, err = ingest.New(cfg.Ingest, appenderFunc(s.append), reg, logger.With("component", "ingest"))
 	if err != nil {
+		return nil, err
+	}
+	if err := s.newRateLimiters(); err != nil {
 		return nil, err
 	}
 	info := version.Get()
@@ -402,6 +410,9 @@ func (s *Server) Start() error {
 	s.clusterLn = listen(s.cfg.Cluster.GRPCAddress)
 	if err == nil {
 		err = s.openCluster()
+	}
+	if err == nil {
+		err = s.newExchange()
 	}
 	if err == nil {
 		err = s.newRuler()
