@@ -122,7 +122,7 @@ func pluginContext(webAddr, tenant, token string) backend.PluginContext {
 		secure["token"] = token
 	}
 	return backend.PluginContext{
-		PluginID: plugin.ID, OrgID: 1,
+		PluginID: plugin.ID, Namespace: "default",
 		DataSourceInstanceSettings: &backend.DataSourceInstanceSettings{
 			UID: "hopwatch-" + webAddr + "-" + tenant + "-" + token, Name: "hopwatch", URL: "http://" + webAddr,
 			JSONData: jd, DecryptedSecureJSONData: secure, Updated: time.Unix(1, 0),
