@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -47,7 +46,7 @@ func startServer(t *testing.T, mutate func(*server.Config)) server.Addrs {
 	cfg.FlushInterval = time.Second
 	cfg.Storage.Dir = t.TempDir()
 	cfg.Raw.ChunkSize = 64 // cut chunks (and keep their exemplars) within the test's data
-	loopbackCluster(&cfg)
+	cfg.Cluster.RaftAddress, cfg.Cluster.GRPCAddress = "127.0.0.1:0", "127.0.0.1:0"
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -61,21 +60,6 @@ func startServer(t *testing.T, mutate func(*server.Config)) server.Addrs {
 	})
 	waitFor(t, "server ready", srv.Ready)
 	return srv.Addrs()
-}
-
-// loopbackCluster puts a node's cluster listeners, where its Config has
-// them, on loopback ephemeral ports: tests listen on 127.0.0.1 only. It
-// goes by field name so that it holds whether or not the node has them.
-func loopbackCluster(cfg *server.Config) {
-	c := reflect.ValueOf(cfg).Elem().FieldByName("Cluster")
-	if !c.IsValid() {
-		return
-	}
-	for _, name := range []string{"RaftAddress", "GRPCAddress"} {
-		if f := c.FieldByName(name); f.IsValid() && f.Kind() == reflect.String {
-			f.SetString("127.0.0.1:0")
-		}
-	}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
