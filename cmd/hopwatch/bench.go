@@ -34,10 +34,12 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 			return runBenchAlert(args[1:], stdout, stderr)
 		case "cluster":
 			return runBenchCluster(args[1:], stdout, stderr)
+		case "ratelimit":
+			return runBenchRatelimit(args[1:], stdout, stderr)
 		}
 	}
 	if len(args) == 0 || args[0] != "storage" {
-		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile|alert|cluster [flags]")
+		return errors.New("usage: hopwatch bench storage|ingest|stream|quantile|alert|cluster|ratelimit [flags]")
 	}
 	o := bench.DefaultStorageOptions()
 	fs := flag.NewFlagSet("hopwatch bench storage", flag.ContinueOnError)

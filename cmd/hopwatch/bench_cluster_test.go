@@ -33,3 +33,9 @@ func TestBenchClusterArgs(t *testing.T) {
 	require.Equal(t, 1, run([]string{"bench", "cluster", "--processes", "--writes=0"}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), "with --processes, --writes must be positive")
 }
+
+func TestBenchRatelimitArgs(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 1, run([]string{"bench", "ratelimit", "--batch=0"}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), "limit, overload, batch and tenants must be positive")
+}

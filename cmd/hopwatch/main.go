@@ -69,6 +69,7 @@ Usage:
   hopwatch bench alert       measure alert detection delay at a real Alertmanager
   hopwatch bench cluster     measure metadata write latency and leader failover on 3 loopback nodes
                              (--processes: three hopwatch serve processes, the leader SIGKILLed)
+  hopwatch bench ratelimit   measure the global rate limit's accuracy on 3 nodes under skewed load
   hopwatch cluster status    members, leader and raft positions, from a node's HTTP API
   hopwatch cluster join      add a node to the cluster (--id, --raft-address, --grpc-address)
   hopwatch cluster remove ID take a member out of the cluster
