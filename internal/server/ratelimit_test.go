@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	hopwatchv1 "github.com/hopwatch/hopwatch/gen/hopwatch/v1"
 	"github.com/hopwatch/hopwatch/internal/server"
 	"github.com/hopwatch/hopwatch/internal/tenant"
 	"github.com/hopwatch/hopwatch/ratelimit"
@@ -150,12 +151,18 @@ func TestRateLimits(t *testing.T) {
 		break
 	}
 
-	// The SDK's exporters, default retry on, over both protocols at once.
+	// The SDK's exporters, their default retry on, over both protocols at
+	// once, competing for the tenant's limit. The export timeout (10 s by
+	// default) bounds an export with its retries, and is shorter than two
+	// of the retry's backoffs (5 s, ×1.5, jittered by ±50%); a long one
+	// leaves the retry policy's own bound (a minute) in charge.
 	const sdkBatches = 3
 	hdrs := map[string]string{tenant.Header: tenantID}
-	gexp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(addrs.OTLPGRPC), otlptracegrpc.WithInsecure(), otlptracegrpc.WithHeaders(hdrs))
+	gexp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(addrs.OTLPGRPC), otlptracegrpc.WithInsecure(),
+		otlptracegrpc.WithHeaders(hdrs), otlptracegrpc.WithTimeout(5*time.Minute))
 	require.NoError(t, err)
-	hexp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure(), otlptracehttp.WithHeaders(hdrs))
+	hexp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure(),
+		otlptracehttp.WithHeaders(hdrs), otlptracehttp.WithTimeout(5*time.Minute))
 	require.NoError(t, err)
 	var wg sync.WaitGroup
 	for _, e := range []struct {
@@ -223,4 +230,89 @@ func sdkSpans(service string, b, n int, start time.Time) []sdktrace.ReadOnlySpan
 		}
 	}
 	return stubs.Snapshots()
+}
+
+// TestRateLimitsStream: a streamed batch over the tenant's rate limit is
+// answered UNAVAILABLE, naming the limit, and its credit comes only in a
+// later message, once its retry delay has passed; sent again with the same
+// seq after that, it is applied.
+func TestRateLimitsStream(t *testing.T) {
+	const tenantID, records = "limited-stream", 60
+	reg := prometheus.NewRegistry()
+	srv, addrs := startServerReg(t, reg, func(c *server.Config) {
+		c.MultitenancyEnabled = true
+		c.Ingest.StreamWindow = 4
+	})
+	base := "http://" + addrs.Web
+	waitFor(t, "the tenant's limits through the admin API", func() bool {
+		code, _, _ := httpDo(t, http.DefaultClient, http.MethodPut, base+"/api/v1/admin/tenants/"+tenantID, "application/json",
+			[]byte(`{"limits":{"ingestion_rate_spans":100,"ingestion_burst_spans":100}}`), nil)
+		return code == http.StatusCreated || code == http.StatusOK
+	})
+	waitFor(t, "the limit in force", func() bool {
+		return server.TenantRateLimit(srv, tenantID) == ratelimit.Limit{Rate: 100, Burst: 100}
+	})
+
+	client := hopwatchv1.NewIngestServiceClient(dialGRPC(t, addrs.OTLPGRPC))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), tenant.Header, tenantID, "x-hopwatch-writer", "loader-1")
+	stream, err := client.Stream(ctx)
+	require.NoError(t, err)
+	first, err := stream.Recv()
+	require.NoError(t, err)
+	credit := first.GetCredit()
+
+	start := time.Now().Add(-time.Minute)
+	send := func(seq uint64) {
+		t.Helper()
+		require.Positive(t, credit, "no credit to send batch %d", seq)
+		credit--
+		require.NoError(t, stream.Send(hopBatch(seq, records, start.Add(time.Duration(seq)*time.Second), time.Millisecond)))
+	}
+	// recv returns the next acknowledgement, adding up the credit granted
+	// on the way.
+	recv := func() *hopwatchv1.StreamResponse {
+		t.Helper()
+		for {
+			m, err := stream.Recv()
+			require.NoError(t, err)
+			credit += m.GetCredit()
+			if m.GetSeq() != 0 {
+				return m
+			}
+		}
+	}
+
+	// Batches go through until the bucket is empty.
+	seq := uint64(1)
+	for ; ; seq++ {
+		send(seq)
+		ack := recv()
+		require.Equal(t, seq, ack.GetSeq())
+		if ack.GetStatus() == hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE {
+			require.Contains(t, ack.GetErrorMessage(), "rate_limited")
+			require.Contains(t, ack.GetErrorMessage(), "100 spans/s with a burst of 100")
+			require.Zero(t, ack.GetCredit(), "a refused batch's credit is withheld until its retry delay has passed")
+			break
+		}
+		require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_OK, ack.GetStatus(), ack.GetErrorMessage())
+	}
+	// The credit comes back on its own, then the batch is sent again until
+	// it is applied.
+	for {
+		for credit == 0 {
+			m, err := stream.Recv()
+			require.NoError(t, err)
+			require.Zero(t, m.GetSeq())
+			credit += m.GetCredit()
+		}
+		send(seq)
+		ack := recv()
+		require.Equal(t, seq, ack.GetSeq())
+		if ack.GetStatus() == hopwatchv1.AckStatus_ACK_STATUS_OK {
+			break
+		}
+		require.Equal(t, hopwatchv1.AckStatus_ACK_STATUS_UNAVAILABLE, ack.GetStatus(), ack.GetErrorMessage())
+	}
+	require.NoError(t, stream.CloseSend())
+	require.GreaterOrEqual(t, counter(t, reg, "hopwatch_discarded_samples_total", map[string]string{"tenant": tenantID, "reason": "rate_limited"}), float64(records))
 }
