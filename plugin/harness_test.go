@@ -228,15 +228,18 @@ func startHarness(t *testing.T) string {
 		},
 		titles: map[string]string{
 			"A": `Exact P50/P90/P99 over 30s, {span_kind="SPAN_KIND_SERVER"} by service`,
-			"B": "Hops of api-gateway",
+			"B": "Hops of log-indexer",
 			"C": "Service graph",
 		},
 	}
 	from, to := end.Add(-90*time.Second), end
+	// The aggregate tier (histograms, service graph) is written at flush
+	// time, by the wall clock: those queries reach past the workload.
+	aggTo := end.Add(time.Minute)
 	h.queries = []backend.DataQuery{
 		dataQuery("A", map[string]any{"mode": "exact", "selector": `{span_kind="SPAN_KIND_SERVER", service=~"api-gateway|log-store"}`, "window": "30s", "by": []string{"service"}}, from, to, 2*time.Second),
-		dataQuery("B", map[string]any{"mode": "hops", "service": "api-gateway", "window": "1m"}, from, to, 5*time.Second),
-		dataQuery("C", map[string]any{"mode": "graph", "window": "2m"}, from, to, 5*time.Second),
+		dataQuery("B", map[string]any{"mode": "hops", "service": "log-indexer", "window": "5m"}, from, aggTo, 5*time.Second),
+		dataQuery("C", map[string]any{"mode": "graph", "window": "5m"}, from, aggTo, 5*time.Second),
 	}
 	// Labels are visible once the node has taken the spans in.
 	deadline := time.Now().Add(30 * time.Second)
@@ -248,6 +251,17 @@ func startHarness(t *testing.T) string {
 			break
 		}
 		require.True(t, time.Now().Before(deadline), "the demo's services never showed up: %v %v", err, resp)
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The aggregate tier (the hops' histograms) is written at flush time.
+	for {
+		resp, err := testPlugin.QueryData(context.Background(), &backend.QueryDataRequest{PluginContext: h.pctx, Queries: h.queries[1:2]})
+		require.NoError(t, err)
+		if len(resp.Responses["B"].Frames) > 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no hops of log-indexer: %v", resp.Responses["B"].Error)
 		time.Sleep(200 * time.Millisecond)
 	}
 
@@ -378,7 +392,6 @@ func TestHarness(t *testing.T) {
 		require.NoError(t, err)
 		require.Contains(t, options, "service")
 		require.NotContains(t, options, "span_kind", "typing filters the suggestions")
-		require.NoError(t, chromedp.Do(ctx, shot(t, root, "query-editor")))
 		require.NoError(t, chromedp.Do(ctx,
 			chromedp.SendKeys(css(`input[aria-label="Label name"]`), "ice\r"),
 			chromedp.Click(css(`input[aria-label="Label value"]`)),
@@ -393,6 +406,7 @@ func TestHarness(t *testing.T) {
 			chromedp.SendKeys(css(`input[aria-label="Label value"]`), "api-gateway\r"),
 			chromedp.Click(css(`button[aria-label="Add matcher"]`)),
 			waitText(`[data-testid="query-model"]`, `"selector":"{service=\"api-gateway\"}"`),
+			shot(t, root, "query-editor"),
 		))
 		model, err := texts(ctx, `[data-testid="query-model"]`)
 		require.NoError(t, err)

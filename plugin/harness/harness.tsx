@@ -98,7 +98,7 @@ function Plot({ frame, width, height }: { frame: DataFrame; width: number; heigh
   const all = ys.flatMap((f) => f.values as number[]).filter((v) => Number.isFinite(v));
   const [t0, t1] = [Math.min(...ts), Math.max(...ts)];
   const ymax = Math.max(...all) * 1.1 || 1;
-  const pad = { l: 64, r: 140, t: 8, b: 24 };
+  const pad = { l: 64, r: 260, t: 8, b: 24 };
   const x = (t: number) => pad.l + ((t - t0) / (t1 - t0 || 1)) * (width - pad.l - pad.r);
   const y = (v: number) => height - pad.b - (v / ymax) * (height - pad.t - pad.b);
   const colors = ['#73BF69', '#F2CC0C', '#F2495C', '#5794F2', '#B877D9'];
