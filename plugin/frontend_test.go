@@ -1,7 +1,9 @@
 // Package plugin_test runs the datasource's frontend checks from the Go
 // test run: npm ci (when node_modules is missing or older than
 // package-lock.json), the jest tests of the editors, the type check and the
-// webpack build of dist/. Without npm on PATH it skips, saying so.
+// webpack build of dist/ (without npm on PATH those skip, saying so); and
+// harness_test.go renders the built editors and the frames QueryData returns
+// in headless Chromium against a real hopwatch node.
 package plugin_test
 
 import (
