@@ -279,6 +279,11 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	return errors.Join(errs...)
 }
 
+// Admitted returns the units admitted for a tenant on this node since it
+// was last created (the limiter forgets a tenant idle for the idle
+// timeout). The benchmarks read it.
+func (l *Limiter) Admitted(tenant string) int64 { return l.admitted(tenant) }
+
 // admitted returns the units admitted for a tenant since it was last
 // created.
 func (l *Limiter) admitted(id string) int64 {

@@ -241,39 +241,24 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 		gen.Wait()
 	}()
 	for _, id := range ids {
-		l, el, off := nodes[id].l, even[id], offeredBy[id]
-		gen.Go(func() {
-			t := time.NewTicker(5 * time.Millisecond)
-			defer t.Stop()
-			last := time.Now()
-			var owed float64
-			for {
-				select {
-				case <-genCtx.Done():
-					return
-				case now := <-t.C:
-					loadMu.Lock()
-					rate := load[id]
-					loadMu.Unlock()
-					owed += rate * now.Sub(last).Seconds()
-					last = now
-					for owed >= float64(opts.Batch) {
-						owed -= float64(opts.Batch)
-						l.AllowN(simTenant, opts.Batch)
-						el.AllowN(simTenant, opts.Batch)
-						loadMu.Lock()
-						*off += opts.Batch
-						loadMu.Unlock()
-					}
-				}
-			}
-		})
+		off := offeredBy[id]
+		rate := func() float64 {
+			loadMu.Lock()
+			defer loadMu.Unlock()
+			return load[id]
+		}
+		offered := func(n int64) {
+			loadMu.Lock()
+			*off += n
+			loadMu.Unlock()
+		}
+		gen.Go(func() { OfferLoad(genCtx, simTenant, opts.Batch, rate, offered, nodes[id].l, even[id]) })
 	}
 
 	sum := func() (admitted, evenAdmitted, off float64) {
 		for _, id := range ids {
-			admitted += float64(nodes[id].l.admitted(simTenant))
-			evenAdmitted += float64(even[id].admitted(simTenant))
+			admitted += float64(nodes[id].l.Admitted(simTenant))
+			evenAdmitted += float64(even[id].Admitted(simTenant))
 			loadMu.Lock()
 			off += float64(*offeredBy[id])
 			loadMu.Unlock()
@@ -351,6 +336,50 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 	}
 	res.Moves = append(res.Moves, downMove, removeMove)
 	return res, nil
+}
+
+// OfferLoad offers a tenant rate() units per second, in batches of batch
+// units, to each of ls, until ctx is done: every 5 ms it offers the whole
+// batches owed since the last time, calling offered(batch) once per batch.
+// Simulate runs one per node; so does each node process of `hopwatch bench
+// ratelimit --processes`.
+func OfferLoad(ctx context.Context, tenant string, batch int64, rate func() float64, offered func(n int64), ls ...*Limiter) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	last := time.Now()
+	var owed float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			owed += rate() * now.Sub(last).Seconds()
+			last = now
+			for owed >= float64(batch) {
+				owed -= float64(batch)
+				for _, l := range ls {
+					l.AllowN(tenant, batch)
+				}
+				offered(batch)
+			}
+		}
+	}
+}
+
+// SummarisePhases sets r.Phases from r.Windows, one per run of windows
+// with the same Phase, counting those from two exchange intervals
+// (r.Interval) after the phase starts.
+func (r *SimulateResult) SummarisePhases() {
+	r.Phases = nil
+	opts := SimulateOptions{Limit: r.Limit, Interval: r.Interval}
+	for i := 0; i < len(r.Windows); {
+		j := i
+		for j < len(r.Windows) && r.Windows[j].Phase == r.Windows[i].Phase {
+			j++
+		}
+		r.Phases = append(r.Phases, summarise(r.Windows[i].Phase, r.Windows[i:j], opts))
+		i = j
+	}
 }
 
 func (r *simRing) view() []Member {
@@ -449,6 +478,9 @@ func (r SimulateResult) Print(w io.Writer) error {
 	p("%-14s %7s %14s %14s %14s %14s\n", "phase", "windows", "exchange max", "exchange mean", "even max", "even mean")
 	for _, s := range r.Phases {
 		p("%-14s %7d %13.1f%% %13.1f%% %13.1f%% %13.1f%%\n", s.Name, s.Counted, 100*s.MaxError, 100*s.MeanError, 100*s.EvenMaxError, 100*s.EvenMeanError)
+	}
+	if len(r.Moves) == 0 {
+		return err
 	}
 	p("\nring changes: fraction of tenants whose owner changed\n")
 	for _, m := range r.Moves {
