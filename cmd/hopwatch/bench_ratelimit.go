@@ -16,9 +16,15 @@ import (
 // runBenchRatelimit runs `hopwatch bench ratelimit`: the global accuracy of
 // the rate limits on three nodes in this process, each with its own
 // limiter, exchange and gRPC server on 127.0.0.1, under skewed load, beside
-// the even split (ratelimit.Simulate; docs/ratelimit.md).
+// the even split (ratelimit.Simulate; docs/ratelimit.md). With --processes
+// the three nodes are processes of this binary (`hopwatch bench ratelimit
+// node`, hidden) and the run has the first two phases.
 func runBenchRatelimit(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "node" {
+		return runBenchRatelimitNode(args[1:], stdout, stderr)
+	}
 	var o ratelimit.SimulateOptions
+	var processes bool
 	fs := flag.NewFlagSet("hopwatch bench ratelimit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Float64Var(&o.Limit.Rate, "limit", 10000, "the tenant's cluster-wide limit, units/s")
@@ -28,6 +34,7 @@ func runBenchRatelimit(args []string, stdout, stderr io.Writer) error {
 	fs.Var(durationValue{&o.Phase}, "phase", "length of each of the four phases (70/20/10, 10/20/70, a fourth node joins, it leaves)")
 	fs.Var(durationValue{&o.Interval}, "interval", "exchange interval")
 	fs.IntVar(&o.Tenants, "tenants", 10000, "tenant IDs over which owner moves are counted")
+	fs.BoolVar(&processes, "processes", false, "run the three nodes as processes of this binary; the run has the two load phases, no ring change")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -37,6 +44,9 @@ func runBenchRatelimit(args []string, stdout, stderr io.Writer) error {
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if processes {
+		return benchRatelimitProcesses(ctx, o, stdout, stderr)
+	}
 	res, err := ratelimit.Simulate(ctx, o)
 	if err != nil {
 		return err
