@@ -19,3 +19,13 @@ func TenantMaxSeries(s *Server, tenant string) int { return s.store.Load().MaxSe
 // TenantRateLimit returns the cluster-wide spans limit in force for a
 // tenant.
 func TenantRateLimit(s *Server, tenant string) ratelimit.Limit { return s.spansLimiter.Limit(tenant) }
+
+// TenantBytesLimit returns the cluster-wide bytes limit in force for a
+// tenant.
+func TenantBytesLimit(s *Server, tenant string) ratelimit.Limit { return s.bytesLimiter.Limit(tenant) }
+
+// TenantSpansAllow takes n spans from a tenant's spans limiter and reports
+// whether they were admitted.
+func TenantSpansAllow(s *Server, tenant string, n int64) bool {
+	return s.spansLimiter.AllowN(tenant, n).Allowed
+}

@@ -316,3 +316,73 @@ func TestRateLimitsStream(t *testing.T) {
 	require.NoError(t, stream.CloseSend())
 	require.GreaterOrEqual(t, counter(t, reg, "hopwatch_discarded_samples_total", map[string]string{"tenant": tenantID, "reason": "rate_limited"}), float64(records))
 }
+
+// TestRateLimitsBytes: a tenant's bytes limit refuses a request over it
+// with 429 and names the bytes flag; the spans the spans limit had
+// admitted for it are given back, and nothing of it is written.
+func TestRateLimitsBytes(t *testing.T) {
+	const tenantID = "bytes-limited"
+	reg := prometheus.NewRegistry()
+	srv, addrs := startServerReg(t, reg, func(c *server.Config) { c.MultitenancyEnabled = true })
+	base := "http://" + addrs.Web
+	// 4,000 bytes/s (a burst of one second of it); 1 span/s with a burst
+	// of 1,000: the bytes limit is the one reached, and the spans bucket
+	// barely refills while the test looks at it.
+	waitFor(t, "the tenant's limits through the admin API", func() bool {
+		code, _, _ := httpDo(t, http.DefaultClient, http.MethodPut, base+"/api/v1/admin/tenants/"+tenantID, "application/json",
+			[]byte(`{"limits":{"ingestion_rate_bytes":4000,"ingestion_rate_spans":1,"ingestion_burst_spans":1000}}`), nil)
+		return code == http.StatusCreated || code == http.StatusOK
+	})
+	waitFor(t, "the limits in force", func() bool {
+		return server.TenantBytesLimit(srv, tenantID).Rate == 4000 && server.TenantRateLimit(srv, tenantID).Rate == 1
+	})
+	start := time.Now().Add(-time.Minute)
+	td := ptrace.NewTraces()
+	rs := td.ResourceSpans().AppendEmpty()
+	rs.Resource().Attributes().PutStr("service.name", "bytes")
+	spans := rs.ScopeSpans().AppendEmpty().Spans()
+	for i := range 20 {
+		s := spans.AppendEmpty()
+		s.SetName("op")
+		s.SetTraceID(pcommon.TraceID{byte(i + 1), 2})
+		s.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
+		s.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(time.Millisecond)))
+	}
+	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
+	require.NoError(t, err)
+	require.Less(t, len(body), 4000, "a request fits in the burst")
+
+	sent, refused := 0, false
+	for range 4000/len(body) + 2 {
+		code, hdr, resp := httpDo(t, http.DefaultClient, http.MethodPost, "http://"+addrs.OTLPHTTP+"/v1/traces", "application/x-protobuf",
+			body, map[string]string{tenant.Header: tenantID})
+		if code == http.StatusOK {
+			sent += 20
+			continue
+		}
+		require.Equal(t, http.StatusTooManyRequests, code, "%s", resp)
+		require.NotEmpty(t, hdr.Get("Retry-After"))
+		var st spb.Status
+		require.NoError(t, proto.Unmarshal(resp, &st))
+		require.Contains(t, st.GetMessage(), "--limits.ingestion-rate-bytes")
+		require.Contains(t, st.GetMessage(), "bytes/s")
+		refused = true
+		break
+	}
+	require.True(t, refused, "the bytes limit refuses once its burst is spent")
+	require.Positive(t, sent)
+	// The spans limit still holds the spans it admitted for the refused
+	// request: 1,000 − sent are left, not 1,000 − sent − 20.
+	require.True(t, server.TenantSpansAllow(srv, tenantID, int64(1000-sent)), "the refused request's spans were given back")
+
+	// Nothing of the refused request was written: the aggregates count
+	// exactly the admitted spans.
+	prom := promClient(t, addrs.Web, tenantID)
+	waitFor(t, "the admitted spans in the aggregates", func() bool {
+		v, _ := queryScalar(t, prom, `sum(traces_spanmetrics_calls_total{service="bytes"})`)
+		return v >= float64(sent)
+	})
+	v, _ := queryScalar(t, prom, `sum(traces_spanmetrics_calls_total{service="bytes"})`)
+	require.Equal(t, float64(sent), v, "a refused request was written")
+	require.Equal(t, float64(20), counter(t, reg, "hopwatch_discarded_samples_total", map[string]string{"tenant": tenantID, "reason": "rate_limited"}))
+}
