@@ -46,11 +46,8 @@ func ApplyLimits(ctx context.Context, src Watcher, target LimitsTarget, logger *
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "admin")
-	changed, stop := src.Watch()
-	defer stop()
 	var applied map[string]agg.TenantLimits
-	apply := func() {
-		s := src.State()
+	follow(ctx, src, func(s *cluster.State) {
 		next := overrides(s)
 		if applied != nil && maps.Equal(applied, next) {
 			return
@@ -61,25 +58,40 @@ func ApplyLimits(ctx context.Context, src Watcher, target LimitsTarget, logger *
 			// flags' limits.
 			logger.Error("tenant limits refused by storage", "index", s.Index(), "err", err)
 		}
-		for _, id := range slices.Sorted(maps.Keys(next)) {
-			if old, ok := applied[id]; !ok || old != next[id] {
-				logger.Info("tenant limits applied", "tenant", id, "max_series_per_tenant", next[id].MaxSeries, "index", s.Index())
-			}
-		}
-		for _, id := range slices.Sorted(maps.Keys(applied)) {
-			if _, ok := next[id]; !ok {
-				logger.Info("tenant limits back to the defaults", "tenant", id, "index", s.Index())
-			}
-		}
+		logChanges(logger, "tenant limits", s.Index(), applied, next, func(l agg.TenantLimits) []any {
+			return []any{"max_series_per_tenant", l.MaxSeries}
+		})
 		applied = next
-	}
-	apply()
+	})
+}
+
+// follow calls apply with the cluster state at once, then after every
+// change applied on this node, until ctx ends.
+func follow(ctx context.Context, src Watcher, apply func(*cluster.State)) {
+	changed, stop := src.Watch()
+	defer stop()
+	apply(src.State())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-			apply()
+			apply(src.State())
+		}
+	}
+}
+
+// logChanges logs each tenant whose overrides differ between applied and
+// next: "<what> applied" with attrs, or "<what> back to the defaults".
+func logChanges[L comparable](logger *slog.Logger, what string, index uint64, applied, next map[string]L, attrs func(L) []any) {
+	for _, id := range slices.Sorted(maps.Keys(next)) {
+		if old, ok := applied[id]; !ok || old != next[id] {
+			logger.Info(what+" applied", append(append([]any{"tenant", id}, attrs(next[id])...), "index", index)...)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(applied)) {
+		if _, ok := next[id]; !ok {
+			logger.Info(what+" back to the defaults", "tenant", id, "index", index)
 		}
 	}
 }
@@ -117,11 +129,8 @@ func ApplyRateLimits(ctx context.Context, src Watcher, spans, bytes RateLimitsTa
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "admin")
-	changed, stop := src.Watch()
-	defer stop()
 	var applied map[string]cluster.Limits
-	apply := func() {
-		s := src.State()
+	follow(ctx, src, func(s *cluster.State) {
 		next := rateOverrides(s)
 		if applied != nil && maps.Equal(applied, next) {
 			return
@@ -144,29 +153,11 @@ func ApplyRateLimits(ctx context.Context, src Watcher, spans, bytes RateLimitsTa
 		if err := bytes.SetTenantLimits(by); err != nil {
 			logger.Error("tenant byte rate limits refused by the limiter", "index", s.Index(), "err", err)
 		}
-		for _, id := range slices.Sorted(maps.Keys(next)) {
-			if old, ok := applied[id]; !ok || old != next[id] {
-				l := next[id]
-				logger.Info("tenant rate limits applied", "tenant", id, "ingestion_rate_spans", l.IngestionRateSpans,
-					"ingestion_burst_spans", l.IngestionBurstSpans, "ingestion_rate_bytes", l.IngestionRateBytes, "index", s.Index())
-			}
-		}
-		for _, id := range slices.Sorted(maps.Keys(applied)) {
-			if _, ok := next[id]; !ok {
-				logger.Info("tenant rate limits back to the defaults", "tenant", id, "index", s.Index())
-			}
-		}
+		logChanges(logger, "tenant rate limits", s.Index(), applied, next, func(l cluster.Limits) []any {
+			return []any{"ingestion_rate_spans", l.IngestionRateSpans, "ingestion_burst_spans", l.IngestionBurstSpans, "ingestion_rate_bytes", l.IngestionRateBytes}
+		})
 		applied = next
-	}
-	apply()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-			apply()
-		}
-	}
+	})
 }
 
 // rateOverrides returns the ingestion rate overrides of every tenant that
