@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"sync"
@@ -95,11 +96,17 @@ func (p *proc) logLines() []string {
 // freeLoopbackAddrs returns n loopback addresses whose ports were free a
 // moment ago. A node's raft address must stay the same across its restarts,
 // so its cluster ports are chosen up front rather than left to the kernel.
+// They are drawn below Linux's ephemeral range (32768 and up), where the
+// kernel never hands out a port to a listener on :0, so that other tests'
+// listeners cannot take one between the choice and the node's bind.
 func freeLoopbackAddrs(n int) (out []string, err error) {
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(out) < n; tries++ {
+		if tries == 1000 {
+			return nil, errors.New("choosing a free loopback port: no free port found in 20000-32767")
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12768)))
 		if err != nil {
-			return nil, fmt.Errorf("choosing a free loopback port: %w", err)
+			continue // taken
 		}
 		defer func() { err = errors.Join(err, ln.Close()) }()
 		out = append(out, ln.Addr().String())
