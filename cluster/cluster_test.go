@@ -113,6 +113,9 @@ func TestThreeNodes(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(l.metrics.restores), "the restarted node did not install the leader's snapshot")
 	// ... and is live again.
 	require.Eventually(t, func() bool { return len(l2.LiveMembers()) == 3 && len(l.LiveMembers()) == 3 }, waitFor, tick)
+	// The leader recorded that as membership changes: every node applies
+	// them before the snapshots below.
+	s = waitSameState(t, l2.State().Index(), nodes...)
 
 	// Snapshot on every node, restart one: it restores its state from its
 	// own snapshot and the log after it.
