@@ -217,25 +217,40 @@ func (b *benchNode) stop() error {
 
 // benchLeader waits until all nodes follow the same leader, and returns it.
 func benchLeader(ctx context.Context, nodes []*benchNode) (*benchNode, error) {
+	ns := make([]*Node, len(nodes))
+	for i, n := range nodes {
+		ns[i] = n.Node
+	}
 	var l *benchNode
 	err := waitAll(ctx, nodes[:1], func(*benchNode) bool {
-		l = nil
-		for _, n := range nodes {
-			if n.raft.State() == raft.Leader {
-				l = n
-			}
-		}
-		if l == nil {
+		i := agreedLeader(ns...)
+		if i < 0 {
 			return false
 		}
-		for _, n := range nodes {
-			if _, id := n.raft.LeaderWithID(); string(id) != l.id {
-				return false
-			}
-		}
+		l = nodes[i]
 		return true
 	})
 	return l, err
+}
+
+// agreedLeader returns the index of the node that leads with every node
+// following it, or -1 while there is none.
+func agreedLeader(nodes ...*Node) int {
+	l := -1
+	for i, n := range nodes {
+		if n.raft.State() == raft.Leader {
+			l = i
+		}
+	}
+	if l < 0 {
+		return -1
+	}
+	for _, n := range nodes {
+		if _, id := n.raft.LeaderWithID(); string(id) != nodes[l].id {
+			return -1
+		}
+	}
+	return l
 }
 
 // waitAll polls until ok holds for every node, or ctx ends.

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -149,23 +148,17 @@ func waitReady(t testing.TB, nodes ...*testNode) {
 // running nodes follow it, and returns it.
 func leader(t testing.TB, nodes ...*testNode) *testNode {
 	t.Helper()
+	ns := make([]*Node, len(nodes))
+	for i, n := range nodes {
+		ns[i] = n.Node
+	}
 	var l *testNode
 	require.Eventually(t, func() bool {
-		l = nil
-		for _, n := range nodes {
-			if n.raft.State() == raft.Leader {
-				l = n
-			}
+		i := agreedLeader(ns...)
+		if i >= 0 {
+			l = nodes[i]
 		}
-		if l == nil {
-			return false
-		}
-		for _, n := range nodes {
-			if _, id := n.raft.LeaderWithID(); string(id) != l.id {
-				return false
-			}
-		}
-		return true
+		return i >= 0
 	}, waitFor, tick, "no leader agreed on")
 	return l
 }
