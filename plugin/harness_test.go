@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -29,6 +28,7 @@ import (
 	"github.com/hopwatch/hopwatch/internal/demo"
 	"github.com/hopwatch/hopwatch/internal/server"
 	"github.com/hopwatch/hopwatch/plugin/pkg/plugin"
+	"github.com/hopwatch/hopwatch/plugin/pkg/plugintest"
 )
 
 var screenshots = flag.String("screenshots", "", "write the harness pages as PNGs into this directory (relative to the module root), e.g. docs/images")
@@ -40,26 +40,12 @@ const noChromiumEnv = "HOPWATCH_NO_CHROMIUM"
 // demoTenant is the tenant the harness's datasource uses.
 const demoTenant = "demo"
 
-// The plugin SDK registers its metrics globally, so a test process serves
-// one plugin: TestMain starts it, as Grafana would, over gRPC on loopback.
+// testPlugin is the datasource served as Grafana runs it (see plugintest.Main).
 var testPlugin *datasourcetest.TestPluginClient
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	p, err := datasourcetest.Manage(plugin.NewDatasource, datasourcetest.ManageOpts{Address: addr})
-	if err != nil {
-		panic(err)
-	}
-	testPlugin = p.Client
-	code := m.Run()
-	_ = p.Shutdown()
-	os.Exit(code)
+	plugintest.Main(m, &testPlugin)
 }
 
 // chromium finds the browser, or fails (or skips, with noChromiumEnv set)
@@ -101,29 +87,7 @@ func buildHarness(t *testing.T) {
 // startHopwatch runs a hopwatch node on loopback with multitenancy on and
 // stops it when the test ends.
 func startHopwatch(t *testing.T) server.Addrs {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress = "127.0.0.1:0"
-	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
-	cfg.OTLPHTTPListenAddress = "127.0.0.1:0"
-	cfg.FlushInterval = time.Second
-	cfg.Storage.Dir = t.TempDir()
-	cfg.MultitenancyEnabled = true
-	cfg.Cluster.RaftAddress, cfg.Cluster.GRPCAddress = "127.0.0.1:0", "127.0.0.1:0"
-	srv, err := server.New(cfg, nil, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		require.NoError(t, srv.Shutdown(ctx))
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for !srv.Ready() {
-		require.True(t, time.Now().Before(deadline), "hopwatch not ready after 60s")
-		time.Sleep(50 * time.Millisecond)
-	}
-	return srv.Addrs()
+	return plugintest.StartHopwatch(t, func(c *server.Config) { c.MultitenancyEnabled = true })
 }
 
 // sendDemo sends `hopwatch demo`'s workload (five services, fixed seed) for

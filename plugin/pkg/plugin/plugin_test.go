@@ -6,12 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"flag"
-	"log/slog"
 	"math"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -31,35 +28,20 @@ import (
 	"github.com/hopwatch/hopwatch/internal/auth"
 	"github.com/hopwatch/hopwatch/internal/server"
 	"github.com/hopwatch/hopwatch/plugin/pkg/plugin"
+	"github.com/hopwatch/hopwatch/plugin/pkg/plugintest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// startServer runs a hopwatch node on loopback ephemeral ports, as
-// internal/server's tests do, and stops it when the test ends.
+// startServer runs a hopwatch node for a test, its raw chunks cut small
+// so that they (and their exemplars) are cut within the test's data.
 func startServer(t *testing.T, mutate func(*server.Config)) server.Addrs {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress = "127.0.0.1:0"
-	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
-	cfg.OTLPHTTPListenAddress = "127.0.0.1:0"
-	cfg.FlushInterval = time.Second
-	cfg.Storage.Dir = t.TempDir()
-	cfg.Raw.ChunkSize = 64 // cut chunks (and keep their exemplars) within the test's data
-	cfg.Cluster.RaftAddress, cfg.Cluster.GRPCAddress = "127.0.0.1:0", "127.0.0.1:0"
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	srv, err := server.New(cfg, nil, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		require.NoError(t, srv.Shutdown(ctx))
+	return plugintest.StartHopwatch(t, func(c *server.Config) {
+		c.Raw.ChunkSize = 64
+		if mutate != nil {
+			mutate(c)
+		}
 	})
-	waitFor(t, "server ready", srv.Ready)
-	return srv.Addrs()
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -75,26 +57,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // testPlugin is the datasource served over the plugin gRPC protocol on a
 // loopback port, as Grafana runs it, with a client making Grafana's calls.
-// The SDK registers its metrics globally, so a process serves one plugin:
-// TestMain starts it for every test.
 var testPlugin *datasourcetest.TestPluginClient
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	p, err := datasourcetest.Manage(plugin.NewDatasource, datasourcetest.ManageOpts{Address: addr})
-	if err != nil {
-		panic(err)
-	}
-	testPlugin = p.Client
-	code := m.Run()
-	_ = p.Shutdown()
-	os.Exit(code)
+	plugintest.Main(m, &testPlugin)
 }
 
 func startPlugin(*testing.T) *datasourcetest.TestPluginClient { return testPlugin }
