@@ -92,22 +92,8 @@ func benchClusterProcesses(ctx context.Context, opts procBenchOptions) (res proc
 			n.join = append(n.join, m.grpc)
 		}
 		b.nodes = append(b.nodes, n)
-		for attempt := 1; ; attempt++ {
-			err := b.start(ctx, n)
-			if err == nil {
-				break
-			}
-			// The ports were free when chosen; another process can take
-			// one before the node binds it. A first start can move to
-			// other ports and a fresh directory; a restart cannot.
-			if attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
-				return res, err
-			}
-			fresh, ferr := freeLoopbackAddrs(2)
-			if ferr != nil {
-				return res, ferr
-			}
-			n.raft, n.grpc, n.dir = fresh[0], fresh[1], fmt.Sprintf("%s-%d", n.dir, attempt)
+		if err := b.start(ctx, n); err != nil {
+			return res, err
 		}
 	}
 	leader, err := b.settle(ctx)
