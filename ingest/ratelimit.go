@@ -72,10 +72,10 @@ func (e *errRateLimited) Error() string {
 	f := rateFlags[e.limit]
 	if e.tooLarge {
 		return fmt.Sprintf("hopwatch/ingest: %s: request of %d %s is larger than tenant %q's burst of %d %s (%s, or the tenant's override through the admin API), so it can never be admitted: send smaller batches",
-			refusedTooLarge, e.n, e.limit, e.tenant, e.d.Global.Burst, e.limit, f.burst)
+			refusedTooLarge, e.n, e.limit, e.tenant, e.d.Global().Burst, e.limit, f.burst)
 	}
 	return fmt.Sprintf("hopwatch/ingest: %s: tenant %q is over its ingestion rate limit of %g %s/s with a burst of %d across the cluster (%s and %s, or the tenant's override through the admin API); request of %d %s refused, retry after %s",
-		refusedRateLimited, e.tenant, e.d.Global.Rate, e.limit, e.d.Global.Burst, f.rate, f.burst, e.n, e.limit, e.retryAfter)
+		refusedRateLimited, e.tenant, e.d.Global().Rate, e.limit, e.d.Global().Burst, f.rate, f.burst, e.n, e.limit, e.retryAfter)
 }
 
 // allow decides on a request of spans and bytes for tenantID: nil when
@@ -102,9 +102,9 @@ func (r *Receiver) allow(tenantID string, spans, bytes int64) *errRateLimited {
 func (r *Receiver) refusal(tenantID, limit string, n int64, d ratelimit.Decision) *errRateLimited {
 	e := &errRateLimited{tenant: tenantID, limit: limit, n: n, d: d, retryAfter: d.RetryAfter}
 	switch {
-	case !d.Global.Unlimited() && n > d.Global.Burst:
+	case !d.Global().Unlimited() && n > d.Global().Burst:
 		e.tooLarge, e.retryAfter = true, 0
-	case n > d.Local.Burst:
+	case n > d.Local().Burst:
 		// Larger than this node's part of the burst: it fits once the
 		// next exchange sizes this node's bucket for it.
 		e.retryAfter = max(e.retryAfter, r.limits.Interval)

@@ -34,26 +34,23 @@ const retired = math.MinInt64
 // new bucket and retires the old one by swapping retired into its full
 // word, which yields the final state atomically (see tenant.reconfigure).
 //
-// Layout: full and the two counters are written by the tenant's
-// decisions, from every core; they share one cache line, so that a
-// decision moves exactly one line between cores (its compare-and-swap
-// makes the line its core's, and the count that follows finds it there),
-// and the constants have the next line to themselves, so that reading them
-// never misses because of the writes. Buckets are 128 bytes, a size class
-// whose objects are 64-byte aligned.
-//
-// The counters count the decisions made on this bucket; the tenant adds
-// up those of its buckets (tenant.counts).
+// Layout: full and the constants a decision reads share the first cache
+// line: decisions that reach the bucket need the line anyway, and most
+// decisions do not reach it (they spend from their processor's pocket,
+// pocket.go), so the line is rarely written; a refusal only reads it. The
+// limits that Decisions point to have the second line. Buckets are 128
+// bytes, a size class whose objects are 128-byte aligned. The counts of
+// decisions are kept in the pockets, on the deciding core's line.
 type bucket struct {
-	full     atomic.Int64
-	admitted atomic.Int64 // units
-	refused  atomic.Int64 // units
-	_        [cacheLine - 24]byte
+	full atomic.Int64
 	bucketConst
-	_ [cacheLine - unsafe.Sizeof(bucketConst{})]byte
+	_   [cacheLine - 8 - unsafe.Sizeof(bucketConst{})]byte
+	lim limits
+	_   [cacheLine - unsafe.Sizeof(limits{})]byte
 }
 
-// bucketConst is what a bucket never changes after construction.
+// bucketConst is what a decision reads of a bucket; it never changes
+// after construction.
 type bucketConst struct {
 	epoch int64  // monotonic ns at token time 0
 	rate  uint64 // tokens per ns, fixed point with shift fractional bits, rounded up
@@ -61,21 +58,32 @@ type bucketConst struct {
 	// unlimited buckets admit everything; gone is the bucket of an evicted
 	// tenant, whose decisions look the tenant up again.
 	unlimited, gone bool
-	burst           int64   // local
-	perSec          float64 // local rate in tokens per second
-	global          Limit   // reported in Decisions
+	lease           int64   // tokens a pocket leases with a decision (leaseSize)
+	burst           int64   // lim.local.Burst
+	perSec          float64 // lim.local.Rate
+}
+
+// limits are a bucket's local and global limits; Decisions point to them.
+type limits struct {
+	// local is the rate (tokens per second) and burst of this bucket: the
+	// global limit for an unlimited bucket.
+	local  Limit
+	global Limit
 }
 
 // newBucket makes a bucket admitting local.Rate per second with room for
-// local.Burst, holding level tokens at monotonic time now.
-func newBucket(now int64, local, global Limit, level int64) *bucket {
-	b := &bucket{bucketConst: bucketConst{epoch: now, global: global, burst: local.Burst, perSec: local.Rate}}
+// local.Burst, holding level tokens at monotonic time now, for a tenant
+// with procs pockets.
+func newBucket(now int64, local, global Limit, level int64, procs int) *bucket {
+	b := &bucket{bucketConst: bucketConst{epoch: now, burst: local.Burst, perSec: local.Rate}, lim: limits{local: local, global: global}}
 	if global.Unlimited() {
 		b.unlimited = true
+		b.lim.local = global
 		return b
 	}
 	b.rate, b.shift = fixedRate(local.Rate)
-	b.full.Store(b.burst - min(max(level, 0), b.burst))
+	b.lease = leaseSize(local.Rate, local.Burst, procs)
+	b.full.Store(local.Burst - min(max(level, 0), local.Burst))
 	return b
 }
 
@@ -130,27 +138,33 @@ const (
 	stale // the bucket was retired: load the tenant's current one
 )
 
-// take admits n tokens at monotonic time now if the bucket holds them. On
-// refusal it returns how many tokens are missing. It spins only while
-// another decision's compare-and-swap wins, which means that decision
-// made progress (lock-free); the backoff keeps many cores from storming
-// one line.
-func (b *bucket) take(now, n int64) (outcome, int64) {
+// take admits n tokens at monotonic time now if the bucket holds them,
+// and extra tokens more (a pocket's lease) if it holds those as well. It
+// returns the extra tokens taken, and on refusal how many tokens are
+// missing. It spins only while another decision's compare-and-swap wins,
+// which means that decision made progress (lock-free); the backoff keeps
+// many cores from storming one line. A refusal writes nothing.
+func (b *bucket) take(now, n, extra int64) (o outcome, got, missing int64) {
 	if b.unlimited {
-		return admitted, 0
+		return admitted, 0, 0
 	}
 	t := b.tokensAt(now)
 	for spins := 0; ; spins++ {
 		f := b.full.Load()
 		if f == retired {
-			return stale, 0
+			return stale, 0, 0
 		}
-		next := max(f, t) + n
-		if over := next - t - b.burst; over > 0 {
-			return refused, over
+		base := max(f, t)
+		held := t + b.burst - base
+		if held < n {
+			return refused, 0, n - held
 		}
-		if b.full.CompareAndSwap(f, next) {
-			return admitted, 0
+		e := int64(0)
+		if extra > 0 && held-n >= extra {
+			e = extra
+		}
+		if b.full.CompareAndSwap(f, base+n+e) {
+			return admitted, e, 0
 		}
 		backoff(spins)
 	}

@@ -384,22 +384,22 @@ func TestExchangeBatchFloor(t *testing.T) {
 	require.InDelta(t, 0.05, c.share("b", tenant), 1e-9)
 	d := c.nodes["b"].l.AllowN(tenant, 300)
 	require.False(t, d.Allowed)
-	require.Equal(t, Limit{Rate: 1000, Burst: 1000}, d.Global)
-	require.Equal(t, int64(50), d.Local.Burst, "b's share of the burst")
+	require.Equal(t, Limit{Rate: 1000, Burst: 1000}, d.Global())
+	require.Equal(t, int64(50), d.Local().Burst, "b's share of the burst")
 	c.clock.Step(time.Second)
 	c.round("a", "b", "c")
 	// The bucket keeps its level when it grows: the batch waits for the
 	// units it lacks at b's new rate.
 	d = c.nodes["b"].l.AllowN(tenant, 300)
 	require.False(t, d.Allowed)
-	require.GreaterOrEqual(t, d.Local.Burst, int64(300))
+	require.GreaterOrEqual(t, d.Local().Burst, int64(300))
 	c.clock.Step(d.RetryAfter)
 	require.True(t, c.nodes["b"].l.AllowN(tenant, 300).Allowed)
 	// Larger than the tenant's burst: never.
 	require.False(t, c.nodes["b"].l.AllowN(tenant, 1001).Allowed)
 	c.clock.Step(time.Second)
 	c.round("a", "b", "c")
-	require.Equal(t, int64(1000), c.nodes["b"].l.AllowN(tenant, 1001).Local.Burst)
+	require.Equal(t, int64(1000), c.nodes["b"].l.AllowN(tenant, 1001).Local().Burst)
 }
 
 // TestExchangeZeroShare: a node whose share is 0 (no demand there while

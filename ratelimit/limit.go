@@ -58,7 +58,8 @@ func (l Limit) resolve(def Limit) Limit {
 	return l
 }
 
-// Decision is the answer to one AllowN.
+// Decision is the answer to one AllowN. It is three words, so that it
+// is passed and returned in registers; the limits are read through it.
 type Decision struct {
 	// Allowed: the batch is admitted and its units are taken from the
 	// tenant's bucket.
@@ -66,13 +67,26 @@ type Decision struct {
 	// RetryAfter is, for a refused batch, how long until a batch of the
 	// same size fits this node's bucket at its current rate (the exchange
 	// interval if this node's share is 0); 0 when allowed. A batch larger
-	// than Local.Burst does not fit until the next exchange raises this
+	// than Local().Burst does not fit until the next exchange raises this
 	// node's burst: see Local.
 	RetryAfter time.Duration
-	// Global is the tenant's cluster-wide limit, the figure a refusal
-	// should name (with the setting that changes it), never the share.
-	Global Limit
-	// Local is what this node admits for the tenant until the next
-	// exchange: its share of Global.
-	Local Limit
+	lim        *limits
+}
+
+// Global is the tenant's cluster-wide limit, the figure a refusal should
+// name (with the setting that changes it), never the share.
+func (d Decision) Global() Limit {
+	if d.lim == nil {
+		return Limit{}
+	}
+	return d.lim.global
+}
+
+// Local is what this node admitted the tenant at when it decided, until
+// the next exchange: its share of Global.
+func (d Decision) Local() Limit {
+	if d.lim == nil {
+		return Limit{}
+	}
+	return d.lim.local
 }

@@ -154,28 +154,67 @@ func (l *Limiter) Name() string { return l.name }
 func (l *Limiter) Allow(tenant string) Decision { return l.AllowN(tenant, 1) }
 
 // AllowN decides on a batch of n units (spans, bytes) of a tenant at once:
-// either all are admitted or none. The decision reads the monotonic clock
-// and the tenant's bucket, nothing else: no lock, no network, no
-// allocation once the tenant is known. n <= 0 is admitted.
+// either all are admitted or none. The decision reads the tenant's pocket
+// on this processor and, when the pocket cannot cover the batch, the
+// monotonic clock and the tenant's bucket (pocket.go); nothing else: no
+// lock, no network, no allocation once the tenant is known. n <= 0 is
+// admitted.
 func (l *Limiter) AllowN(tenant string, n int64) Decision {
 	n = max(n, 0)
-	now := l.clock.Now()
 	t := l.tenant(tenant)
 	if n > t.maxBatch.Load() {
 		t.maxBatch.Store(n) // racy max: a lost update only delays the floor
 	}
+	p := t.pocket()
+	var b *bucket
+	if p.spend(n) {
+		p.admitted.Add(n)
+		b = t.b.Load()
+	} else if missing := l.allowFromBucket(&b, t, p, tenant, n); missing > 0 {
+		return Decision{RetryAfter: b.wait(missing, time.Duration(l.interval.Load())), lim: &b.lim}
+	}
+	return Decision{Allowed: true, lim: &b.lim}
+}
+
+// allowFromBucket decides on a batch that the pocket p could not cover,
+// and sets *bp to the bucket that decided. It returns 0 if the batch is
+// admitted, else how many units are missing. (Scalars rather than a
+// Decision: a struct returned through two calls is copied through memory
+// twice, which costs a refusal more than its arithmetic.)
+func (l *Limiter) allowFromBucket(bp **bucket, t *tenant, p *pocket, id string, n int64) (missing int64) {
+	reclaimed := false
 	for {
 		b := t.b.Load()
-		o, missing := b.take(now, n)
+		*bp = b
+		if b.unlimited {
+			p.admitted.Add(n)
+			return 0
+		}
+		o, got, missing := b.take(l.clock.Now(), n, b.lease)
 		switch o {
 		case admitted:
-			b.admitted.Add(n)
-			return Decision{Allowed: true, Global: b.global, Local: b.localLimit()}
+			if got > 0 {
+				p.tokens.Add(got)
+				if !t.leased.Load() {
+					t.leased.Store(true)
+				}
+			}
+			p.admitted.Add(n)
+			return 0
 		case refused:
-			b.refused.Add(n)
-			return Decision{RetryAfter: b.wait(missing, time.Duration(l.interval.Load())), Global: b.global, Local: b.localLimit()}
+			if !reclaimed && t.leased.Load() {
+				// Tokens may sit in other processors' pockets: put them
+				// back and decide again.
+				reclaimed = true
+				if tokens := t.reclaim(); tokens > 0 && b.give(l.clock.Now(), tokens) == admitted {
+					continue
+				}
+			}
+			p.refused.Add(n)
+			return missing
 		}
-		t = l.current(t, b, tenant)
+		t = l.current(t, b, id)
+		p = t.pocket()
 	}
 }
 
@@ -237,11 +276,11 @@ func (l *Limiter) create(id string) *tenant {
 	id = strings.Clone(id)
 	c := l.conf.Load()
 	now := l.clock.Now()
-	t := &tenant{id: id, state: shareInitial}
+	t := &tenant{id: id, state: shareInitial, pockets: make([]pocket, runtime.GOMAXPROCS(0))}
 	t.share = 1 / float64(c.nodes)
 	t.lastAt, t.idleSince = now, now
 	g := c.limit(id)
-	t.b.Store(newBucket(now, t.localLimit(g), g, math.MaxInt64))
+	t.b.Store(newBucket(now, t.localLimit(g), g, math.MaxInt64, len(t.pockets)))
 	l.tenants.add(t)
 	l.metrics.tenants.Inc()
 	return t
@@ -271,7 +310,7 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	now := l.clock.Now()
 	l.tenants.each(func(t *tenant) {
 		t.mu.Lock()
-		if g := c.limit(t.id); g != t.b.Load().global {
+		if g := c.limit(t.id); g != t.b.Load().lim.global {
 			t.reconfigure(now, g)
 		}
 		t.mu.Unlock()
@@ -317,7 +356,7 @@ func (l *Limiter) setNodes(nodes int) {
 		t.mu.Lock()
 		if t.state != shareAssigned {
 			t.share = 1 / float64(nodes)
-			t.reconfigure(now, t.b.Load().global)
+			t.reconfigure(now, t.b.Load().lim.global)
 		}
 		t.mu.Unlock()
 	})
@@ -336,24 +375,21 @@ const (
 	shareFallback
 )
 
-// foldAfter is how long a retired bucket's counters are left to settle
-// before they are added to its tenant's base: a decision that won its
-// compare-and-swap on the bucket just before it was retired counts there
-// right after. A decision is never a second between the two.
-const foldAfter = int64(time.Second)
-
 // tenant is one tenant's record in a Limiter.
 //
-// Layout: b and maxBatch are read by every decision and written about once
-// per exchange interval (maxBatch: when a batch is larger than any before);
-// the rest belongs to the exchange and reconfigurations. The decisions'
-// writes go to the bucket (see bucket), never here, so these lines stay in
-// every core's cache.
+// Layout: the first line is read by every decision and written about once
+// per exchange interval (b on reconfigurations; maxBatch when a batch is
+// larger than any before; leased when a lease follows a reclaim); the
+// decisions' writes go to the pockets (see pocket.go) and, when a pocket
+// runs dry, to the bucket, never here, so this line stays in every core's
+// cache. The rest belongs to the exchange and reconfigurations.
 type tenant struct {
 	b        atomic.Pointer[bucket]
 	maxBatch atomic.Int64 // largest batch since the last sweep
 	id       string
-	_        [cacheLine - 8 - 8 - 16]byte
+	pockets  []pocket // one per processor, fixed at creation
+	leased   atomic.Bool
+	_        [cacheLine - 8 - 8 - 16 - 24 - 4]byte
 
 	// Under mu: written by the exchange and by reconfigurations.
 	mu                  sync.Mutex
@@ -364,39 +400,15 @@ type tenant struct {
 	idleSince           int64 // monotonic ns of the last sweep that saw no decision
 	demand              float64
 	batch               int64 // largest batch offered in the last interval with decisions
-	// base counts the decisions of buckets retired and folded; retired
-	// holds the buckets retired less than foldAfter ago.
-	baseAdmitted, baseRefused int64
-	retired                   []retiredBucket
 }
 
-type retiredBucket struct {
-	b  *bucket
-	at int64
-}
-
-// counts returns the units the tenant admitted and refused. t.mu is held.
+// counts returns the units the tenant admitted and refused.
 func (t *tenant) counts() (admitted, refused int64) {
-	admitted, refused = t.baseAdmitted, t.baseRefused
-	for _, r := range t.retired {
-		admitted += r.b.admitted.Load()
-		refused += r.b.refused.Load()
+	for i := range t.pockets {
+		admitted += t.pockets[i].admitted.Load()
+		refused += t.pockets[i].refused.Load()
 	}
-	b := t.b.Load()
-	return admitted + b.admitted.Load(), refused + b.refused.Load()
-}
-
-// fold adds the counters of buckets retired foldAfter ago or more to the
-// base. t.mu is held.
-func (t *tenant) fold(now int64) {
-	t.retired = slices.DeleteFunc(t.retired, func(r retiredBucket) bool {
-		if now-r.at < foldAfter {
-			return false
-		}
-		t.baseAdmitted += r.b.admitted.Load()
-		t.baseRefused += r.b.refused.Load()
-		return true
-	})
+	return admitted, refused
 }
 
 // reconfigure replaces the tenant's bucket by one for the global limit g at
@@ -411,10 +423,11 @@ func (t *tenant) reconfigureCapped(now int64, g Limit, maxLevel int64) {
 	if old.gone {
 		return
 	}
-	level := min(old.retire(now), maxLevel)
-	t.b.Store(newBucket(now, t.localLimit(g), g, level))
-	t.fold(now)
-	t.retired = append(t.retired, retiredBucket{b: old, at: now})
+	level := old.retire(now)
+	if pocketed := t.reclaim(); level < math.MaxInt64-pocketed {
+		level += pocketed
+	}
+	t.b.Store(newBucket(now, t.localLimit(g), g, min(level, maxLevel), len(t.pockets)))
 }
 
 // localLimit is this node's part of a tenant's global limit: the share of
@@ -430,13 +443,6 @@ func (t *tenant) localLimit(g Limit) Limit {
 	share := min(max(t.share, 0), 1)
 	burst := max(int64(math.Ceil(float64(g.Burst)*share)), min(t.batch, g.Burst), 1)
 	return Limit{Rate: g.Rate * share, Burst: burst}
-}
-
-func (b *bucket) localLimit() Limit {
-	if b.unlimited {
-		return b.global
-	}
-	return Limit{Rate: b.perSec, Burst: b.burst}
 }
 
 // tenantDemand is one tenant's demand measured by sweep.
@@ -460,7 +466,6 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		if t.b.Load().gone {
 			return
 		}
-		t.fold(now)
 		admitted, refused := t.counts()
 		offered := admitted + refused
 		if offered != t.lastOffered {
@@ -468,7 +473,7 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		}
 		if mb := t.maxBatch.Swap(0); mb > 0 && mb != t.batch {
 			t.batch = mb
-			t.reconfigure(now, t.b.Load().global)
+			t.reconfigure(now, t.b.Load().lim.global)
 		}
 		if dt := now - t.lastAt; dt > 0 {
 			t.demand = float64(offered-t.lastOffered) * 1e9 / float64(dt)
@@ -479,7 +484,7 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 			return
 		}
 		if now-b.epoch >= rebaseAfter {
-			t.reconfigure(now, b.global)
+			t.reconfigure(now, b.lim.global)
 		}
 		dst = append(dst, tenantDemand{t: t, demand: t.demand})
 	})
@@ -491,15 +496,15 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 // the gone bucket and looks the tenant up again. l.mu and t.mu are held.
 func (l *Limiter) evict(now int64, t *tenant) bool {
 	old := t.b.Load()
-	if !old.unlimited && old.level(old.full.Load(), old.tokensAt(now)) < old.burst {
+	if !old.unlimited && old.level(old.full.Load(), old.tokensAt(now)) < old.lim.local.Burst {
 		return false // not refilled yet
 	}
-	if level := old.retire(now); !old.unlimited && level < old.burst {
+	if level := old.retire(now); !old.unlimited && level < old.lim.local.Burst {
 		// Used between the two looks: keep it.
-		t.b.Store(newBucket(now, old.localLimit(), old.global, level))
-		t.retired = append(t.retired, retiredBucket{b: old, at: now})
+		t.b.Store(newBucket(now, old.lim.local, old.lim.global, level, len(t.pockets)))
 		return false
 	}
+	t.reclaim() // a full bucket: what the pockets held is forgotten with it
 	gone := &bucket{}
 	gone.gone = true
 	gone.full.Store(retired)
@@ -529,7 +534,7 @@ func (l *Limiter) applyShare(now int64, t *tenant, share float64) {
 	defer t.mu.Unlock()
 	t.state, t.assignedAt = shareAssigned, now
 	saturated := c.nodes > 1 && share*g.Rate < t.demand
-	if b := t.b.Load(); share != t.share || b.global != g || saturated {
+	if b := t.b.Load(); share != t.share || b.lim.global != g || saturated {
 		t.share = share
 		maxLevel := int64(math.MaxInt64)
 		if saturated {
