@@ -11,9 +11,14 @@ type Clock interface {
 }
 
 // MonotonicClock returns the process's monotonic clock: nanoseconds since
-// the call, read through time.Since, which uses only the monotonic reading
-// of the time.Time it was given.
-func MonotonicClock() Clock { return monoClock{start: time.Now()} }
+// the process started, read through time.Since, which uses only the
+// monotonic reading of the time.Time it was given. Every call returns the
+// same clock (equal values), so limiters and an exchange made apart read
+// one time: a bucket rebuilt by the exchange at a time from another clock
+// would be dated in the past and refill by the difference.
+func MonotonicClock() Clock { return monoClock{start: processStart} }
+
+var processStart = time.Now()
 
 type monoClock struct{ start time.Time }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"sync"
 	"time"
 
@@ -36,8 +37,8 @@ type ExchangeOptions struct {
 	// listeners; nil means plain text (insecure.NewCredentials), as on a
 	// trusted network.
 	DialOptions []grpc.DialOption
-	// Clock is the monotonic clock; nil means MonotonicClock(). It must be
-	// the limiters' clock.
+	// Clock is the monotonic clock; nil means the limiters' clock. It must
+	// be the limiters' clock: Validate refuses another.
 	Clock Clock
 }
 
@@ -57,7 +58,23 @@ func (o *ExchangeOptions) EnsureDefaults() {
 	}
 	if o.Clock == nil {
 		o.Clock = MonotonicClock()
+		for _, l := range o.Limiters {
+			if l != nil {
+				o.Clock = l.clock
+				break
+			}
+		}
 	}
+}
+
+// sameClock reports whether a and b are the same clock, when their types
+// can tell (a clock of a type without equality is taken on trust).
+func sameClock(a, b Clock) bool {
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	if ta != tb {
+		return false
+	}
+	return !ta.Comparable() || a == b
 }
 
 // Validate reports every invalid field.
@@ -76,6 +93,8 @@ func (o ExchangeOptions) Validate() error {
 			bad("Limiters[%d] is nil", i)
 		case names[l.name]:
 			bad("Limiters[%d]: a second limiter named %q", i, l.name)
+		case o.Clock != nil && !sameClock(l.clock, o.Clock):
+			bad("Limiters[%d] (%q) reads another clock than the exchange: the shares it applies would be dated on the wrong clock", i, l.name)
 		default:
 			names[l.name] = true
 		}
@@ -164,6 +183,9 @@ func (e *Exchange) Run(ctx context.Context) {
 	t := time.NewTicker(e.opts.Interval)
 	defer t.Stop()
 	defer e.conns.close()
+	// A first round at once: the limiters learn the live members now, not
+	// an interval after the node started.
+	e.round(ctx)
 	for {
 		select {
 		case <-ctx.Done():

@@ -348,6 +348,36 @@ func TestExchangeOptions(t *testing.T) {
 	}
 }
 
+// TestExchangeClock: an exchange reads its limiters' clock unless told
+// otherwise, and refuses a clock other than theirs: a share applied at a
+// time from another clock would date the rebuilt bucket in the past (or
+// future) and refill it by the difference. MonotonicClock is one clock
+// however often it is asked for.
+func TestExchangeClock(t *testing.T) {
+	require.Equal(t, MonotonicClock(), MonotonicClock())
+	fake := newFakeClock()
+	l := newTestLimiter(t, fake, Limit{})
+	m := StaticMembers{SelfID: "a"}
+	e, err := NewExchange(ExchangeOptions{Membership: m, Limiters: []*Limiter{l}}, nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, Clock(fake), e.clock)
+
+	_, err = NewExchange(ExchangeOptions{Membership: m, Limiters: []*Limiter{l}, Clock: MonotonicClock()}, nil, nil)
+	require.ErrorContains(t, err, `Limiters[0] ("spans") reads another clock than the exchange`)
+	other := newTestLimiter(t, newFakeClock(), Limit{})
+	other.name = "bytes"
+	_, err = NewExchange(ExchangeOptions{Membership: m, Limiters: []*Limiter{l, other}}, nil, nil)
+	require.ErrorContains(t, err, `Limiters[1] ("bytes") reads another clock`)
+
+	// Made apart, as the server makes them: one clock.
+	a, err := New(Options{Name: "spans"}, nil, nil)
+	require.NoError(t, err)
+	b, err := New(Options{Name: "bytes"}, nil, nil)
+	require.NoError(t, err)
+	_, err = NewExchange(ExchangeOptions{Membership: m, Limiters: []*Limiter{a, b}, Clock: MonotonicClock()}, nil, nil)
+	require.NoError(t, err)
+}
+
 // TestRun: Run exchanges on its ticker until its context ends, and leaves
 // no goroutine or connection behind (goleak in TestMain).
 func TestRun(t *testing.T) {
