@@ -27,8 +27,17 @@ import (
 	"github.com/hopwatch/hopwatch/internal/server"
 )
 
-// counter returns the value of the counter name with exactly the given labels.
+// counter returns the value of the counter name with exactly the given
+// labels, 0 if there is no such series.
 func counter(t *testing.T, reg *prometheus.Registry, name string, lbls map[string]string) float64 {
+	t.Helper()
+	v, _ := sample(t, reg, name, lbls)
+	return v
+}
+
+// sample returns the value of the series of name with exactly the labels
+// lbls in reg, and whether there is one.
+func sample(t *testing.T, reg *prometheus.Registry, name string, lbls map[string]string) (float64, bool) {
 	t.Helper()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
@@ -42,14 +51,14 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, lbls map[strin
 				continue
 			}
 			for _, lp := range m.GetLabel() {
-				if lbls[lp.GetName()] != lp.GetValue() {
+				if v, ok := lbls[lp.GetName()]; !ok || v != lp.GetValue() {
 					continue next
 				}
 			}
-			return metricValue(m)
+			return metricValue(m), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 func metricValue(m *dto.Metric) float64 {

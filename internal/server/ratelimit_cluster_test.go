@@ -222,7 +222,7 @@ type spanLoad struct {
 // or 429 (rate limited) fails the test.
 func offerSpans(t *testing.T, client *http.Client, addr, tenantID, service string, perSecond float64, batch int) *spanLoad {
 	t.Helper()
-	body := spansRequest(t, service, batch)
+	body := spansRequest(t, service, batch, time.Now().Add(-time.Minute))
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &spanLoad{stop: cancel, done: make(chan struct{})}
 	send := func() {
@@ -282,10 +282,10 @@ func (l *spanLoad) stopLoad() {
 	<-l.done
 }
 
-// spansRequest is an OTLP/HTTP protobuf request of n spans of service.
-func spansRequest(t *testing.T, service string, n int) []byte {
+// spansRequest is an OTLP protobuf request of n spans of service, all
+// starting at start.
+func spansRequest(t *testing.T, service string, n int, start time.Time) []byte {
 	t.Helper()
-	start := time.Now().Add(-time.Minute)
 	td := ptrace.NewTraces()
 	rs := td.ResourceSpans().AppendEmpty()
 	rs.Resource().Attributes().PutStr("service.name", service)
@@ -294,7 +294,7 @@ func spansRequest(t *testing.T, service string, n int) []byte {
 		s := spans.AppendEmpty()
 		s.SetName("op")
 		s.SetKind(ptrace.SpanKindInternal)
-		s.SetTraceID(pcommon.TraceID{byte(i + 1), 3})
+		s.SetTraceID(pcommon.TraceID{byte(i + 1), 1})
 		s.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
 		s.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(time.Millisecond)))
 	}
@@ -317,29 +317,3 @@ func waitForSeen(t *testing.T, what string, cond func() (bool, string)) {
 }
 
 func within(v, lo, hi float64) bool { return v >= lo && v <= hi }
-
-// sample returns the value of the series of name with exactly the labels
-// lbls in reg, and whether there is one.
-func sample(t *testing.T, reg *prometheus.Registry, name string, lbls map[string]string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(lbls) {
-				continue
-			}
-			for _, lp := range m.GetLabel() {
-				if v, ok := lbls[lp.GetName()]; !ok || v != lp.GetValue() {
-					continue next
-				}
-			}
-			return metricValue(m), true
-		}
-	}
-	return 0, false
-}

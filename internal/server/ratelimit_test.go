@@ -65,23 +65,7 @@ func TestRateLimits(t *testing.T) {
 	})
 
 	start := time.Now().Add(-time.Minute)
-	request := func(service string, n int) []byte {
-		td := ptrace.NewTraces()
-		rs := td.ResourceSpans().AppendEmpty()
-		rs.Resource().Attributes().PutStr("service.name", service)
-		spans := rs.ScopeSpans().AppendEmpty().Spans()
-		for i := range n {
-			s := spans.AppendEmpty()
-			s.SetName("op")
-			s.SetKind(ptrace.SpanKindInternal)
-			s.SetTraceID(pcommon.TraceID{byte(i + 1), 1})
-			s.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
-			s.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(time.Millisecond)))
-		}
-		body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
-		require.NoError(t, err)
-		return body
-	}
+	request := func(service string, n int) []byte { return spansRequest(t, service, n, start) }
 	requireMessage := func(msg string) {
 		t.Helper()
 		// The cluster-wide limit and the flags that change it, never the
