@@ -486,6 +486,6 @@ hopwatch_ratelimit_tenants{limit="spans"} 1
 	n, err := testutil.GatherAndCount(reg, "hopwatch_ratelimit_admitted_total", "hopwatch_ratelimit_refused_total")
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
-	a := c.nodes["a"].l.admitted(tenant)
+	a := c.nodes["a"].l.Admitted(tenant)
 	require.InDelta(t, 1000+750+750, a, 40, "a's part of the limit over 3 s (1000 as the first-second burst and rate)")
 }

@@ -451,7 +451,7 @@ func TestManyTenants(t *testing.T) {
 	require.Len(t, seen, 5000)
 	var total int64
 	for i := range 5000 {
-		total += l.admitted(fmt.Sprint("t", i))
+		total += l.Admitted(fmt.Sprint("t", i))
 	}
 	require.Equal(t, int64(8*5000), total, "each decision landed on the one record of its tenant")
 	require.Equal(t, 5000.0, testutil.ToFloat64(l.metrics.tenants))

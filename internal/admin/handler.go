@@ -223,17 +223,26 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request, id string) error {
-	s, err := h.state(r)
+	t, err := h.tenant(r, id)
 	if err != nil {
 		return err
-	}
-	t, ok := s.Tenant(id)
-	if !ok {
-		return errNoTenant(id)
 	}
 	setETag(w, t.Version)
 	writeData(w, http.StatusOK, fromCluster(t))
 	return nil
+}
+
+// tenant reads a tenant from the state the request asks for.
+func (h *handler) tenant(r *http.Request, id string) (cluster.Tenant, error) {
+	s, err := h.state(r)
+	if err != nil {
+		return cluster.Tenant{}, err
+	}
+	t, ok := s.Tenant(id)
+	if !ok {
+		return cluster.Tenant{}, errNoTenant(id)
+	}
+	return t, nil
 }
 
 func errNoTenant(id string) *apiError {
@@ -327,13 +336,9 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request, id string) erro
 }
 
 func (h *handler) listTokens(w http.ResponseWriter, r *http.Request, id string) error {
-	s, err := h.state(r)
+	t, err := h.tenant(r, id)
 	if err != nil {
 		return err
-	}
-	t, ok := s.Tenant(id)
-	if !ok {
-		return errNoTenant(id)
 	}
 	setETag(w, t.Version)
 	writeData(w, http.StatusOK, fromCluster(t).TokenHashes)

@@ -64,6 +64,12 @@ func ready(t *testing.T, web string) (bool, string) {
 // ready. Its data are in dir (a temporary directory when empty).
 func startNode(t *testing.T, id, dir string, wait bool, mutate func(*server.Config)) (*server.Server, server.Addrs) {
 	t.Helper()
+	return startNodeReg(t, id, dir, wait, nil, mutate)
+}
+
+// startNodeReg is startNode with the node's metrics in reg.
+func startNodeReg(t *testing.T, id, dir string, wait bool, reg *prometheus.Registry, mutate func(*server.Config)) (*server.Server, server.Addrs) {
+	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.WebListenAddress = "127.0.0.1:0"
 	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
@@ -77,7 +83,7 @@ func startNode(t *testing.T, id, dir string, wait bool, mutate func(*server.Conf
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv, err := server.New(cfg, nil, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("test_node", id))
+	srv, err := server.New(cfg, reg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("test_node", id))
 	require.NoError(t, err)
 	require.NoError(t, srv.Start())
 	t.Cleanup(func() {

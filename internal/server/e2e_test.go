@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -40,26 +39,12 @@ func startServer(t *testing.T, mutate func(*server.Config)) (*server.Server, ser
 // startServerReg is startServer with the node's metrics in reg.
 func startServerReg(t *testing.T, reg *prometheus.Registry, mutate func(*server.Config)) (*server.Server, server.Addrs) {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress = "127.0.0.1:0"
-	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
-	cfg.OTLPHTTPListenAddress = "127.0.0.1:0"
-	cfg.FlushInterval = time.Second
-	cfg.Storage.Dir = t.TempDir()
-	testCluster(&cfg.Cluster)
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	srv, err := server.New(cfg, reg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		require.NoError(t, srv.Shutdown(ctx))
+	return startNodeReg(t, "n1", "", true, reg, func(cfg *server.Config) {
+		cfg.FlushInterval = time.Second
+		if mutate != nil {
+			mutate(cfg)
+		}
 	})
-	waitFor(t, "server ready", srv.Ready)
-	return srv, srv.Addrs()
 }
 
 // testCluster puts the node's cluster listeners on loopback ephemeral ports

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"strings"
@@ -179,29 +178,14 @@ func TestRateLimitsCluster(t *testing.T) {
 // the node is ready.
 func startLimitedNode(t *testing.T, id string, reg *prometheus.Registry, join string) (*server.Server, server.Addrs) {
 	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.WebListenAddress = "127.0.0.1:0"
-	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
-	cfg.OTLPHTTPListenAddress = "127.0.0.1:0"
-	cfg.Storage.Dir = t.TempDir()
-	cfg.MultitenancyEnabled = true
-	cfg.Ingest.Stages.Names = nil
-	cfg.RateLimits.ExchangeInterval = 200 * time.Millisecond
-	testCluster(&cfg.Cluster)
-	cfg.Cluster.NodeID = id
-	if join != "" {
-		joining(join)(&cfg)
-	}
-	srv, err := server.New(cfg, reg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})).With("test_node", id))
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		require.NoError(t, srv.Shutdown(ctx))
+	return startNodeReg(t, id, "", true, reg, func(cfg *server.Config) {
+		cfg.MultitenancyEnabled = true
+		cfg.Ingest.Stages.Names = nil
+		cfg.RateLimits.ExchangeInterval = 200 * time.Millisecond
+		if join != "" {
+			joining(join)(cfg)
+		}
 	})
-	waitFor(t, id+" ready", srv.Ready)
-	return srv, srv.Addrs()
 }
 
 // loadWorkers bounds the requests in flight to one node: a tick that finds
