@@ -727,8 +727,9 @@ func (n *Node) maintain() {
 	for {
 		if !n.ready.Load() {
 			n.tryReady()
+		} else {
+			n.register()
 		}
-		n.register()
 		n.updateLiveness(time.Now())
 		select {
 		case <-n.ctx.Done():
@@ -739,7 +740,9 @@ func (n *Node) maintain() {
 	}
 }
 
-// tryReady asks the leader for its read index and waits to apply up to it.
+// tryReady asks the leader for its read index, waits to apply up to it and
+// registers the node's gRPC address when the state lacks it: a node is
+// ready only once the others can reach it.
 func (n *Node) tryReady() {
 	if _, id := n.raft.LeaderWithID(); id == "" {
 		return
@@ -750,6 +753,9 @@ func (n *Node) tryReady() {
 		n.logger.Debug("not ready yet", "err", err)
 		return
 	}
+	if !n.register() {
+		return
+	}
 	if !n.ready.Swap(true) {
 		n.logger.Info("ready: caught up with the leader", "index", n.State().Index())
 	}
@@ -757,22 +763,25 @@ func (n *Node) tryReady() {
 
 // register records this node's gRPC address in the replicated state when it
 // is missing or changed there (first start, a new address after a restart).
-func (n *Node) register() {
+// It reports whether the state holds the address (or there is none to hold).
+func (n *Node) register() bool {
 	if n.cfg.GRPCAdvertise == "" {
-		return
+		return true
 	}
 	m, ok := n.State().Member(n.id)
 	if !ok || m.GRPCAddr == n.cfg.GRPCAdvertise {
-		return
+		return true
 	}
 	if _, id := n.raft.LeaderWithID(); id == "" {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	if _, err := n.propose(ctx, &command{Op: OpPutMember, Member: &Member{ID: n.id, GRPCAddr: n.cfg.GRPCAdvertise}}); err != nil {
 		n.logger.Debug("could not register the gRPC address yet", "err", err)
+		return false
 	}
+	return true
 }
 
 // updateLiveness, on the leader, marks a member unreachable once its

@@ -16,6 +16,11 @@ func TestSingleNode(t *testing.T) {
 	n := nodes[0]
 	ctx := ctxT(t)
 
+	// Ready means the others can reach it: its gRPC address is registered.
+	self, ok := n.State().Member(n.id)
+	require.True(t, ok)
+	require.Equal(t, n.cfg.GRPCAdvertise, self.GRPCAddr)
+
 	watch, stopWatch := n.Watch()
 	defer stopWatch()
 
