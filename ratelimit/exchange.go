@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,8 +130,10 @@ type Exchange struct {
 	logger   *slog.Logger
 
 	// failing holds the owners whose last call failed, for logging once
-	// per change; only rounds touch it, and rounds do not overlap.
+	// per change; ring is the ring of the last round. Only rounds touch
+	// them, and rounds do not overlap.
 	failing map[string]bool
+	ring    []Member
 }
 
 // NewExchange returns an exchange over opts.Limiters. A nil registerer
@@ -183,6 +186,12 @@ func (e *Exchange) Run(ctx context.Context) {
 	t := time.NewTicker(e.opts.Interval)
 	defer t.Stop()
 	defer e.conns.close()
+	var changed <-chan struct{} // nil: the ring is read at each tick only
+	if w, ok := e.opts.Membership.(Watcher); ok {
+		c, stop := w.Watch()
+		defer stop()
+		changed = c
+	}
 	// A first round at once: the limiters learn the live members now, not
 	// an interval after the node started.
 	e.round(ctx)
@@ -192,6 +201,16 @@ func (e *Exchange) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			e.round(ctx)
+		case <-changed:
+			if slices.Equal(e.opts.Membership.Members(), e.ring) {
+				continue
+			}
+			// The ring changed: the limiters learn the new member count and
+			// the new owners hear from every node now; the next round is a
+			// whole interval later, for demand measured over one.
+			e.metrics.ringChanges.Inc()
+			e.round(ctx)
+			t.Reset(e.opts.Interval)
 		}
 	}
 }
@@ -206,6 +225,7 @@ type pending struct {
 func (e *Exchange) round(ctx context.Context) {
 	now := e.clock.Now()
 	ms := e.opts.Membership.Members()
+	e.ring = ms
 	self := e.opts.Membership.Self()
 	n := liveCount(ms)
 	e.metrics.members.Set(float64(n))
@@ -382,6 +402,7 @@ type exchangeMetrics struct {
 	unreachable prometheus.Gauge
 	owned       prometheus.Gauge
 	members     prometheus.Gauge
+	ringChanges prometheus.Counter
 }
 
 func newExchangeMetrics(reg prometheus.Registerer) (*exchangeMetrics, error) {
@@ -408,9 +429,13 @@ func newExchangeMetrics(reg prometheus.Registerer) (*exchangeMetrics, error) {
 			Name: "hopwatch_ratelimit_live_members",
 			Help: "Live members of the ring: n in the even split limit/n.",
 		}),
+		ringChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_ratelimit_ring_changes_total",
+			Help: "Changes of the ring (members joined, left, went down or came back) that started an exchange round at once.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.duration, m.errors, m.unreachable, m.owned, m.members} {
+		for _, c := range []prometheus.Collector{m.duration, m.errors, m.unreachable, m.owned, m.members, m.ringChanges} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

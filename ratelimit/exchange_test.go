@@ -16,33 +16,6 @@ import (
 	"google.golang.org/grpc"
 )
 
-// ring is a membership that tests change under the nodes.
-type ring struct {
-	mu   sync.Mutex
-	list []Member
-}
-
-func (r *ring) set(f func([]Member) []Member) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.list = f(slices.Clone(r.list))
-}
-
-func (r *ring) view(self string) Membership { return ringView{r: r, self: self} }
-
-type ringView struct {
-	r    *ring
-	self string
-}
-
-func (v ringView) Self() string { return v.self }
-
-func (v ringView) Members() []Member {
-	v.r.mu.Lock()
-	defer v.r.mu.Unlock()
-	return slices.Clone(v.r.list)
-}
-
 // testNode is one node of an in-process cluster: a limiter, an exchange,
 // and a gRPC server on 127.0.0.1.
 type testNode struct {
@@ -64,7 +37,7 @@ func (n *testNode) stop() {
 type cluster struct {
 	t     *testing.T
 	clock *fakeClock
-	ring  *ring
+	ring  *Ring
 	nodes map[string]*testNode
 	lim   Limit
 }
@@ -72,7 +45,7 @@ type cluster struct {
 // newCluster starts nodes with the ring of all of them in place, as a
 // cluster's members know each other before they serve.
 func newCluster(t *testing.T, lim Limit, ids ...string) *cluster {
-	c := &cluster{t: t, clock: newFakeClock(), ring: &ring{}, nodes: map[string]*testNode{}, lim: lim}
+	c := &cluster{t: t, clock: newFakeClock(), ring: NewRing(nil), nodes: map[string]*testNode{}, lim: lim}
 	lis := make([]net.Listener, len(ids))
 	for i, id := range ids {
 		lis[i] = c.listen(id)
@@ -86,7 +59,7 @@ func newCluster(t *testing.T, lim Limit, ids ...string) *cluster {
 func (c *cluster) listen(id string) net.Listener {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(c.t, err)
-	c.ring.set(func(ms []Member) []Member { return append(ms, Member{ID: id, GRPCAddr: lis.Addr().String()}) })
+	c.ring.Set(append(c.ring.Members(), Member{ID: id, GRPCAddr: lis.Addr().String()}))
 	return lis
 }
 
@@ -99,7 +72,7 @@ func (c *cluster) start(id string, lis net.Listener) *testNode {
 	n := &testNode{id: id, reg: prometheus.NewPedanticRegistry(), srv: grpc.NewServer(), lis: lis}
 	n.l, err = New(Options{Name: "spans", Default: c.lim, Clock: c.clock}, n.reg, nil)
 	require.NoError(t, err)
-	n.e, err = NewExchange(ExchangeOptions{Membership: c.ring.view(id), Limiters: []*Limiter{n.l}, Clock: c.clock}, n.reg, nil)
+	n.e, err = NewExchange(ExchangeOptions{Membership: c.ring.View(id), Limiters: []*Limiter{n.l}, Clock: c.clock}, n.reg, nil)
 	require.NoError(t, err)
 	n.e.RegisterGRPC(n.srv)
 	done := make(chan struct{})
@@ -151,7 +124,7 @@ func (c *cluster) share(id, tenantID string) float64 {
 
 // tenantOwnedBy returns a tenant name that the ring places on id.
 func (c *cluster) tenantOwnedBy(id string) string {
-	ms := c.ring.view("").Members()
+	ms := c.ring.Members()
 	for i := 0; ; i++ {
 		name := fmt.Sprint("tenant-", i)
 		if o := Owner(name, ms); ms[o].ID == id {
@@ -239,7 +212,7 @@ func TestExchangeOwnerChange(t *testing.T) {
 	for i := range 400 {
 		tenants = append(tenants, fmt.Sprint("tenant-", i))
 	}
-	before := owners(tenants, c.ring.view("").Members())
+	before := owners(tenants, c.ring.Members())
 	// The tenant under load is one that moves to d.
 	var tenant string
 	after := owners(tenants, append(members("a", "b", "c"), Member{ID: "d"}))
@@ -324,10 +297,9 @@ hopwatch_ratelimit_fallback_tenants{limit="spans"} 1
 `), "hopwatch_ratelimit_fallback_tenants"))
 
 	// The cluster marks c down: two live members, a new owner.
-	c.ring.set(func(ms []Member) []Member {
-		ms[2].Down = true
-		return ms
-	})
+	ms := c.ring.Members()
+	ms[2].Down = true
+	c.ring.Set(ms)
 	for range 3 {
 		c.drive(tenant, load, time.Second)
 		c.round("a", "b")

@@ -469,10 +469,14 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 			t.batch = mb
 			t.reconfigure(now, t.b.Load().lim.global)
 		}
-		if dt := now - t.lastAt; dt > 0 {
+		// Demand is measured over at least half an interval: a round that
+		// comes early (the ring changed) keeps the last figure rather than
+		// report the noise of a few milliseconds; a tenant's first figure is
+		// taken whatever the span.
+		if dt := now - t.lastAt; dt > 0 && (2*dt >= l.interval.Load() || t.demand == 0) {
 			t.demand = float64(offered-t.lastOffered) * 1e9 / float64(dt)
+			t.lastOffered, t.lastAt = offered, now
 		}
-		t.lastOffered, t.lastAt = offered, now
 		b := t.b.Load()
 		if now-t.idleSince >= l.idle && l.evict(now, t) {
 			return

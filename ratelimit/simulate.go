@@ -101,25 +101,6 @@ type simNode struct {
 	wg     sync.WaitGroup
 }
 
-// simRing is the simulated cluster's membership, shared by its nodes.
-type simRing struct {
-	mu   sync.Mutex
-	list []Member
-}
-
-type simView struct {
-	r    *simRing
-	self string
-}
-
-func (v simView) Self() string { return v.self }
-
-func (v simView) Members() []Member {
-	v.r.mu.Lock()
-	defer v.r.mu.Unlock()
-	return slices.Clone(v.r.list)
-}
-
 // Simulate measures how closely a cluster of nodes holds a tenant's limit
 // under skewed, shifting load: three nodes in this process, each with its
 // own limiter, exchange and gRPC server on 127.0.0.1, exchanging over real
@@ -160,7 +141,7 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 	}
 	res.Limit, res.Interval = opts.Limit, opts.Interval
 
-	ring := &simRing{}
+	ring := NewRing(nil)
 	nodes := map[string]*simNode{}
 	defer func() {
 		for _, n := range nodes {
@@ -172,13 +153,11 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 		if err != nil {
 			return nil, err
 		}
-		ring.mu.Lock()
-		ring.list = append(ring.list, Member{ID: id, GRPCAddr: lis.Addr().String()})
-		ring.mu.Unlock()
+		ring.Set(append(ring.Members(), Member{ID: id, GRPCAddr: lis.Addr().String()}))
 		return lis, nil
 	}
 	start := func(id string, lis net.Listener) error {
-		n, err := startSimNode(ctx, id, lis, simView{r: ring, self: id}, opts)
+		n, err := startSimNode(ctx, id, lis, ring.View(id), opts)
 		if err != nil {
 			return err
 		}
@@ -206,7 +185,7 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 	for i := range tenants {
 		tenants[i] = "tenant-" + strconv.Itoa(i)
 	}
-	with4 := append(ring.view(), Member{ID: "node4"})
+	with4 := append(ring.Members(), Member{ID: "node4"})
 	simTenant := ""
 	for i := 0; simTenant == ""; i++ {
 		name := "sim-" + strconv.Itoa(i)
@@ -278,7 +257,7 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 			return nil
 		}},
 		{"node4 joins", func() error {
-			before := ring.view()
+			before := ring.Members()
 			lis, err := listen("node4")
 			if err != nil {
 				return err
@@ -286,15 +265,13 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 			if err := start("node4", lis); err != nil {
 				return err
 			}
-			res.Moves = append(res.Moves, simMove("node4 added at the end of the ring", tenants, simTenant, before, ring.view()))
+			res.Moves = append(res.Moves, simMove("node4 added at the end of the ring", tenants, simTenant, before, ring.Members()))
 			return nil
 		}},
 		{"node4 leaves", func() error {
-			before := ring.view()
-			ring.mu.Lock()
-			ring.list = ring.list[:3]
-			ring.mu.Unlock()
-			res.Moves = append(res.Moves, simMove("node4 removed (the last of the ring)", tenants, simTenant, before, ring.view()))
+			before := ring.Members()
+			ring.Set(before[:3])
+			res.Moves = append(res.Moves, simMove("node4 removed (the last of the ring)", tenants, simTenant, before, ring.Members()))
 			// A report in flight to it fails: its sender keeps its last
 			// shares (ExchangeOptions.Timeout).
 			nodes["node4"].stop()
@@ -304,7 +281,7 @@ func Simulate(ctx context.Context, opts SimulateOptions) (res SimulateResult, er
 	}
 	// Changes measured without running them: a middle node marked down,
 	// and removed.
-	three := ring.view()[:3]
+	three := ring.Members()[:3]
 	down := slices.Clone(three)
 	down[1].Down = true
 	downMove := simMove("node2 marked down (keeps its slot)", tenants, simTenant, three, down)
@@ -380,12 +357,6 @@ func (r *SimulateResult) SummarisePhases() {
 		r.Phases = append(r.Phases, summarise(r.Windows[i].Phase, r.Windows[i:j], opts))
 		i = j
 	}
-}
-
-func (r *simRing) view() []Member {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.list)
 }
 
 func summarise(name string, ws []SimWindow, opts SimulateOptions) SimPhase {

@@ -25,28 +25,6 @@ import (
 	"github.com/hopwatch/hopwatch/ratelimit"
 )
 
-// procRing is a node process's ring, which the "members" command
-// replaces.
-type procRing struct {
-	self string
-	mu   sync.Mutex
-	list []ratelimit.Member
-}
-
-func (r *procRing) Self() string { return r.self }
-
-func (r *procRing) Members() []ratelimit.Member {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.list
-}
-
-func (r *procRing) set(list []ratelimit.Member) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.list = list
-}
-
 // parseRing parses a ring given as comma-separated id=host:port.
 func parseRing(s string) ([]ratelimit.Member, error) {
 	var ring []ratelimit.Member
@@ -114,15 +92,15 @@ func runBenchRatelimitNode(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ring, err := parseRing(members)
+	list, err := parseRing(members)
 	if err != nil {
 		return fmt.Errorf("--members: %w", err)
 	}
-	self := slices.IndexFunc(ring, func(m ratelimit.Member) bool { return m.ID == id })
+	self := slices.IndexFunc(list, func(m ratelimit.Member) bool { return m.ID == id })
 	if self < 0 {
 		return fmt.Errorf("--id %q is not in --members", id)
 	}
-	view := &procRing{self: id, list: ring}
+	ring := ratelimit.NewRing(list)
 	// At EOF the level goes up to Error: the exchange calls that stopping
 	// cancels, here and in the nodes stopping beside this one, are not
 	// worth a warning.
@@ -135,19 +113,19 @@ func runBenchRatelimitNode(args []string, stdout, stderr io.Writer) error {
 	}
 	// The even split is what a limiter that never hears from an owner
 	// keeps: limit/n, and a burst that fits a batch.
-	n := float64(len(ring))
+	n := float64(len(list))
 	evenLim := ratelimit.Limit{Rate: lim.Rate / n, Burst: max(int64(math.Ceil(float64(lim.Burst)/n)), min(batch, lim.Burst), 1)}
 	even, err := ratelimit.New(ratelimit.Options{Name: "spans", Default: evenLim}, nil, logger)
 	if err != nil {
 		return err
 	}
 	e, err := ratelimit.NewExchange(ratelimit.ExchangeOptions{
-		Membership: view, Limiters: []*ratelimit.Limiter{l}, Interval: interval,
+		Membership: ring.View(id), Limiters: []*ratelimit.Limiter{l}, Interval: interval,
 	}, nil, logger)
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", ring[self].GRPCAddr)
+	lis, err := net.Listen("tcp", list[self].GRPCAddr)
 	if err != nil {
 		return err
 	}
@@ -194,13 +172,13 @@ func runBenchRatelimitNode(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("members: %w", err)
 			}
-			view.set(r)
+			ring.Set(r)
 		case "owners":
 			k, err := strconv.Atoi(arg)
 			if err != nil || k < 0 {
 				return fmt.Errorf("owners: %q is not a count of tenants", arg)
 			}
-			r := view.Members()
+			r := ring.Members()
 			owners := make([]string, k)
 			for i := range owners {
 				owners[i] = r[ratelimit.Owner(ownerSample(i), r)].ID

@@ -57,9 +57,13 @@ func (s *Server) newExchange() error {
 // its own tenants move to other owners.
 type clusterMembers struct{ n *cluster.Node }
 
-var _ ratelimit.Membership = clusterMembers{}
+var _ ratelimit.Watcher = clusterMembers{}
 
 func (m clusterMembers) Self() string { return m.n.ID() }
+
+// Watch signals every applied change; the exchange looks for ring changes
+// among them.
+func (m clusterMembers) Watch() (<-chan struct{}, func()) { return m.n.Watch() }
 
 func (m clusterMembers) Members() []ratelimit.Member {
 	ms := m.n.State().Members()

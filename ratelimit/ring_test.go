@@ -1,0 +1,66 @@
+package ratelimit
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+// TestRunRoundOnRingChange: an exchange over a Watcher runs a round as
+// soon as the ring changes, not at its next tick (an hour away here), and
+// not for a signal that changed nothing.
+func TestRunRoundOnRingChange(t *testing.T) {
+	ring := NewRing([]Member{{ID: "a"}})
+	l, err := New(Options{Name: "spans", Default: Limit{Rate: 1000, Burst: 1000}}, nil, nil)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	e, err := NewExchange(ExchangeOptions{Membership: ring.View("a"), Limiters: []*Limiter{l}, Interval: time.Hour}, reg, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { e.Run(ctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	live := func() float64 { return testutil.ToFloat64(e.metrics.members) }
+	require.Eventually(t, func() bool { return live() == 1 }, 10*time.Second, time.Millisecond, "the first round runs at once")
+	ring.Set([]Member{{ID: "a"}, {ID: "b"}})
+	require.Eventually(t, func() bool { return live() == 2 }, 10*time.Second, time.Millisecond, "a join starts a round")
+	require.Equal(t, 2, l.conf.Load().nodes, "the limiter splits by two")
+
+	ring.Set([]Member{{ID: "a"}, {ID: "b", Down: true}})
+	require.Eventually(t, func() bool { return live() == 1 }, 10*time.Second, time.Millisecond, "a member down starts a round")
+	ring.Set(ring.Members()) // no change
+	ring.Set([]Member{{ID: "a"}, {ID: "b"}, {ID: "c"}})
+	require.Eventually(t, func() bool { return live() == 3 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, 3.0, testutil.ToFloat64(e.metrics.ringChanges), "three changes, one signal that changed nothing")
+}
+
+// TestDemandOverHalfAnInterval: a round that comes early (a ring change)
+// keeps the last demand; the next measures over the whole span since the
+// last figure.
+func TestDemandOverHalfAnInterval(t *testing.T) {
+	clock := newFakeClock()
+	l, err := New(Options{Name: "spans", Default: Limit{Rate: 1e6, Burst: 1e6}, Clock: clock}, nil, nil)
+	require.NoError(t, err)
+	demand := func() float64 {
+		ds := l.sweep(clock.Now(), nil)
+		require.Len(t, ds, 1)
+		return ds[0].demand
+	}
+	require.Equal(t, 10, admitN(l, "acme", 10, 10))
+	clock.Step(time.Second)
+	require.Equal(t, 100.0, demand(), "the first figure: 100 over 1 s")
+	require.Equal(t, 10, admitN(l, "acme", 10, 10))
+	clock.Step(10 * time.Millisecond)
+	require.Equal(t, 100.0, demand(), "10 ms is too short a span: the last figure stays")
+	clock.Step(490 * time.Millisecond)
+	require.Equal(t, 200.0, demand(), "100 over the 500 ms since the last figure")
+}
