@@ -134,6 +134,10 @@ type Exchange struct {
 	// them, and rounds do not overlap.
 	failing map[string]bool
 	ring    []Member
+
+	// recheckAfter is the first delay before asking again after a capped
+	// answer (Interval/20); each further one doubles it.
+	recheckAfter time.Duration
 }
 
 // NewExchange returns an exchange over opts.Limiters. A nil registerer
@@ -164,6 +168,8 @@ func NewExchange(opts ExchangeOptions, reg prometheus.Registerer, logger *slog.L
 		metrics: m,
 		logger:  logger.With("component", "ratelimit"),
 		failing: map[string]bool{},
+
+		recheckAfter: opts.Interval / 20,
 	}
 	ms := opts.Membership.Members()
 	for _, l := range opts.Limiters {
@@ -192,15 +198,34 @@ func (e *Exchange) Run(ctx context.Context) {
 		defer stop()
 		changed = c
 	}
+	// An answer with a capped share is asked again at growing delays
+	// within the interval (Interval/20, /10, /5, /2.5), until the others
+	// have reported and released what they no longer use.
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
+	rechecks := 0
+	after := func(capped bool) {
+		if capped && rechecks < maxRechecks {
+			recheck.Reset(e.recheckAfter << rechecks)
+			rechecks++
+		} else {
+			recheck.Stop()
+		}
+	}
 	// A first round at once: the limiters learn the live members now, not
 	// an interval after the node started.
-	e.round(ctx)
+	after(e.round(ctx))
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			e.round(ctx)
+			rechecks = 0
+			after(e.round(ctx))
+		case <-recheck.C:
+			e.metrics.rechecks.Inc()
+			after(e.round(ctx))
 		case <-changed:
 			if slices.Equal(e.opts.Membership.Members(), e.ring) {
 				continue
@@ -209,7 +234,8 @@ func (e *Exchange) Run(ctx context.Context) {
 			// the new owners hear from every node now; the next round is a
 			// whole interval later, for demand measured over one.
 			e.metrics.ringChanges.Inc()
-			e.round(ctx)
+			rechecks = 0
+			after(e.round(ctx))
 			t.Reset(e.opts.Interval)
 		}
 	}
@@ -221,8 +247,12 @@ type pending struct {
 	t *tenant
 }
 
+// maxRechecks bounds the early rounds after a capped answer, per interval.
+const maxRechecks = 4
+
 // round is one exchange: measure, report to the owners, apply the shares.
-func (e *Exchange) round(ctx context.Context) {
+// It reports whether an owner capped a share.
+func (e *Exchange) round(ctx context.Context) (capped bool) {
 	now := e.clock.Now()
 	ms := e.opts.Membership.Members()
 	e.ring = ms
@@ -263,12 +293,13 @@ func (e *Exchange) round(ctx context.Context) {
 			e.fallBack(b.items)
 			unreachable++
 		case ms[o].ID == self:
-			shares := e.owner.report(e.clock.Now(), self, b.req, ms, e.limiters)
+			shares, c := e.owner.report(e.clock.Now(), self, b.req, ms, e.limiters)
+			capped = capped || c
 			e.apply(b.items, shares)
 		default:
 			m := ms[o]
 			wg.Go(func() {
-				shares, err := e.call(ctx, self, m, b.req)
+				shares, c, err := e.call(ctx, self, m, b.req)
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -285,6 +316,7 @@ func (e *Exchange) round(ctx context.Context) {
 					e.logger.Info("rate limit owner answers again", "owner", m.ID)
 					delete(e.failing, m.ID)
 				}
+				capped = capped || c
 				e.apply(b.items, shares)
 			})
 		}
@@ -296,22 +328,23 @@ func (e *Exchange) round(ctx context.Context) {
 	}
 	e.metrics.owned.Set(float64(e.owner.expire(e.clock.Now())))
 	e.conns.keep(ms)
+	return capped
 }
 
 // call sends one report to a remote owner, in requests of at most
 // maxDemands demands.
-func (e *Exchange) call(ctx context.Context, self string, m Member, req []*hopwatchv1.TenantDemand) ([]float64, error) {
+func (e *Exchange) call(ctx context.Context, self string, m Member, req []*hopwatchv1.TenantDemand) (shares []float64, capped bool, err error) {
 	start := time.Now()
 	defer func() { e.metrics.duration.Observe(time.Since(start).Seconds()) }()
 	conn, err := e.conns.get(m.GRPCAddr)
 	if err != nil {
 		e.metrics.errors.Inc()
-		return nil, err
+		return nil, false, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.opts.RequestTimeout)
 	defer cancel()
 	client := hopwatchv1.NewRateLimitServiceClient(conn)
-	shares := make([]float64, 0, len(req))
+	shares = make([]float64, 0, len(req))
 	for len(req) > 0 {
 		part := req[:min(len(req), maxDemands)]
 		req = req[len(part):]
@@ -321,11 +354,12 @@ func (e *Exchange) call(ctx context.Context, self string, m Member, req []*hopwa
 		}
 		if err != nil {
 			e.metrics.errors.Inc()
-			return nil, err
+			return nil, false, err
 		}
 		shares = append(shares, resp.GetShares()...)
+		capped = capped || resp.GetCapped()
 	}
-	return shares, nil
+	return shares, capped, nil
 }
 
 func (e *Exchange) apply(items []pending, shares []float64) {
@@ -403,6 +437,7 @@ type exchangeMetrics struct {
 	owned       prometheus.Gauge
 	members     prometheus.Gauge
 	ringChanges prometheus.Counter
+	rechecks    prometheus.Counter
 }
 
 func newExchangeMetrics(reg prometheus.Registerer) (*exchangeMetrics, error) {
@@ -433,9 +468,13 @@ func newExchangeMetrics(reg prometheus.Registerer) (*exchangeMetrics, error) {
 			Name: "hopwatch_ratelimit_ring_changes_total",
 			Help: "Changes of the ring (members joined, left, went down or came back) that started an exchange round at once.",
 		}),
+		rechecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_ratelimit_rechecks_total",
+			Help: "Early exchange rounds asking again after an owner capped a share by what other nodes still held.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.duration, m.errors, m.unreachable, m.owned, m.members, m.ringChanges} {
+		for _, c := range []prometheus.Collector{m.duration, m.errors, m.unreachable, m.owned, m.members, m.ringChanges, m.rechecks} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

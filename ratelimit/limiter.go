@@ -379,7 +379,7 @@ const (
 // cache. The rest belongs to the exchange and reconfigurations.
 type tenant struct {
 	b        atomic.Pointer[bucket]
-	maxBatch atomic.Int64 // largest batch since the last sweep
+	maxBatch atomic.Int64 // largest batch since the last measuring sweep
 	id       string
 	pockets  []pocket // one per processor, fixed at creation
 	leased   atomic.Bool
@@ -465,15 +465,16 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		if offered != t.lastOffered {
 			t.idleSince = now
 		}
-		if mb := t.maxBatch.Swap(0); mb > 0 && mb != t.batch {
-			t.batch = mb
-			t.reconfigure(now, t.b.Load().lim.global)
-		}
-		// Demand is measured over at least half an interval: a round that
-		// comes early (the ring changed) keeps the last figure rather than
-		// report the noise of a few milliseconds; a tenant's first figure is
-		// taken whatever the span.
+		// Demand and the largest batch are measured over at least half an
+		// interval: a round that comes early (the ring changed, a capped
+		// share asked again) keeps the last figures rather than report the
+		// noise of a few milliseconds; a tenant's first figure is taken
+		// whatever the span.
 		if dt := now - t.lastAt; dt > 0 && (2*dt >= l.interval.Load() || t.demand == 0) {
+			if mb := t.maxBatch.Swap(0); mb > 0 && mb != t.batch {
+				t.batch = mb
+				t.reconfigure(now, t.b.Load().lim.global)
+			}
 			t.demand = float64(offered-t.lastOffered) * 1e9 / float64(dt)
 			t.lastOffered, t.lastAt = offered, now
 		}

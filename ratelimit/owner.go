@@ -36,12 +36,13 @@ type demandReport struct {
 	share float64 // the share answered
 }
 
-// report records node's demands and returns node's share of each. A
+// report records node's demands and returns node's share of each, and
+// whether any share was capped by what the others hold (see share). A
 // demand on a limit this node does not run (another version's) gets the
 // even split.
-func (o *ownerTable) report(now int64, node string, demands []*hopwatchv1.TenantDemand, ms []Member, limiters map[string]*Limiter) []float64 {
+func (o *ownerTable) report(now int64, node string, demands []*hopwatchv1.TenantDemand, ms []Member, limiters map[string]*Limiter) (shares []float64, capped bool) {
 	n := liveCount(ms)
-	shares := make([]float64, len(demands))
+	shares = make([]float64, len(demands))
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for i, d := range demands {
@@ -69,13 +70,19 @@ func (o *ownerTable) report(now int64, node string, demands []*hopwatchv1.Tenant
 		// The owner knows its own demand: no need to assume any when
 		// its limiter has not seen the tenant.
 		selfActive := l.tenants.load(d.GetTenant()) != nil
-		shares[i] = t.share(now, node, g.Rate, ms, n, o.timeout, o.warmup, o.self, selfActive)
+		var c bool
+		shares[i], c = t.share(now, node, g.Rate, ms, n, o.timeout, o.warmup, o.self, selfActive)
+		capped = capped || c
 		r := t.reports[node]
 		r.share = shares[i]
 		t.reports[node] = r
 	}
-	return shares
+	return shares, capped
 }
+
+// capSlack is how far (a fraction of the limit) the cap may hold a share
+// below its split before the answer says capped.
+const capSlack = 0.01
 
 // share splits limit (units per second) among the nodes with a fresh
 // report, and returns node's part as a fraction of limit:
@@ -96,14 +103,15 @@ func (o *ownerTable) report(now int64, node string, demands []*hopwatchv1.Tenant
 // admit with the shares they hold (their share, or their demand where it
 // is smaller): the cluster admits at most the limit as long as the
 // demands stay as reported, and under-admits rather than over-admits
-// during the interval after a change.
+// until the others report. capped says the cap held the share more than
+// capSlack below the split: the node asks again soon (Exchange.Run).
 //
 // For warmup after the tenant's first report (a new tenant, or a new
 // owner after a membership change), live members that have not reported
 // yet are counted as demanding limit/n, the share they admit meanwhile, so
 // that the first node to report does not get the whole limit; the owner
 // itself is counted so only if its limiter has seen the tenant.
-func (t *owned) share(now int64, node string, limit float64, ms []Member, n int, timeout, warmup int64, self string, selfActive bool) float64 {
+func (t *owned) share(now int64, node string, limit float64, ms []Member, n int, timeout, warmup int64, self string, selfActive bool) (share float64, capped bool) {
 	var total, others float64
 	for id, r := range t.reports {
 		if now-r.at > timeout {
@@ -122,7 +130,8 @@ func (t *owned) share(now int64, node string, limit float64, ms []Member, n int,
 			}
 		}
 	}
-	return min(t.split(node, limit, n, total), max(0, 1-others))
+	split, room := t.split(node, limit, n, total), max(0, 1-others)
+	return min(split, room), split-room > capSlack
 }
 
 func (t *owned) split(node string, limit float64, n int, total float64) float64 {
@@ -168,6 +177,6 @@ func (s *service) ExchangeDemand(_ context.Context, req *hopwatchv1.ExchangeDema
 	if len(req.GetDemands()) > maxDemands {
 		return nil, status.Errorf(codes.InvalidArgument, "hopwatch/ratelimit: %d demands in one report, more than %d", len(req.GetDemands()), maxDemands)
 	}
-	shares := s.e.owner.report(s.e.clock.Now(), req.GetNodeId(), req.GetDemands(), s.e.opts.Membership.Members(), s.e.limiters)
-	return &hopwatchv1.ExchangeDemandResponse{Shares: shares}, nil
+	shares, capped := s.e.owner.report(s.e.clock.Now(), req.GetNodeId(), req.GetDemands(), s.e.opts.Membership.Members(), s.e.limiters)
+	return &hopwatchv1.ExchangeDemandResponse{Shares: shares, Capped: capped}, nil
 }

@@ -17,6 +17,7 @@ type ownerFixture struct {
 	ms       []Member
 	limiters map[string]*Limiter
 	now      int64
+	capped   bool // the last report's answer
 }
 
 func newOwnerFixture(t *testing.T) *ownerFixture {
@@ -33,8 +34,9 @@ func newOwnerFixture(t *testing.T) *ownerFixture {
 // report sends node's demand (units/s) and returns its share.
 func (f *ownerFixture) report(node string, rate float64) float64 {
 	f.t.Helper()
-	s := f.table.report(f.now, node, []*hopwatchv1.TenantDemand{{Limit: "spans", Tenant: "acme", Rate: rate}}, f.ms, f.limiters)
+	s, capped := f.table.report(f.now, node, []*hopwatchv1.TenantDemand{{Limit: "spans", Tenant: "acme", Rate: rate}}, f.ms, f.limiters)
 	require.Len(f.t, s, 1)
+	f.capped = capped
 	return s[0]
 }
 
@@ -60,16 +62,20 @@ func TestShareInProportion(t *testing.T) {
 	f.step(time.Second)
 	sa = f.report("a", 200)
 	require.InDelta(t, (200+200.0/3)/1000, sa, 1e-12)
+	require.False(t, f.capped)
 	sb = f.report("b", 400)
 	require.InDelta(t, (400+200.0/3)/1000, sb, 1e-12)
+	require.False(t, f.capped)
 	sc = f.report("c", 1400)
 	require.InDelta(t, 0.4, sc, 1e-12)
+	require.True(t, f.capped, "0.7 by demand, 0.4 by what a and b hold")
 	// One interval later every node's demand is current.
 	f.step(time.Second)
 	sa, sb, sc = f.report("a", 200), f.report("b", 400), f.report("c", 1400)
 	require.InDelta(t, 0.1, sa, 1e-12)
 	require.InDelta(t, 0.2, sb, 1e-12)
 	require.InDelta(t, 0.7, sc, 1e-12)
+	require.False(t, f.capped)
 }
 
 // TestShareNeverOverOne: whatever the order of the reports within an
@@ -150,7 +156,7 @@ func TestShareSilentNode(t *testing.T) {
 // and garbage rates are handled.
 func TestShareOddInput(t *testing.T) {
 	f := newOwnerFixture(t)
-	s := f.table.report(f.now, "a", []*hopwatchv1.TenantDemand{
+	s, _ := f.table.report(f.now, "a", []*hopwatchv1.TenantDemand{
 		{Limit: "bytes", Tenant: "acme", Rate: 5},
 		{Limit: "spans", Tenant: "acme", Rate: -5},
 	}, f.ms, f.limiters)
@@ -160,6 +166,6 @@ func TestShareOddInput(t *testing.T) {
 	require.InDelta(t, (1000-2000.0/3)/3/1000, s[1], 1e-12)
 	require.NoError(t, f.limiters["spans"].SetTenantLimits(map[string]Limit{}))
 	l := newTestLimiter(t, newFakeClock(), Limit{})
-	s = f.table.report(f.now, "a", []*hopwatchv1.TenantDemand{{Limit: "spans", Tenant: "acme", Rate: 5}}, f.ms, map[string]*Limiter{"spans": l})
+	s, _ = f.table.report(f.now, "a", []*hopwatchv1.TenantDemand{{Limit: "spans", Tenant: "acme", Rate: 5}}, f.ms, map[string]*Limiter{"spans": l})
 	require.Equal(t, []float64{1}, s)
 }

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -63,4 +64,38 @@ func TestDemandOverHalfAnInterval(t *testing.T) {
 	require.Equal(t, 100.0, demand(), "10 ms is too short a span: the last figure stays")
 	clock.Step(490 * time.Millisecond)
 	require.Equal(t, 200.0, demand(), "100 over the 500 ms since the last figure")
+}
+
+// TestRunRecheckCapped: an answer capped by what another node still holds
+// is asked again within the interval (never, here: it is an hour), and
+// the share rises once the other node has reported its lower demand.
+func TestRunRecheckCapped(t *testing.T) {
+	c := newCluster(t, Limit{Rate: 1000, Burst: 1000}, "a", "b")
+	tenant := c.tenantOwnedBy("b") // a's answers come over gRPC
+	for range 3 {
+		c.drive(tenant, map[string]float64{"a": 300, "b": 1700}, time.Second)
+		c.round("a", "b")
+	}
+	require.InDelta(t, 0.15, c.share("a", tenant), 1e-9)
+
+	// The load moves to a; b has not reported it yet and holds 0.85.
+	c.drive(tenant, map[string]float64{"a": 1700, "b": 300}, time.Second)
+	a := c.nodes["a"]
+	a.e.opts.Interval = time.Hour
+	a.e.recheckAfter = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { a.e.Run(ctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	rechecks := func() float64 { return testutil.ToFloat64(a.e.metrics.rechecks) }
+	require.Eventually(t, func() bool { return rechecks() >= 1 }, 10*time.Second, time.Millisecond, "a's first answer is capped and asked again")
+	require.InDelta(t, 0.15, c.share("a", tenant), 1e-9, "capped by b's 0.85")
+
+	c.round("b") // b reports 300: 0.15, and releases the rest
+	require.Eventually(t, func() bool { return math.Abs(c.share("a", tenant)-0.85) < 1e-9 }, 10*time.Second, time.Millisecond,
+		"a asks again and gets its part, 1700 of 2000")
+	require.LessOrEqual(t, rechecks(), float64(maxRechecks))
 }

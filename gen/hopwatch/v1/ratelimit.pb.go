@@ -154,7 +154,12 @@ type ExchangeDemandResponse struct {
 	// shares[i] answers demands[i] of the request: the fraction, from 0 to
 	// 1, of the tenant's cluster-wide limit the caller admits until its
 	// next exchange.
-	Shares        []float64 `protobuf:"fixed64,1,rep,packed,name=shares,proto3" json:"shares,omitempty"`
+	Shares []float64 `protobuf:"fixed64,1,rep,packed,name=shares,proto3" json:"shares,omitempty"`
+	// capped: some share of this answer was held down by the shares other
+	// nodes still hold from their last answers (a node that lost load has
+	// not reported yet). The caller asks again soon, with the same demand,
+	// rather than keep the low share for a whole interval.
+	Capped        bool `protobuf:"varint,2,opt,name=capped,proto3" json:"capped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +201,13 @@ func (x *ExchangeDemandResponse) GetShares() []float64 {
 	return nil
 }
 
+func (x *ExchangeDemandResponse) GetCapped() bool {
+	if x != nil {
+		return x.Capped
+	}
+	return false
+}
+
 var File_hopwatch_v1_ratelimit_proto protoreflect.FileDescriptor
 
 const file_hopwatch_v1_ratelimit_proto_rawDesc = "" +
@@ -207,9 +219,10 @@ const file_hopwatch_v1_ratelimit_proto_rawDesc = "" +
 	"\fTenantDemand\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
-	"\x04rate\x18\x03 \x01(\x01R\x04rate\"0\n" +
+	"\x04rate\x18\x03 \x01(\x01R\x04rate\"H\n" +
 	"\x16ExchangeDemandResponse\x12\x16\n" +
-	"\x06shares\x18\x01 \x03(\x01R\x06shares2m\n" +
+	"\x06shares\x18\x01 \x03(\x01R\x06shares\x12\x16\n" +
+	"\x06capped\x18\x02 \x01(\bR\x06capped2m\n" +
 	"\x10RateLimitService\x12Y\n" +
 	"\x0eExchangeDemand\x12\".hopwatch.v1.ExchangeDemandRequest\x1a#.hopwatch.v1.ExchangeDemandResponseB9Z7github.com/hopwatch/hopwatch/gen/hopwatch/v1;hopwatchv1b\x06proto3"
 
