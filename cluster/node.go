@@ -209,10 +209,13 @@ type Node struct {
 	leaderSince time.Time
 	failing     map[string]time.Time
 
-	ready        atomic.Bool
-	started      atomic.Bool
-	shutdownOnce sync.Once
-	shutdownErr  error
+	ready   atomic.Bool
+	started atomic.Bool
+	// registerFailed: the last registration of this node's gRPC address
+	// failed (logged at warning level once). Only maintain touches it.
+	registerFailed bool
+	shutdownOnce   sync.Once
+	shutdownErr    error
 }
 
 // New opens the node's raft log and snapshots in cfg.Dir and starts raft:
@@ -756,6 +759,9 @@ func (n *Node) tryReady() {
 	if !n.register() {
 		return
 	}
+	if m, ok := n.State().Member(n.id); ok && n.cfg.GRPCAdvertise != "" && m.GRPCAddr != n.cfg.GRPCAdvertise {
+		return // committed at the leader, not applied here yet: the next round
+	}
 	if !n.ready.Swap(true) {
 		n.logger.Info("ready: caught up with the leader", "index", n.State().Index())
 	}
@@ -778,9 +784,15 @@ func (n *Node) register() bool {
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ApplyTimeout)
 	defer cancel()
 	if _, err := n.propose(ctx, &command{Op: OpPutMember, Member: &Member{ID: n.id, GRPCAddr: n.cfg.GRPCAdvertise}}); err != nil {
-		n.logger.Debug("could not register the gRPC address yet", "err", err)
+		// Once at warning level: the node is not ready until this succeeds.
+		level := slog.LevelDebug
+		if !n.registerFailed {
+			level, n.registerFailed = slog.LevelWarn, true
+		}
+		n.logger.Log(n.ctx, level, "could not register this node's gRPC address; not ready until it is", "grpc_addr", n.cfg.GRPCAdvertise, "err", err)
 		return false
 	}
+	n.registerFailed = false
 	return true
 }
 

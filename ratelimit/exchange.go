@@ -200,45 +200,65 @@ func (e *Exchange) Run(ctx context.Context) {
 	}
 	// An answer with a capped share is asked again at growing delays
 	// within the interval (Interval/20, /10, /5, /2.5), until the others
-	// have reported and released what they no longer use.
-	recheck := time.NewTimer(time.Hour)
-	recheck.Stop()
+	// have reported and released what they no longer use; at most
+	// maxRechecks per tick.
+	recheck := stoppedTimer()
 	defer recheck.Stop()
 	rechecks := 0
-	after := func(capped bool) {
-		if capped && rechecks < maxRechecks {
+	// A ring change runs a round at once, but never sooner than
+	// recheckAfter after the last round: a flapping member cannot make
+	// rounds back to back. The ticker keeps its phase (a change reaches
+	// every node at once; resetting would line their ticks up).
+	deferred := stoppedTimer()
+	defer deferred.Stop()
+	var last time.Time
+	run := func() {
+		last = time.Now()
+		if e.round(ctx) && rechecks < maxRechecks {
 			recheck.Reset(e.recheckAfter << rechecks)
 			rechecks++
 		} else {
 			recheck.Stop()
 		}
 	}
+	ringChanged := func() bool { return !slices.Equal(e.opts.Membership.Members(), e.ring) }
 	// A first round at once: the limiters learn the live members now, not
 	// an interval after the node started.
-	after(e.round(ctx))
+	run()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			rechecks = 0
-			after(e.round(ctx))
+			run()
 		case <-recheck.C:
 			e.metrics.rechecks.Inc()
-			after(e.round(ctx))
+			run()
 		case <-changed:
-			if slices.Equal(e.opts.Membership.Members(), e.ring) {
+			if !ringChanged() {
 				continue
 			}
-			// The ring changed: the limiters learn the new member count and
-			// the new owners hear from every node now; the next round is a
-			// whole interval later, for demand measured over one.
+			if wait := e.recheckAfter - time.Since(last); wait > 0 {
+				deferred.Reset(wait)
+				continue
+			}
 			e.metrics.ringChanges.Inc()
-			rechecks = 0
-			after(e.round(ctx))
-			t.Reset(e.opts.Interval)
+			run()
+		case <-deferred.C:
+			if ringChanged() {
+				e.metrics.ringChanges.Inc()
+				run()
+			}
 		}
 	}
+}
+
+// stoppedTimer returns a timer that has not started.
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }
 
 // pending is one tenant's demand on its way to its owner.
@@ -258,10 +278,10 @@ func (e *Exchange) round(ctx context.Context) (capped bool) {
 	e.ring = ms
 	self := e.opts.Membership.Self()
 	n := liveCount(ms)
-	e.metrics.members.Set(float64(n))
 	for _, l := range e.opts.Limiters {
 		l.setNodes(n)
 	}
+	e.metrics.members.Set(float64(n))
 
 	// Group each limiter's tenants by owner.
 	type batch struct {
@@ -284,6 +304,8 @@ func (e *Exchange) round(ctx context.Context) (capped bool) {
 		}
 	}
 
+	// The calls to remote owners run at once; mu guards what they and
+	// this goroutine update (unreachable, capped, the failing set).
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	unreachable := 0
@@ -291,11 +313,15 @@ func (e *Exchange) round(ctx context.Context) (capped bool) {
 		switch {
 		case o < 0:
 			e.fallBack(b.items)
+			mu.Lock()
 			unreachable++
+			mu.Unlock()
 		case ms[o].ID == self:
 			shares, c := e.owner.report(e.clock.Now(), self, b.req, ms, e.limiters)
-			capped = capped || c
 			e.apply(b.items, shares)
+			mu.Lock()
+			capped = capped || c
+			mu.Unlock()
 		default:
 			m := ms[o]
 			wg.Go(func() {

@@ -390,10 +390,11 @@ type tenant struct {
 	share               float64
 	state               shareState
 	assignedAt          int64 // monotonic ns of the owner's last answer
-	lastOffered, lastAt int64 // admitted+refused at the last sweep, and when
+	lastOffered, lastAt int64 // admitted+refused at the last measuring sweep, and when
 	idleSince           int64 // monotonic ns of the last sweep that saw no decision
 	demand              float64
-	batch               int64 // largest batch offered in the last interval with decisions
+	measured            bool  // demand holds a figure
+	batch               int64 // largest batch offered in the last measured span with decisions
 }
 
 // counts returns the units the tenant admitted and refused.
@@ -429,7 +430,7 @@ func (t *tenant) reconfigureCapped(now int64, g Limit, maxLevel int64) {
 // offered here lately (up to the whole burst). The node's buckets hold no
 // more than a global bucket would, except for batches that could not pass
 // otherwise: a batch larger than the node's burst is refused once, and
-// fits after the next exchange. t.mu is held.
+// fits after the next measuring sweep. t.mu is held.
 func (t *tenant) localLimit(g Limit) Limit {
 	if g.Unlimited() {
 		return g
@@ -442,12 +443,13 @@ func (t *tenant) localLimit(g Limit) Limit {
 // tenantDemand is one tenant's demand measured by sweep.
 type tenantDemand struct {
 	t      *tenant
-	demand float64 // units per second offered since the last sweep
+	demand float64 // units per second offered over the last measured span
 }
 
-// sweep measures each tenant's demand since the last sweep, appends it to
-// dst, evicts the tenants idle for the idle timeout whose bucket is full,
-// and rebases old buckets. The exchange calls it once per interval.
+// sweep measures each tenant's demand since the last measurement (when at
+// least half an interval ago), appends it to dst, evicts the tenants idle
+// for the idle timeout whose bucket is full, and rebases old buckets. The
+// exchange calls it every round: once per interval, and on early rounds.
 func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -470,7 +472,8 @@ func (l *Limiter) sweep(now int64, dst []tenantDemand) []tenantDemand {
 		// share asked again) keeps the last figures rather than report the
 		// noise of a few milliseconds; a tenant's first figure is taken
 		// whatever the span.
-		if dt := now - t.lastAt; dt > 0 && (2*dt >= l.interval.Load() || t.demand == 0) {
+		if dt := now - t.lastAt; dt > 0 && (2*dt >= l.interval.Load() || !t.measured) {
+			t.measured = true
 			if mb := t.maxBatch.Swap(0); mb > 0 && mb != t.batch {
 				t.batch = mb
 				t.reconfigure(now, t.b.Load().lim.global)

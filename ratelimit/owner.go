@@ -104,7 +104,10 @@ const capSlack = 0.01
 // is smaller): the cluster admits at most the limit as long as the
 // demands stay as reported, and under-admits rather than over-admits
 // until the others report. capped says the cap held the share more than
-// capSlack below the split: the node asks again soon (Exchange.Run).
+// capSlack below the split while a node that reports on time (within
+// warmup, an interval and a request) holds part of it: the node asks again
+// soon (Exchange.Run). A silent node's hold lasts until the timeout, and
+// asking again would not release it.
 //
 // For warmup after the tenant's first report (a new tenant, or a new
 // owner after a membership change), live members that have not reported
@@ -113,6 +116,7 @@ const capSlack = 0.01
 // itself is counted so only if its limiter has seen the tenant.
 func (t *owned) share(now int64, node string, limit float64, ms []Member, n int, timeout, warmup int64, self string, selfActive bool) (share float64, capped bool) {
 	var total, others float64
+	held := false // by another node that reports on time, and so can release it soon
 	for id, r := range t.reports {
 		if now-r.at > timeout {
 			delete(t.reports, id)
@@ -120,7 +124,9 @@ func (t *owned) share(now int64, node string, limit float64, ms []Member, n int,
 		}
 		total += r.rate
 		if id != node {
-			others += min(r.share, r.rate/limit)
+			h := min(r.share, r.rate/limit)
+			others += h
+			held = held || h > 0 && now-r.at <= warmup
 		}
 	}
 	if now-t.first < warmup {
@@ -131,7 +137,7 @@ func (t *owned) share(now int64, node string, limit float64, ms []Member, n int,
 		}
 	}
 	split, room := t.split(node, limit, n, total), max(0, 1-others)
-	return min(split, room), split-room > capSlack
+	return min(split, room), held && split-room > capSlack
 }
 
 func (t *owned) split(node string, limit float64, n int, total float64) float64 {

@@ -78,6 +78,25 @@ func TestShareInProportion(t *testing.T) {
 	require.False(t, f.capped)
 }
 
+// TestShareCappedBySilentNode: a share capped by what a silent node still
+// holds (until the timeout) is not marked capped: asking again would not
+// release it.
+func TestShareCappedBySilentNode(t *testing.T) {
+	f := newOwnerFixture(t)
+	for range 3 {
+		f.report("a", 300)
+		f.report("b", 1700)
+		f.report("c", 0)
+		f.step(time.Second)
+	}
+	f.report("a", 1700)
+	require.True(t, f.capped, "b holds 0.85 and reports on time")
+	f.step(time.Second) // b is 2 s silent: past the warm-up (1.5 s), within the timeout (3 s)
+	f.report("c", 0)
+	require.Less(t, f.report("a", 1700), 0.2, "b's hold still counts")
+	require.False(t, f.capped)
+}
+
 // TestShareNeverOverOne: whatever the order of the reports within an
 // interval and the demands, what the nodes can admit with the shares in
 // force (each its share, or its demand where smaller) adds up to at most

@@ -156,9 +156,9 @@ type ExchangeDemandResponse struct {
 	// next exchange.
 	Shares []float64 `protobuf:"fixed64,1,rep,packed,name=shares,proto3" json:"shares,omitempty"`
 	// capped: some share of this answer was held down by the shares other
-	// nodes still hold from their last answers (a node that lost load has
-	// not reported yet). The caller asks again soon, with the same demand,
-	// rather than keep the low share for a whole interval.
+	// nodes, reporting on time, still hold from their last answers (a node
+	// that lost load has not reported yet). The caller asks again within
+	// the interval rather than keep the low share until its next one.
 	Capped        bool `protobuf:"varint,2,opt,name=capped,proto3" json:"capped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
