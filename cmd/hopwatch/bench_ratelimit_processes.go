@@ -273,6 +273,9 @@ func (p *nodeProc) stop() {
 // coordinator's. At each ring change it asks the nodes which owner their
 // ring gives each of o.Tenants tenants, before and after.
 func simulateProcesses(ctx context.Context, exe string, env []string, stderr io.Writer, o ratelimit.SimulateOptions) (res ratelimit.SimulateResult, err error) {
+	// The nodes share stderr; when it is not a file, each has a goroutine
+	// copying into it.
+	stderr = &lockedWriter{w: stderr}
 	addrs, err := freeLoopbackAddrs(4)
 	if err != nil {
 		return res, err
@@ -502,4 +505,16 @@ func benchRatelimitProcesses(ctx context.Context, o ratelimit.SimulateOptions, s
 		return err
 	}
 	return res.Print(stdout)
+}
+
+// lockedWriter serialises the writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
