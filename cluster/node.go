@@ -759,9 +759,6 @@ func (n *Node) tryReady() {
 	if !n.register() {
 		return
 	}
-	if m, ok := n.State().Member(n.id); ok && n.cfg.GRPCAdvertise != "" && m.GRPCAddr != n.cfg.GRPCAdvertise {
-		return // committed at the leader, not applied here yet: the next round
-	}
 	if !n.ready.Swap(true) {
 		n.logger.Info("ready: caught up with the leader", "index", n.State().Index())
 	}
@@ -769,13 +766,11 @@ func (n *Node) tryReady() {
 
 // register records this node's gRPC address in the replicated state when it
 // is missing or changed there (first start, a new address after a restart).
-// It reports whether the state holds the address (or there is none to hold).
+// It reports whether this node's applied state holds the address (or there
+// is none to hold): on a follower, a change the leader committed is
+// applied here a moment later, and the next call sees it.
 func (n *Node) register() bool {
-	if n.cfg.GRPCAdvertise == "" {
-		return true
-	}
-	m, ok := n.State().Member(n.id)
-	if !ok || m.GRPCAddr == n.cfg.GRPCAdvertise {
+	if n.registered() {
 		return true
 	}
 	if _, id := n.raft.LeaderWithID(); id == "" {
@@ -793,7 +788,17 @@ func (n *Node) register() bool {
 		return false
 	}
 	n.registerFailed = false
-	return true
+	return n.registered()
+}
+
+// registered reports whether this node's applied state holds its gRPC
+// address, or there is none to hold (no address, or not a member).
+func (n *Node) registered() bool {
+	if n.cfg.GRPCAdvertise == "" {
+		return true
+	}
+	m, ok := n.State().Member(n.id)
+	return !ok || m.GRPCAddr == n.cfg.GRPCAdvertise
 }
 
 // updateLiveness, on the leader, marks a member unreachable once its

@@ -143,11 +143,10 @@ const (
 // returns the extra tokens taken, and on refusal how many tokens are
 // missing. It spins only while another decision's compare-and-swap wins,
 // which means that decision made progress (lock-free); the backoff keeps
-// many cores from storming one line. A refusal writes nothing.
+// many cores from storming one line. A refusal writes nothing. The
+// caller admits on an unlimited bucket without reading the clock, so b is
+// limited here.
 func (b *bucket) take(now, n, extra int64) (o outcome, got, missing int64) {
-	if b.unlimited {
-		return admitted, 0, 0
-	}
 	t := b.tokensAt(now)
 	for spins := 0; ; spins++ {
 		f := b.full.Load()

@@ -236,15 +236,9 @@ func (e *Exchange) Run(ctx context.Context) {
 			e.metrics.rechecks.Inc()
 			run()
 		case <-changed:
-			if !ringChanged() {
-				continue
+			if ringChanged() {
+				deferred.Reset(max(0, e.recheckAfter-time.Since(last)))
 			}
-			if wait := e.recheckAfter - time.Since(last); wait > 0 {
-				deferred.Reset(wait)
-				continue
-			}
-			e.metrics.ringChanges.Inc()
-			run()
 		case <-deferred.C:
 			if ringChanged() {
 				e.metrics.ringChanges.Inc()

@@ -90,6 +90,13 @@ type SimMove struct {
 	TenantOwnerBefore, TenantOwnerAfter string
 }
 
+// LeastMoved is the IdealFraction of a ring change from before to after
+// live members: the fraction of tenants any scheme that keeps the split
+// even must move.
+func LeastMoved(before, after int) float64 {
+	return math.Abs(1/float64(after)-1/float64(before)) * float64(min(after, before))
+}
+
 // simNode is one node of a simulated cluster.
 type simNode struct {
 	id     string
@@ -384,9 +391,8 @@ func summarise(name string, ws []SimWindow, opts SimulateOptions) SimPhase {
 func simMove(event string, tenants []string, tenant string, before, after []Member) SimMove {
 	moved := movedOwners(tenants, before, after)
 	nb, na := liveCount(before), liveCount(after)
-	ideal := math.Abs(1/float64(na)-1/float64(nb)) * float64(min(na, nb))
 	return SimMove{
-		Event: event, MembersBefore: nb, MembersAfter: na, MovedFraction: moved, IdealFraction: ideal,
+		Event: event, MembersBefore: nb, MembersAfter: na, MovedFraction: moved, IdealFraction: LeastMoved(nb, na),
 		TenantOwnerBefore: before[Owner(tenant, before)].ID, TenantOwnerAfter: after[Owner(tenant, after)].ID,
 	}
 }

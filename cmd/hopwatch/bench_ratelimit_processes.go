@@ -409,7 +409,7 @@ func simulateProcesses(ctx context.Context, exe string, env []string, stderr io.
 		res.Moves = append(res.Moves, ratelimit.SimMove{
 			Event: event, MembersBefore: before, MembersAfter: after,
 			MovedFraction: float64(moved) / float64(tenants),
-			IdealFraction: math.Abs(1/float64(after)-1/float64(before)) * float64(min(after, before)),
+			IdealFraction: ratelimit.LeastMoved(before, after),
 		})
 		return nil
 	}

@@ -11,8 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/collector/pdata/pcommon"
-	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -320,20 +318,7 @@ func TestRateLimitsBytes(t *testing.T) {
 	waitFor(t, "the limits in force", func() bool {
 		return server.TenantBytesLimit(srv, tenantID).Rate == 4000 && server.TenantRateLimit(srv, tenantID).Rate == 1
 	})
-	start := time.Now().Add(-time.Minute)
-	td := ptrace.NewTraces()
-	rs := td.ResourceSpans().AppendEmpty()
-	rs.Resource().Attributes().PutStr("service.name", "bytes")
-	spans := rs.ScopeSpans().AppendEmpty().Spans()
-	for i := range 20 {
-		s := spans.AppendEmpty()
-		s.SetName("op")
-		s.SetTraceID(pcommon.TraceID{byte(i + 1), 2})
-		s.SetStartTimestamp(pcommon.NewTimestampFromTime(start))
-		s.SetEndTimestamp(pcommon.NewTimestampFromTime(start.Add(time.Millisecond)))
-	}
-	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
-	require.NoError(t, err)
+	body := spansRequest(t, "bytes", 20, time.Now().Add(-time.Minute))
 	require.Less(t, len(body), 4000, "a request fits in the burst")
 
 	sent, refused := 0, false
