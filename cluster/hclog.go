@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -40,7 +41,47 @@ func slogLevel(level hclog.Level) slog.Level {
 }
 
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
-	a.l.Log(context.Background(), slogLevel(level), msg, args...)
+	a.l.Log(context.Background(), slogLevel(level), msg, hclogValues(args)...)
+}
+
+// hclogValues renders hclog's formatting values (hclog.Fmt, Hex, Octal,
+// Binary, Quote) as hclog would, so that raft's
+// `"servers", hclog.Fmt("%+v", servers)` logs the servers rather than the
+// format and its arguments as a list. args is not modified.
+func hclogValues(args []any) []any {
+	var out []any
+	for i, v := range args {
+		var s string
+		switch v := v.(type) {
+		case hclog.Format:
+			if len(v) == 0 {
+				continue
+			}
+			format, ok := v[0].(string)
+			if !ok {
+				continue
+			}
+			s = fmt.Sprintf(format, v[1:]...)
+		case hclog.Hex:
+			s = fmt.Sprintf("0x%x", int(v))
+		case hclog.Octal:
+			s = fmt.Sprintf("0%o", int(v))
+		case hclog.Binary:
+			s = fmt.Sprintf("0b%b", int(v))
+		case hclog.Quote:
+			s = fmt.Sprintf("%q", string(v))
+		default:
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		out[i] = s
+	}
+	if out == nil {
+		return args
+	}
+	return out
 }
 func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
 func (a *hclogAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
@@ -60,6 +101,7 @@ func (a *hclogAdapter) IsError() bool { return a.enabled(hclog.Error) }
 func (a *hclogAdapter) ImpliedArgs() []any { return a.args }
 
 func (a *hclogAdapter) With(args ...any) hclog.Logger {
+	args = hclogValues(args)
 	base := a.base.With(args...)
 	return &hclogAdapter{base: base, l: base.With("component", a.name), name: a.name, args: append(a.args[:len(a.args):len(a.args)], args...)}
 }

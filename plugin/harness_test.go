@@ -60,7 +60,7 @@ func chromium(t *testing.T) string {
 	if os.Getenv(noChromiumEnv) != "" {
 		t.Skipf("no chromium on PATH and %s is set: the harness page was not tested", noChromiumEnv)
 	}
-	t.Fatalf("no chromium on PATH: install Debian's package (apt-get install chromium; .ci/run does) or set %s=1 to skip the browser tests", noChromiumEnv)
+	t.Fatalf("no chromium on PATH: install Debian's package (apt-get install chromium; scripts/test does) or set %s=1 to skip the browser tests", noChromiumEnv)
 	return ""
 }
 

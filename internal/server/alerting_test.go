@@ -29,8 +29,8 @@ import (
 	"github.com/hopwatch/hopwatch/internal/server"
 )
 
-// alertmanagerBinary is Debian's prometheus-alertmanager, which .ci/run
-// installs; HOPWATCH_ALERTMANAGER overrides the path.
+// alertmanagerBinary is $HOPWATCH_ALERTMANAGER (scripts/test builds
+// Alertmanager v0.31.1 and sets it), else an Alertmanager on the machine.
 func alertmanagerBinary(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("HOPWATCH_ALERTMANAGER"); p != "" {
@@ -42,7 +42,7 @@ func alertmanagerBinary(t *testing.T) string {
 		}
 	}
 	p, err := exec.LookPath("alertmanager")
-	require.NoError(t, err, "no Alertmanager: install Debian's prometheus-alertmanager (.ci/run does) or set HOPWATCH_ALERTMANAGER")
+	require.NoError(t, err, "no Alertmanager: run the tests with scripts/test (it builds one) or set HOPWATCH_ALERTMANAGER")
 	return p
 }
 

@@ -24,7 +24,7 @@ var (
 )
 
 // promtool returns the real promtool of the Prometheus version go.mod
-// requires: $HOPWATCH_PROMTOOL (what .ci/run builds), or else built once
+// requires: $HOPWATCH_PROMTOOL (what scripts/test builds), or else built once
 // into the user's cache directory.
 func promtool(t *testing.T) string {
 	t.Helper()
