@@ -30,7 +30,7 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.StringVar(configFile, "config.file", "", "YAML file with settings; its keys are the flag names (nested maps join with '.'). Flags given on the command line win.")
 	fs.StringVar(&cfg.Storage.Dir, "storage.path", cfg.Storage.Dir, "Data directory: one sub-directory per tenant with its WAL, checkpoint and TSDB.")
 	fs.Var(durationValue{&cfg.Storage.Retention}, "storage.tsdb.retention.time", "How long aggregate samples are kept.")
-	fs.Var(fsyncValue{cfg}, "storage.wal.fsync", "fsync the WALs before acknowledging each export (concurrent exports share fsyncs). Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
+	fs.Var(fsyncValue{cfg}, "storage.wal.fsync", "fsync the WALs before acknowledging each export (concurrent exports of different tenants fsync in parallel; a tenant's one at a time). Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
 	fs.BoolVar(&cfg.RawEnabled, "storage.raw.enabled", cfg.RawEnabled, "Keep every latency sample losslessly in the raw tier (ns timestamps and latencies, trace ids of the slowest).")
 	fs.Var(durationValue{&cfg.Raw.Retention}, "storage.raw.retention.time", "How long raw samples are kept, behind the newest sample.")
 	fs.Int64Var(&cfg.Raw.RetentionBytes, "storage.raw.retention.size", cfg.Raw.RetentionBytes, "Most bytes the raw blocks of one tenant may take; 0 means no limit.")

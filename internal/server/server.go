@@ -237,15 +237,20 @@ func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) err
 	// raw tier finds too old for its out-of-order window, or leaves out
 	// while sampling under overload, are counted there and still
 	// aggregated.
+	//
+	// The sampler's queue depth counts from before Prepare: a tenant's
+	// appends queue on its aggregate lock, which is held across the raw
+	// append.
+	s.rawInFlight.Add(1)
 	p, err := st.Prepare(ctx, tenant, b)
 	if err != nil {
+		s.rawInFlight.Add(-1)
 		return err
 	}
 	level := 0
 	if s.sampler != nil {
 		level = s.sampler.Level()
 	}
-	s.rawInFlight.Add(1)
 	tooOld, sampledOut, err := s.raw.AppendSampled(tenant, b, level)
 	s.rawInFlight.Add(-1)
 	if err != nil {
