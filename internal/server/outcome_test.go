@@ -172,3 +172,74 @@ func TestStreamResendAfterRawFailure(t *testing.T) {
 	require.True(t, ok, "the raw tier holds the batch")
 	require.Equal(t, float64(n), raw, fmt.Sprintf("the raw tier holds the batch once, not %v times", raw/n))
 }
+
+// nodeStub is a span of service on node (service.instance.id) in trace
+// trace.
+func nodeStub(service, node string, kind trace.SpanKind, trace0 byte, span, parent byte, start, end time.Time) tracetest.SpanStub {
+	sc := func(id byte) trace.SpanContext {
+		return trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{trace0}, SpanID: trace.SpanID{id}, TraceFlags: trace.FlagsSampled})
+	}
+	st := tracetest.SpanStub{
+		Name: "op", SpanContext: sc(span), SpanKind: kind, StartTime: start, EndTime: end,
+		Resource:             resource.NewSchemaless(attribute.String("service.name", service), attribute.String("service.instance.id", node)),
+		InstrumentationScope: instrumentation.Scope{Name: "clocks"},
+	}
+	if parent != 0 {
+		st.Parent = sc(parent)
+	}
+	return st
+}
+
+// TestQueueHopsBeforeAnyRoundTrip: a message between two nodes seen
+// before any request between them is stored with the clock offset the
+// first request gives, not with the nodes' clock difference in it; a
+// message between two nodes no request ever joins is counted as
+// no_clock_offset once the pairing wait ends, and not stored.
+func TestQueueHopsBeforeAnyRoundTrip(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, addrs := startServerReg(t, reg, func(c *server.Config) {
+		c.MultitenancyEnabled = true
+		c.Ingest.Graph.Wait = 2 * time.Second
+	})
+	const tenantID = "clocks"
+	ctx := context.Background()
+	exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(addrs.OTLPHTTP), otlptracehttp.WithInsecure(),
+		otlptracehttp.WithHeaders(map[string]string{"X-Scope-OrgID": tenantID}))
+	require.NoError(t, err)
+	defer exp.Shutdown(ctx)
+
+	const skew = 250 * time.Millisecond // node b's clock is ahead of a's
+	const truth = 3 * time.Millisecond  // the message's real wait
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	messages := tracetest.SpanStubs{
+		nodeStub("orders", "a", trace.SpanKindProducer, 1, 1, 0, at(0), at(time.Millisecond)),
+		nodeStub("billing", "b", trace.SpanKindConsumer, 1, 2, 1, at(time.Millisecond+truth+skew), at(10*time.Millisecond+skew)),
+		// Nodes c and d: no request between them, ever.
+		nodeStub("orders", "c", trace.SpanKindProducer, 2, 1, 0, at(0), at(time.Millisecond)),
+		nodeStub("billing", "d", trace.SpanKindConsumer, 2, 2, 1, at(time.Millisecond+truth+skew), at(10*time.Millisecond+skew)),
+	}
+	require.NoError(t, exp.ExportSpans(ctx, messages.Snapshots()))
+	// A request from a to b, 100 µs each way: the offset is the skew.
+	request := tracetest.SpanStubs{
+		nodeStub("orders", "a", trace.SpanKindClient, 3, 1, 0, at(time.Second), at(time.Second+2*time.Millisecond)),
+		nodeStub("billing", "b", trace.SpanKindServer, 3, 2, 1, at(time.Second+100*time.Microsecond+skew), at(time.Second+1900*time.Microsecond+skew)),
+	}
+	require.NoError(t, exp.ExportSpans(ctx, request.Snapshots()))
+
+	c := promClient(t, addrs.Web, tenantID)
+	waitFor(t, "the queue time flushed", func() bool {
+		_, ok := queryScalar(t, c, `sum(hopwatch_hop_queue_seconds_count)`)
+		return ok
+	})
+	n, _ := queryScalar(t, c, `sum(hopwatch_hop_queue_seconds_count)`)
+	require.Equal(t, 1.0, n, "one message stored: the one between a and b")
+	sum, _ := queryScalar(t, c, `sum(hopwatch_hop_queue_seconds_sum)`)
+	require.InDelta(t, truth.Seconds(), sum, 1e-9, "stored corrected, not with the %s clock difference", skew)
+
+	waitFor(t, "the message between c and d counted as no_clock_offset", func() bool {
+		return counter(t, reg, "hopwatch_discarded_samples_total", map[string]string{"tenant": tenantID, "reason": "no_clock_offset"}) == 1
+	})
+	n, _ = queryScalar(t, c, `sum(hopwatch_hop_queue_seconds_count)`)
+	require.Equal(t, 1.0, n, "and not stored")
+}
