@@ -62,9 +62,13 @@ type tenantStore struct {
 	// recognised.
 	seqs map[string]streamSeq
 
+	// prep is the batch prepared under mtx, if any.
+	prep Prepared
+
 	// Scratch space reused across calls under mtx.
 	enc       []byte
 	enc2      []byte
+	recs      [][]byte
 	batchRefs []*series
 	remap     []uint32
 	newSeries []*series
@@ -134,8 +138,9 @@ func (t *tenantStore) append(b *sample.Batch) error {
 
 // Prepared is a batch a tenant's aggregates have checked and admitted
 // (Store.Prepare) but not yet applied. It holds the tenant's append lock
-// until Commit, Apply or Abort, exactly one of which must be called: so
-// nothing another append does can change what was decided for it.
+// until Commit, Apply or Abort, exactly one of which must be called, once:
+// so nothing another append does can change what was decided for it. It
+// is not to be used after that (the tenant reuses it for its next batch).
 type Prepared struct {
 	t     *tenantStore
 	b     *sample.Batch
@@ -186,7 +191,10 @@ func (t *tenantStore) prepare(b *sample.Batch) (*Prepared, error) {
 		refs = t.dropUnadmitted(b, refs)
 	}
 	t.batchRefs, t.newSeries = refs, fresh
-	return &Prepared{t: t, b: b, refs: refs, fresh: fresh}, nil
+	// One batch is prepared at a time per tenant (t.mtx is held until it
+	// finishes), so its state lives in the tenant: no allocation.
+	t.prep = Prepared{t: t, b: b, refs: refs, fresh: fresh}
+	return &t.prep, nil
 }
 
 // Abort releases a prepared batch without applying anything of it.
@@ -223,7 +231,8 @@ func (p *Prepared) finish(always bool) error {
 	defer clear(fresh)
 	defer clear(refs)
 
-	recs := make([][]byte, 0, 2)
+	recs := t.recs[:0]
+	defer func() { clear(recs); t.recs = recs[:0] }()
 	if len(fresh) > 0 {
 		t.enc2 = appendSeriesRecord(t.enc2[:0], fresh)
 		recs = append(recs, t.enc2)
