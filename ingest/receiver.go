@@ -273,6 +273,10 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 		Name: "hopwatch_service_graph_pending_spans",
 		Help: "Client and server spans waiting for their peer to form a service graph edge.",
 	}, func() float64 { return float64(r.pairs.pendingCount()) })
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hopwatch_service_graph_held_queue_hops",
+		Help: "Queue hops between two nodes held until a request between the nodes gives their clock offset (at most --service-graph.max-held-queue-hops per tenant).",
+	}, func() float64 { return float64(r.pairs.heldTotal()) })
 	for _, a := range opts.Dimensions {
 		r.dims = append(r.dims, NewDimension(a))
 	}

@@ -470,6 +470,17 @@ func (p *pairer) rollback(undo *pairUndo) {
 	undo.reset()
 }
 
+// heldTotal returns how many queue hops wait for a clock offset.
+func (p *pairer) heldTotal() int {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	n := 0
+	for _, c := range p.heldCount {
+		n += c
+	}
+	return n
+}
+
 // heldCountOf returns how many queue hops of tenant wait for a clock offset.
 func (p *pairer) heldCountOf(tenant string) int {
 	p.mtx.Lock()

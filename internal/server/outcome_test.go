@@ -220,6 +220,7 @@ func TestQueueHopsBeforeAnyRoundTrip(t *testing.T) {
 		nodeStub("billing", "d", trace.SpanKindConsumer, 2, 2, 1, at(time.Millisecond+truth+skew), at(10*time.Millisecond+skew)),
 	}
 	require.NoError(t, exp.ExportSpans(ctx, messages.Snapshots()))
+	require.Equal(t, 2.0, counter(t, reg, "hopwatch_service_graph_held_queue_hops", nil), "both messages wait for an offset")
 	// A request from a to b, 100 µs each way: the offset is the skew.
 	request := tracetest.SpanStubs{
 		nodeStub("orders", "a", trace.SpanKindClient, 3, 1, 0, at(time.Second), at(time.Second+2*time.Millisecond)),
@@ -242,4 +243,5 @@ func TestQueueHopsBeforeAnyRoundTrip(t *testing.T) {
 	})
 	n, _ = queryScalar(t, c, `sum(hopwatch_hop_queue_seconds_count)`)
 	require.Equal(t, 1.0, n, "and not stored")
+	require.Zero(t, counter(t, reg, "hopwatch_service_graph_held_queue_hops", nil))
 }
