@@ -247,11 +247,20 @@ func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) err
 		s.rawInFlight.Add(-1)
 		return err
 	}
+	rawDone := false
+	defer func() {
+		if !rawDone {
+			// The raw append panicked: release the tenant's appends.
+			s.rawInFlight.Add(-1)
+			p.Abort()
+		}
+	}()
 	level := 0
 	if s.sampler != nil {
 		level = s.sampler.Level()
 	}
 	tooOld, sampledOut, err := s.raw.AppendSampled(tenant, b, level)
+	rawDone = true
 	s.rawInFlight.Add(-1)
 	if err != nil {
 		p.Abort()
