@@ -69,6 +69,9 @@ func (o Options) Validate() error {
 	if o.Graph.MaxItems <= 0 {
 		errs = append(errs, fmt.Errorf("invalid Graph.MaxItems %d: must be positive", o.Graph.MaxItems))
 	}
+	if o.Graph.MaxHeldQueueHops <= 0 {
+		errs = append(errs, fmt.Errorf("invalid Graph.MaxHeldQueueHops %d: must be positive", o.Graph.MaxHeldQueueHops))
+	}
 	if o.StreamWindow <= 0 || o.StreamWindow > 1<<16 {
 		errs = append(errs, fmt.Errorf("invalid StreamWindow %d: must be 1 to 65536 batches", o.StreamWindow))
 	}
@@ -235,6 +238,7 @@ type work struct {
 	dec   *Decoder
 	batch sample.Batch
 	id    []byte // a writer id being built
+	undo  pairUndo
 }
 
 // New returns a receiver that appends to app.
@@ -269,6 +273,10 @@ func New(opts Options, app Appender, reg prometheus.Registerer, logger *slog.Log
 		Name: "hopwatch_service_graph_pending_spans",
 		Help: "Client and server spans waiting for their peer to form a service graph edge.",
 	}, func() float64 { return float64(r.pairs.pendingCount()) })
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hopwatch_service_graph_held_queue_hops",
+		Help: "Queue hops between two nodes held until a request between the nodes gives their clock offset (at most --service-graph.max-held-queue-hops per tenant).",
+	}, func() float64 { return float64(r.pairs.heldTotal()) })
 	for _, a := range opts.Dimensions {
 		r.dims = append(r.dims, NewDimension(a))
 	}
@@ -362,17 +370,17 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string
 		return exportResult{}, e
 	}
 	// Edges whose two sides are now known go into the same durable append.
+	// One outcome per request: if the append fails, the pairing is taken
+	// back and the rate limits' tokens given back, so that the client's
+	// retry finds everything as it was and is counted once.
 	var gs graphStats
-	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano(), &gs)
-	if gs.negativeNetwork > 0 {
-		r.metrics.discarded.WithLabelValues(tenantID, "negative_network_time").Add(float64(gs.negativeNetwork))
-	}
-	if gs.negativeQueue > 0 {
-		r.metrics.discarded.WithLabelValues(tenantID, "negative_queue_time").Add(float64(gs.negativeQueue))
-	}
+	w.undo.reset()
+	r.pairs.process(tenantID, w.dec.hops, &w.batch, time.Now().UnixNano(), &gs, &w.undo)
 
 	if len(w.batch.Samples) > 0 {
 		if err := r.app.Append(ctx, tenantID, &w.batch); err != nil {
+			r.pairs.rollback(&w.undo)
+			r.giveBack(tenantID, int64(total), int64(size))
 			r.metrics.requestsRefused.WithLabelValues(protocol, refusedUnavailable).Inc()
 			r.logger.Warn("append failed", "tenant", tenantID, "spans", len(w.batch.Samples), "err", err)
 			return exportResult{}, errUnavailable{err}
@@ -380,6 +388,7 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string
 		r.countLate(tenantID, &w.batch)
 		r.countLimited(tenantID, &w.batch, &ref, false)
 	}
+	r.countGraph(tenantID, &gs)
 	r.metrics.spansAccepted.WithLabelValues(protocol).Add(float64(total - ref.Total()))
 	r.observeWriters(w, tenantID, writer, time.Now().UnixNano())
 	res := exportResult{}
@@ -488,11 +497,46 @@ const streamWriterTTL = time.Hour
 // count as unpaired. Call it regularly (the server does, every flush).
 func (r *Receiver) ExpireEdges(ctx context.Context, now time.Time) {
 	r.streams.expire(now.Add(-streamWriterTTL).UnixNano())
-	r.pairs.expire(now.UnixNano(), func(tenantID string, b *sample.Batch) {
-		if err := r.app.Append(ctx, tenantID, b); err != nil {
-			r.logger.Warn("appending expired service graph spans failed", "tenant", tenantID, "err", err)
+	r.pairs.expire(now.UnixNano(), func(tenantID string, b *sample.Batch, gs *graphStats) error {
+		if len(b.Samples) > 0 {
+			if err := r.app.Append(ctx, tenantID, b); err != nil {
+				// Taken back by the pairer: the next call tries again.
+				r.logger.Warn("appending expired service graph spans failed; retried at the next expiry", "tenant", tenantID, "err", err)
+				return err
+			}
 		}
+		r.countGraph(tenantID, gs)
+		return nil
 	})
+}
+
+// countGraph counts the derived samples pairing discarded for a batch that
+// was kept.
+func (r *Receiver) countGraph(tenantID string, gs *graphStats) {
+	for _, c := range []struct {
+		reason string
+		n      int
+	}{
+		{discardNegativeNetwork, gs.negativeNetwork},
+		{discardNegativeQueue, gs.negativeQueue},
+		{discardNoClockOffset, gs.noClockOffset},
+		{discardHeldOverflow, gs.heldOverflow},
+	} {
+		if c.n > 0 {
+			r.metrics.discarded.WithLabelValues(tenantID, c.reason).Add(float64(c.n))
+		}
+	}
+}
+
+// giveBack returns to the rate limits what a request that was not kept
+// took: the client sends it again and must not pay twice.
+func (r *Receiver) giveBack(tenantID string, spans, bytes int64) {
+	if r.limits.Spans != nil {
+		r.limits.Spans.ReturnN(tenantID, spans)
+	}
+	if r.limits.Bytes != nil {
+		r.limits.Bytes.ReturnN(tenantID, bytes)
+	}
 }
 
 // DeleteTenantMetrics drops the per-tenant series of a tenant that is gone.

@@ -37,12 +37,17 @@ type GraphOptions struct {
 	// MaxItems bounds the spans waiting per node; beyond it new spans are
 	// dropped and counted.
 	MaxItems int
+	// MaxHeldQueueHops bounds, per tenant, the queue hops held until the
+	// clock offset between their producer's and consumer's nodes is known;
+	// beyond it they are counted as discarded (queue_hops_held_limit).
+	MaxHeldQueueHops int
 }
 
 // DefaultGraphOptions waits 30 s (Tempo's 10 s loses long queue waits) for
-// up to 100,000 spans.
+// up to 100,000 spans, and holds up to 10,000 queue hops per tenant (about
+// 1 MB) for a clock offset.
 func DefaultGraphOptions() GraphOptions {
-	return GraphOptions{Wait: 30 * time.Second, MaxItems: 100_000}
+	return GraphOptions{Wait: 30 * time.Second, MaxItems: 100_000, MaxHeldQueueHops: 10_000}
 }
 
 // edgeKey identifies an edge being paired: the client span's trace and span
@@ -86,11 +91,78 @@ type pairer struct {
 	lsetBuf []string
 	// clocks holds the offset estimate of every node pair seen.
 	clocks map[nodePair]*clockRing
+	// held holds the queue hops between two nodes whose clock offset is
+	// not known yet, by (tenant, producer node, consumer node), until a
+	// request between the two nodes gives one or the wait ends: recorded
+	// uncorrected, a queue time would carry the whole clock difference.
+	held      map[nodePair][]heldHop
+	heldCount map[string]int // per tenant
+	heldSeq   uint64         // ids of held hops, for taking one back
+}
+
+// heldHop is a queue hop waiting for the clock offset between its nodes.
+type heldHop struct {
+	id                 uint64
+	producer, consumer string
+	start              int64 // the producer's end, producer clock
+	wait               int64 // consumer start minus producer end, uncorrected
+	trace              [16]byte
+	expires            int64
 }
 
 // graphStats counts what pairing refused, for the discarded-samples metric.
 type graphStats struct {
 	negativeNetwork, negativeQueue int
+	// noClockOffset counts queue hops between nodes with no clock offset
+	// known when their wait ended (or with one node unknown);
+	// heldOverflow, those the held set had no room for.
+	noClockOffset, heldOverflow int
+}
+
+// Reasons pairing discards a derived sample, as metric label values.
+const (
+	discardNegativeNetwork = "negative_network_time"
+	discardNegativeQueue   = "negative_queue_time"
+	discardNoClockOffset   = "no_clock_offset"
+	discardHeldOverflow    = "queue_hops_held_limit"
+)
+
+// pairOpKind is a change pairing made, as recorded in a pairUndo.
+type pairOpKind uint8
+
+const (
+	opAdd     pairOpKind = iota // a span started waiting
+	opTake                      // a waiting span was paired, replaced or expired
+	opHold                      // a queue hop was held
+	opRelease                   // a held queue hop was recorded or discarded
+)
+
+type pairOp struct {
+	kind  pairOpKind
+	key   edgeKey
+	entry *halfEdge
+	pair  nodePair
+	hop   heldHop
+}
+
+// pairUndo records what one call of process (or one tenant's expiry)
+// changed, so that a batch whose append fails can be taken back: its
+// client is told nothing was kept, so its retry must find the pairing as
+// it was. The clock estimates are not taken back: an exchange seen twice
+// is a duplicate in a minimum filter, not a count.
+type pairUndo struct{ ops []pairOp }
+
+func (u *pairUndo) reset() {
+	if u != nil {
+		clear(u.ops)
+		u.ops = u.ops[:0]
+	}
+}
+
+func (u *pairUndo) add(op pairOp) {
+	if u != nil {
+		u.ops = append(u.ops, op)
+	}
 }
 
 type queued struct {
@@ -101,7 +173,7 @@ type queued struct {
 
 func newPairer(opts GraphOptions) *pairer {
 	return &pairer{opts: opts, pending: map[edgeKey]*halfEdge{}, strs: map[string]string{}, series: map[string]sample.Series{},
-		clocks: map[nodePair]*clockRing{}}
+		clocks: map[nodePair]*clockRing{}, held: map[nodePair][]heldHop{}, heldCount: map[string]int{}}
 }
 
 // maxInterned bounds the interning map; past it interning starts over.
@@ -189,8 +261,9 @@ func (o *graphOut) emit(client, server, connType string, clientDur, serverDur in
 }
 
 // process pairs the hop spans of one request of tenant and appends the
-// resulting samples to b; now is the pairer's clock in ns.
-func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int64, stats *graphStats) {
+// resulting samples to b; now is the pairer's clock in ns. What it changes
+// is recorded in undo (when not nil), for rollback.
+func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int64, stats *graphStats, undo *pairUndo) {
 	if len(hops) == 0 {
 		return
 	}
@@ -219,6 +292,7 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 		key := edgeKey{tenant: tenant, trace: h.traceID, span: [8]byte(id)}
 		if peer, ok := p.pending[key]; ok && peer.client != client {
 			delete(p.pending, key)
+			undo.add(pairOp{kind: opTake, key: key, entry: peer})
 			me := halfEdge{client: client, service: p.intern(h.service), node: p.intern(h.node), start: h.start, end: h.end, failed: h.failed}
 			c, s := peer, &me
 			if client {
@@ -230,9 +304,9 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 			}
 			out.emit(c.service, s.service, connType, c.end-c.start, s.end-s.start, c.start, c.failed || s.failed, h.traceID, true, true)
 			if connType == connMessaging {
-				p.queueHop(&out, tenant, c, s, h.traceID, stats)
+				p.queueHop(&out, tenant, c, s, h.traceID, now, stats, undo)
 			} else {
-				p.requestHop(&out, tenant, c, s, h.traceID, stats)
+				p.requestHop(&out, tenant, c, s, h.traceID, stats, undo)
 			}
 			continue
 		}
@@ -259,7 +333,11 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 		case client && len(h.peerService) > 0:
 			e.virtual, e.connType = p.intern(h.peerService), connVirtual
 		}
+		if old, ok := p.pending[key]; ok {
+			undo.add(pairOp{kind: opTake, key: key, entry: old}) // a resent span replaces its earlier copy
+		}
 		p.pending[key] = e
+		undo.add(pairOp{kind: opAdd, key: key, entry: e})
 		p.queue = append(p.queue, queued{key: key, entry: e, expires: e.expires})
 	}
 	if len(p.queue) > 4*p.opts.MaxItems {
@@ -276,10 +354,25 @@ func (p *pairer) process(tenant string, hops []hopSpan, b *sample.Batch, now int
 }
 
 // expire removes the spans that waited past their deadline at now and
-// appends, per tenant, their virtual edges and unpaired counts.
-func (p *pairer) expire(now int64, out func(tenant string, b *sample.Batch)) {
+// hands out, per tenant, their virtual edges and unpaired counts, with the
+// queue hops whose wait for a clock offset ended (counted in stats). When
+// out fails, that tenant's expiry is taken back, to be tried again.
+func (p *pairer) expire(now int64, out func(tenant string, b *sample.Batch, stats *graphStats) error) {
+	type expired struct {
+		o     *graphOut
+		stats graphStats
+		undo  pairUndo
+	}
 	p.mtx.Lock()
-	batches := map[string]*graphOut{}
+	batches := map[string]*expired{}
+	get := func(tenant string) *expired {
+		x := batches[tenant]
+		if x == nil {
+			x = &expired{o: &graphOut{p: p, batch: &sample.Batch{}, index: map[string]uint32{}}}
+			batches[tenant] = x
+		}
+		return x
+	}
 	n := 0
 	for ; n < len(p.queue) && p.queue[n].expires <= now; n++ {
 		q := p.queue[n]
@@ -287,11 +380,9 @@ func (p *pairer) expire(now int64, out func(tenant string, b *sample.Batch)) {
 			continue // paired meanwhile
 		}
 		delete(p.pending, q.key)
-		o := batches[q.key.tenant]
-		if o == nil {
-			o = &graphOut{p: p, batch: &sample.Batch{}, index: map[string]uint32{}}
-			batches[q.key.tenant] = o
-		}
+		x := get(q.key.tenant)
+		x.undo.add(pairOp{kind: opTake, key: q.key, entry: q.entry})
+		o := x.o
 		e := q.entry
 		if e.client && e.virtual != "" {
 			o.emit(e.service, e.virtual, e.connType, e.end-e.start, 0, e.start, e.failed, q.key.trace, true, false)
@@ -304,10 +395,97 @@ func (p *pairer) expire(now int64, out func(tenant string, b *sample.Batch)) {
 		o.add(sample.FamilyUnpaired, p.sideLabels(side, e.service), sample.Sample{Start: e.start})
 	}
 	p.queue = append(p.queue[:0], p.queue[n:]...)
-	p.mtx.Unlock()
-	for tenant, o := range batches {
-		out(tenant, o.batch)
+	for pair, hs := range p.held {
+		kept := hs[:0]
+		for _, h := range hs {
+			if h.expires > now {
+				kept = append(kept, h)
+				continue
+			}
+			x := get(pair.tenant)
+			x.stats.noClockOffset++
+			x.undo.add(pairOp{kind: opRelease, pair: pair, hop: h})
+		}
+		p.setHeld(pair, hs, kept)
 	}
+	p.mtx.Unlock()
+	for tenant, x := range batches {
+		if err := out(tenant, x.o.batch, &x.stats); err != nil {
+			p.rollback(&x.undo)
+		}
+	}
+}
+
+// setHeld replaces the held hops of pair, hs, with kept (a prefix of its
+// storage), keeping the tenant's count.
+func (p *pairer) setHeld(pair nodePair, hs, kept []heldHop) {
+	if len(kept) == len(hs) {
+		return
+	}
+	clear(hs[len(kept):])
+	p.heldCount[pair.tenant] -= len(hs) - len(kept)
+	if p.heldCount[pair.tenant] <= 0 {
+		delete(p.heldCount, pair.tenant)
+	}
+	if len(kept) == 0 {
+		delete(p.held, pair)
+		return
+	}
+	p.held[pair] = kept
+}
+
+// rollback takes back the changes recorded in undo, newest first, where
+// nothing else has changed the same entry since. A span put back waits in
+// the expiry queue behind the spans that came after it: it expires late by
+// at most the wait, never early.
+func (p *pairer) rollback(undo *pairUndo) {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	for i := len(undo.ops) - 1; i >= 0; i-- {
+		op := &undo.ops[i]
+		switch op.kind {
+		case opAdd:
+			if p.pending[op.key] == op.entry {
+				delete(p.pending, op.key)
+			}
+		case opTake:
+			if _, ok := p.pending[op.key]; !ok {
+				p.pending[op.key] = op.entry
+				p.queue = append(p.queue, queued{key: op.key, entry: op.entry, expires: op.entry.expires})
+			}
+		case opHold:
+			hs := p.held[op.pair]
+			kept := hs[:0]
+			for _, h := range hs {
+				if h.id != op.hop.id {
+					kept = append(kept, h)
+				}
+			}
+			p.setHeld(op.pair, hs, kept)
+		case opRelease:
+			p.held[op.pair] = append(p.held[op.pair], op.hop)
+			p.heldCount[op.pair.tenant]++
+		}
+	}
+	undo.reset()
+}
+
+// heldTotal returns how many queue hops wait for a clock offset.
+func (p *pairer) heldTotal() int {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	n := 0
+	for _, c := range p.heldCount {
+		n += c
+	}
+	return n
+}
+
+// heldCountOf returns how many queue hops of tenant wait for a clock offset.
+func (p *pairer) heldCountOf(tenant string) int {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	return p.heldCount[tenant]
 }
 
 // pendingCount returns how many spans wait for a peer.
@@ -319,7 +497,7 @@ func (p *pairer) pendingCount() int {
 
 // requestHop derives from a paired request its network time (client minus
 // server duration) and, between two known nodes, a clock offset exchange.
-func (p *pairer) requestHop(out *graphOut, tenant string, c, s *halfEdge, trace [16]byte, stats *graphStats) {
+func (p *pairer) requestHop(out *graphOut, tenant string, c, s *halfEdge, trace [16]byte, stats *graphStats, undo *pairUndo) {
 	network := (c.end - c.start) - (s.end - s.start)
 	if network < 0 {
 		// The server took longer than its client waited: broken
@@ -347,6 +525,25 @@ func (p *pairer) requestHop(out *graphOut, tenant string, c, s *halfEdge, trace 
 	est := r.add(offset, delay)
 	p.lsetBuf = append(p.lsetBuf[:0], "client_node", c.node, "server_node", s.node)
 	out.add(sample.FamilyClockOffset, p.lsetBuf, sample.Sample{Start: c.start, Duration: est})
+	// The pair's offset is known now: the queue hops held for it, in
+	// either direction, are recorded corrected.
+	p.release(out, nodePair{tenant: tenant, client: c.node, server: s.node}, stats, undo)
+	p.release(out, nodePair{tenant: tenant, client: s.node, server: c.node}, stats, undo)
+}
+
+// release records the queue hops held for pair (producer node as client,
+// consumer node as server), corrected by the pair's clock offset.
+func (p *pairer) release(out *graphOut, pair nodePair, stats *graphStats, undo *pairUndo) {
+	hs := p.held[pair]
+	if len(hs) == 0 {
+		return
+	}
+	off, _ := p.offset(pair.tenant, pair.client, pair.server)
+	for _, h := range hs {
+		undo.add(pairOp{kind: opRelease, pair: pair, hop: h})
+		p.recordQueue(out, h.producer, h.consumer, h.start, h.wait-off, h.trace, stats)
+	}
+	p.setHeld(pair, hs, hs[:0])
 }
 
 // offset returns the estimated clock of node to minus that of node from,
@@ -366,16 +563,40 @@ func (p *pairer) offset(tenant, from, to string) (int64, bool) {
 
 // queueHop records the time a message waited between its producer's end
 // and its consumer's start, corrected by the clock offset between their
-// nodes. What is still negative after correction is counted, not clamped.
-func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, trace [16]byte, stats *graphStats) {
+// nodes. With no offset known yet it holds the hop until a request between
+// the two nodes gives one (release) or the wait ends (expire: counted as
+// no_clock_offset): uncorrected, it would carry the clock difference. What
+// is still negative after correction is counted, not clamped.
+func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, trace [16]byte, now int64, stats *graphStats, undo *pairUndo) {
 	wait := cons.start - prod.end
 	if off, ok := p.offset(tenant, prod.node, cons.node); ok {
-		wait -= off
+		p.recordQueue(out, prod.service, cons.service, prod.end, wait-off, trace, stats)
+		return
 	}
+	if prod.node == "" || cons.node == "" {
+		// One side names no node: no request can ever give the offset.
+		stats.noClockOffset++
+		return
+	}
+	if p.heldCount[tenant] >= p.opts.MaxHeldQueueHops {
+		stats.heldOverflow++
+		return
+	}
+	pair := nodePair{tenant: tenant, client: prod.node, server: cons.node}
+	p.heldSeq++
+	h := heldHop{id: p.heldSeq, producer: prod.service, consumer: cons.service, start: prod.end, wait: wait, trace: trace,
+		expires: now + p.opts.Wait.Nanoseconds()}
+	p.held[pair] = append(p.held[pair], h)
+	p.heldCount[tenant]++
+	undo.add(pairOp{kind: opHold, pair: pair, hop: h})
+}
+
+// recordQueue adds a clock-corrected queue time, or counts it when negative.
+func (p *pairer) recordQueue(out *graphOut, producer, consumer string, start, wait int64, trace [16]byte, stats *graphStats) {
 	if wait < 0 {
 		stats.negativeQueue++
 		return
 	}
-	p.lsetBuf = append(p.lsetBuf[:0], LabelProducer, prod.service, LabelConsumer, cons.service)
-	out.add(sample.FamilyQueue, p.lsetBuf, sample.Sample{Start: prod.end, Duration: wait, TraceID: trace})
+	p.lsetBuf = append(p.lsetBuf[:0], LabelProducer, producer, LabelConsumer, consumer)
+	out.add(sample.FamilyQueue, p.lsetBuf, sample.Sample{Start: start, Duration: wait, TraceID: trace})
 }

@@ -257,7 +257,8 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 		return reject(refusedMalformed, fmt.Sprintf("malformed batch %d: %v", seq, err)), 0
 	}
 	r.metrics.spansReceived.WithLabelValues(protoStream).Add(float64(n))
-	if e := r.allow(tenantID, int64(n), int64(proto.Size(hb))); e != nil {
+	size := int64(proto.Size(hb))
+	if e := r.allow(tenantID, int64(n), size); e != nil {
 		r.countRateLimited(protoStream, tenantID, n, e)
 		if e.tooLarge {
 			ack.Status, ack.ErrorMessage = hopwatchv1.AckStatus_ACK_STATUS_REJECTED, e.Error()
@@ -276,6 +277,11 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 	// before a restart, which the in-memory check above cannot know.
 	w.batch.Writer, w.batch.Seq = writer, seq
 	err = r.app.Append(ctx, tenantID, &w.batch)
+	if err != nil {
+		// Not applied now (a duplicate was counted when it was): its
+		// tokens go back, so a resend does not pay twice.
+		r.giveBack(tenantID, int64(n), size)
+	}
 	if errors.Is(err, sample.ErrDuplicate) {
 		dedup.last = max(dedup.last, seq)
 		r.metrics.streamDuplicates.Inc()

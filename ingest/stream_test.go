@@ -187,15 +187,19 @@ func BenchmarkDecodeHopBatch(b *testing.B) {
 	})
 }
 
-// flakyAppender fails while fail is set.
+// flakyAppender fails while fail is set, and takes every streamed batch
+// for a duplicate while duplicate is.
 type flakyAppender struct {
-	fail    bool
-	applied int
+	fail, duplicate bool
+	applied         int
 }
 
 func (a *flakyAppender) Append(_ context.Context, _ string, b *sample.Batch) error {
 	if a.fail {
 		return errors.New("disk full")
+	}
+	if a.duplicate && b.Seq != 0 {
+		return sample.ErrDuplicate
 	}
 	a.applied += len(b.Samples)
 	return nil

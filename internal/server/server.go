@@ -224,28 +224,71 @@ func (s *Server) append(ctx context.Context, tenant string, b *sample.Batch) err
 	if st == nil {
 		return errNotReady
 	}
-	// Both tiers log the batch before it is acknowledged. The aggregates
-	// go first: they take out the series over the tenant's series limit,
-	// so the raw tier never holds a series the aggregates refused. Samples
-	// the raw tier finds too old for its out-of-order window, or leaves out
+	if s.raw == nil {
+		return st.Append(ctx, tenant, b)
+	}
+	// One outcome per batch: either all of it is kept and acknowledged, or
+	// nothing of it is applied and the client's retry counts it once. The
+	// aggregates first decide everything that depends on the batch (a
+	// stream seq already applied, the series over the tenant's series
+	// limit, taken out of b so that the raw tier never holds a series the
+	// aggregates refused) and hold the tenant's appends meanwhile; then the
+	// raw tier logs it; only then are the aggregates applied. Samples the
+	// raw tier finds too old for its out-of-order window, or leaves out
 	// while sampling under overload, are counted there and still
 	// aggregated.
-	if err := st.Append(ctx, tenant, b); err != nil {
+	//
+	// The sampler's queue depth counts from before Prepare: a tenant's
+	// appends queue on its aggregate lock, which is held across the raw
+	// append.
+	s.rawInFlight.Add(1)
+	p, err := st.Prepare(ctx, tenant, b)
+	if err != nil {
+		s.rawInFlight.Add(-1)
 		return err
 	}
-	if s.raw != nil {
-		level := 0
-		if s.sampler != nil {
-			level = s.sampler.Level()
+	rawDone := false
+	defer func() {
+		if !rawDone {
+			// The raw append panicked: release the tenant's appends.
+			s.rawInFlight.Add(-1)
+			p.Abort()
 		}
-		s.rawInFlight.Add(1)
-		_, _, err := s.raw.AppendSampled(tenant, b, level)
-		s.rawInFlight.Add(-1)
-		if err != nil {
-			return err
-		}
+	}()
+	level := 0
+	if s.sampler != nil {
+		level = s.sampler.Level()
+	}
+	tooOld, sampledOut, err := s.raw.AppendSampled(tenant, b, level)
+	rawDone = true
+	s.rawInFlight.Add(-1)
+	if err != nil {
+		p.Abort()
+		return err
+	}
+	if spanSamples(b)-tooOld-sampledOut == 0 {
+		// The raw tier holds nothing of the batch: the aggregates' WAL is
+		// its only record, and a failure to write it keeps nothing.
+		return p.Commit()
+	}
+	// The raw tier holds the batch durably: it is kept, so the aggregates
+	// take it even if their own WAL write fails (Apply checkpoints them
+	// at the next flush instead).
+	if err := p.Apply(); err != nil {
+		s.logger.Error("aggregate WAL write failed after the raw tier kept the batch; applied, durable at the next checkpoint", "tenant", tenant, "err", err)
 	}
 	return nil
+}
+
+// spanSamples counts the samples of b the raw tier keeps: span durations.
+func spanSamples(b *sample.Batch) int {
+	n := 0
+	for i := range b.Samples {
+		if b.Series[b.Samples[i].Series].Family == sample.FamilySpan {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *Server) tenantDB(id string) query.Queryable {

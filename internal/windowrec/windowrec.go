@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"strconv"
 	"strings"
@@ -226,15 +227,22 @@ func (r *Recorder) recordTenant(ctx context.Context, id string, now int64) error
 
 	a := app.Appender(ctx)
 	appended := 0
+	// The round changes which series are live as it writes their samples
+	// and staleness markers: a round that is not committed must not, or
+	// the next round, which writes the same steps again, would leave out
+	// the markers of series this one took for ended.
+	live := maps.Clone(st.live)
 	for _, w := range r.opts.Windows {
 		n, err := r.recordWindow(ctx, db, a, st, w, start, end)
 		appended += n
 		if err != nil {
 			_ = a.Rollback()
+			st.live = live
 			return err
 		}
 	}
 	if err := a.Commit(); err != nil {
+		st.live = live
 		return err
 	}
 	r.metrics.samples.Add(float64(appended))

@@ -2,6 +2,7 @@ package windowrec
 
 import (
 	"context"
+	"errors"
 	"math"
 	"slices"
 	"testing"
@@ -203,4 +204,69 @@ func TestRecordTenantBetweenFlushes(t *testing.T) {
 	require.Equal(t, []int64{ms + 2000, ms + 3000, ms + 4000, ms + 5000, ms + 6000}, times(pts))
 	// The window of t0+4s holds spans 0..8 (durations 1..9 ms).
 	require.InDelta(t, 0.00892, pts[2].v, 1e-12)
+}
+
+// failingAppendable hands out appenders whose Commit fails (rolling back)
+// while fail is set.
+type failingAppendable struct {
+	storage.Appendable
+	fail *bool
+}
+
+func (f failingAppendable) Appender(ctx context.Context) storage.Appender {
+	return failingAppender{f.Appendable.Appender(ctx), *f.fail}
+}
+
+type failingAppender struct {
+	storage.Appender
+	fail bool
+}
+
+func (a failingAppender) Commit() error {
+	if a.fail {
+		_ = a.Rollback()
+		return errors.New("disk full")
+	}
+	return a.Appender.Commit()
+}
+
+// TestFailedCommitIsRecordedAgain: a round whose commit fails leaves no
+// trace in the recorder's state, so the next round writes everything that
+// round would have, the staleness marker of a series that ended included.
+func TestFailedCommitIsRecordedAgain(t *testing.T) {
+	opts := DefaultOptions()
+	opts.Interval = 10 * time.Second
+	opts.Windows = []time.Duration{30 * time.Second}
+	opts.Quantiles = []float64{0.5}
+	f := newFixture(t, opts)
+	fail := false
+	sink := failingAppendable{f.tsdb, &fail}
+	var err error
+	f.rec, err = New(opts, oneTenant{f.raw}, func(string) storage.Appendable { return sink },
+		func(string, int64) (int64, bool) { return f.mark, true }, nil, nil)
+	require.NoError(t, err)
+	t0 := time.Unix(1_700_000_000, 0).UnixNano()
+	sec := int64(time.Second)
+	var starts, durs []int64
+	for i := range int64(20) {
+		starts = append(starts, t0+i*sec+1)
+		durs = append(durs, i+1)
+	}
+	f.appendSpans(t, "api", starts, durs)
+	now := time.Unix(0, t0+100*sec)
+	for _, mark := range []int64{30, 40} {
+		f.mark = t0 + mark*sec
+		f.rec.Record(context.Background(), now)
+	}
+
+	// The series ends (its last span started at second 19): the window of
+	// t0+50s is empty and takes a staleness marker, in a failing round.
+	f.mark = t0 + 50*sec
+	fail = true
+	f.rec.Record(context.Background(), now)
+	fail = false
+	f.rec.Record(context.Background(), now)
+	pts := f.series(t)[`{__name__="hopwatch_window_latency_seconds", quantile="0.5", service="api", window="30s"}`]
+	require.Equal(t, []int64{(t0 + 30*sec) / 1e6, (t0 + 40*sec) / 1e6, (t0 + 50*sec) / 1e6}, times(pts))
+	require.True(t, value.IsStaleNaN(pts[2].v), "the staleness marker is written by the next round")
 }

@@ -48,13 +48,19 @@ func (t *tenantStore) checkpoint(now time.Time) error {
 	}
 	buf := t.encodeCheckpoint(seg)
 	t.lastCheckpoint = now
+	// The state encoded holds every batch applied without its WAL record
+	// so far; one applied later sets the flag again.
+	forced := t.needCheckpoint
+	t.needCheckpoint = false
 	t.mtx.Unlock()
 
 	tmp := t.checkpointPath() + ".tmp"
 	if err := recbuf.WriteFileSync(tmp, buf); err != nil {
+		t.checkpointAgain(forced)
 		return fmt.Errorf("hopwatch/agg: tenant %s: write checkpoint: %w", t.id, err)
 	}
 	if err := fileutil.Replace(tmp, t.checkpointPath()); err != nil {
+		t.checkpointAgain(forced)
 		return fmt.Errorf("hopwatch/agg: tenant %s: install checkpoint: %w", t.id, err)
 	}
 	if err := t.wal.Truncate(seg); err != nil {
@@ -63,6 +69,16 @@ func (t *tenantStore) checkpoint(now time.Time) error {
 	t.store.metrics.checkpoints.Inc()
 	t.logger.Debug("checkpoint written", "first_segment", seg, "bytes", len(buf))
 	return nil
+}
+
+// checkpointAgain keeps a failed forced checkpoint due at the next flush.
+func (t *tenantStore) checkpointAgain(forced bool) {
+	if !forced {
+		return
+	}
+	t.mtx.Lock()
+	t.needCheckpoint = true
+	t.mtx.Unlock()
 }
 
 // encodeCheckpoint serializes the state; the caller holds t.mtx.

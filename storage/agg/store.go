@@ -140,6 +140,7 @@ type storeMetrics struct {
 	flushRefused     prometheus.Counter
 	samplesAppended  prometheus.Counter
 	walWriteDuration prometheus.Histogram
+	walFailures      prometheus.Counter
 	checkpoints      prometheus.Counter
 	checkpointFailed prometheus.Counter
 	walRepairs       prometheus.Counter
@@ -179,6 +180,10 @@ func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
 			Help:                        "Time to write (and, with --storage.wal.fsync, fsync) one batch to the ingest WAL.",
 			Buckets:                     prometheus.ExponentialBuckets(1e-6, 4, 10),
 			NativeHistogramBucketFactor: 1.1,
+		}),
+		walFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "hopwatch_ingest_wal_write_failures_total",
+			Help: "Batches whose ingest WAL write (or fsync) failed.",
 		}),
 		checkpoints: f.NewCounter(prometheus.CounterOpts{
 			Name: "hopwatch_agg_checkpoints_total",
@@ -427,6 +432,21 @@ func (s *Store) Append(_ context.Context, tenantID string, b *sample.Batch) erro
 	return t.append(b)
 }
 
+// Prepare decides on a batch for a tenant everything that depends on its
+// contents, before anything of it is written: a stream seq already applied
+// (sample.ErrDuplicate), and the series over the tenant's series limit,
+// which it takes out of b and counts in b.Refused. The batch is applied by
+// the returned Prepared's Commit or Apply, or dropped by Abort; until then
+// the tenant's other appends wait, so write what else must hold the batch
+// (the raw tier) in between and promptly.
+func (s *Store) Prepare(_ context.Context, tenantID string, b *sample.Batch) (*Prepared, error) {
+	t, err := s.tenant(tenantID)
+	if err != nil {
+		return nil, err
+	}
+	return t.prepare(b)
+}
+
 // Flush writes the current aggregates of every tenant to its TSDB at now,
 // and checkpoints the tenants whose last checkpoint is CheckpointInterval old.
 func (s *Store) Flush(ctx context.Context, now time.Time) error {
@@ -441,7 +461,7 @@ func (s *Store) Flush(ctx context.Context, now time.Time) error {
 			continue
 		}
 		s.metrics.activeSeries.WithLabelValues(t.id).Set(float64(t.seriesCount()))
-		if now.Sub(t.lastCheckpointTime()) >= s.opts.CheckpointInterval {
+		if last, forced := t.checkpointDue(); forced || now.Sub(last) >= s.opts.CheckpointInterval {
 			if err := t.checkpoint(now); err != nil {
 				s.metrics.checkpointFailed.Inc()
 				errs = append(errs, err)
@@ -513,8 +533,10 @@ func (t *tenantStore) seriesCount() int {
 	return len(t.series)
 }
 
-func (t *tenantStore) lastCheckpointTime() time.Time {
+// checkpointDue returns the time of the last checkpoint and whether a
+// batch applied without its WAL record needs one now.
+func (t *tenantStore) checkpointDue() (last time.Time, forced bool) {
 	t.mtx.Lock()
 	defer t.mtx.Unlock()
-	return t.lastCheckpoint
+	return t.lastCheckpoint, t.needCheckpoint
 }

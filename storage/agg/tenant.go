@@ -53,15 +53,22 @@ type tenantStore struct {
 	nextRef        uint64
 	lastFlushMs    int64
 	lastCheckpoint time.Time
+	// needCheckpoint is set when a batch was applied without its WAL
+	// record (Prepared.Apply): the next Flush checkpoints the tenant.
+	needCheckpoint bool
 
 	// seqs holds, per streaming writer, the last seq applied: restored from
 	// the checkpoint and the WAL, so a resend after a restart is still
 	// recognised.
 	seqs map[string]streamSeq
 
+	// prep is the batch prepared under mtx, if any.
+	prep Prepared
+
 	// Scratch space reused across calls under mtx.
 	enc       []byte
 	enc2      []byte
+	recs      [][]byte
 	batchRefs []*series
 	remap     []uint32
 	newSeries []*series
@@ -122,12 +129,36 @@ func (t *tenantStore) dropUnadmitted(b *sample.Batch, refs []*series) []*series 
 
 // append logs the batch to the WAL and adds it to the aggregates.
 func (t *tenantStore) append(b *sample.Batch) error {
-	t.mtx.Lock()
-	defer t.mtx.Unlock()
+	p, err := t.prepare(b)
+	if err != nil {
+		return err
+	}
+	return p.Commit()
+}
 
+// Prepared is a batch a tenant's aggregates have checked and admitted
+// (Store.Prepare) but not yet applied. It holds the tenant's append lock
+// until Commit, Apply or Abort, exactly one of which must be called, once:
+// so nothing another append does can change what was decided for it. It
+// is not to be used after that (the tenant reuses it for its next batch).
+type Prepared struct {
+	t     *tenantStore
+	b     *sample.Batch
+	refs  []*series
+	fresh []*series
+	done  bool
+}
+
+// prepare takes t.mtx and decides on b everything that depends on its
+// contents: a stream seq already applied (sample.ErrDuplicate), unknown
+// families, and the series over the tenant's limit, which it takes out of b
+// (counted in b.Refused). On error t.mtx is released and nothing changed.
+func (t *tenantStore) prepare(b *sample.Batch) (*Prepared, error) {
+	t.mtx.Lock()
 	if b.Seq != 0 {
 		if last, ok := t.seqs[b.Writer]; ok && b.Seq <= last.seq {
-			return sample.ErrDuplicate
+			t.mtx.Unlock()
+			return nil, sample.ErrDuplicate
 		}
 	}
 	lay := &t.store.layout
@@ -146,7 +177,10 @@ func (t *tenantStore) append(b *sample.Batch) error {
 			// nextRef advances only once the batch is logged: number the
 			// new series of this batch after it, one ref each.
 			if bs.Family >= sample.NumFamilies {
-				return fmt.Errorf("hopwatch/agg: unknown series family %d", bs.Family)
+				clear(refs)
+				clear(fresh)
+				t.mtx.Unlock()
+				return nil, fmt.Errorf("hopwatch/agg: unknown series family %d", bs.Family)
 			}
 			s = lay.newSeries(t.nextRef+uint64(len(fresh)), bs.Key, bs.Labels, bs.Family)
 			fresh = append(fresh, s)
@@ -157,8 +191,48 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		refs = t.dropUnadmitted(b, refs)
 	}
 	t.batchRefs, t.newSeries = refs, fresh
+	// One batch is prepared at a time per tenant (t.mtx is held until it
+	// finishes), so its state lives in the tenant: no allocation.
+	t.prep = Prepared{t: t, b: b, refs: refs, fresh: fresh}
+	return &t.prep, nil
+}
 
-	recs := make([][]byte, 0, 2)
+// Abort releases a prepared batch without applying anything of it.
+func (p *Prepared) Abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	clear(p.refs)
+	clear(p.fresh)
+	p.t.mtx.Unlock()
+}
+
+// Commit logs the prepared batch to the tenant's WAL and adds it to the
+// aggregates. When the WAL write fails nothing of the batch is applied and
+// the error says so; when it returns nil the batch survives a crash.
+func (p *Prepared) Commit() error { return p.finish(false) }
+
+// Apply is Commit for a batch another log already holds durably (the raw
+// tier's WAL, written after Prepare): the batch is added to the aggregates
+// even when its WAL record cannot be written, because the client is told it
+// was kept and would otherwise never see it counted. A failed WAL write is
+// returned for logging and counted, and the tenant's next Flush takes a
+// checkpoint, which makes the aggregates durable again without the record.
+func (p *Prepared) Apply() error { return p.finish(true) }
+
+func (p *Prepared) finish(always bool) error {
+	if p.done {
+		return errors.New("hopwatch/agg: prepared batch committed twice")
+	}
+	p.done = true
+	t, b, refs, fresh := p.t, p.b, p.refs, p.fresh
+	defer t.mtx.Unlock()
+	defer clear(fresh)
+	defer clear(refs)
+
+	recs := t.recs[:0]
+	defer func() { clear(recs); t.recs = recs[:0] }()
 	if len(fresh) > 0 {
 		t.enc2 = appendSeriesRecord(t.enc2[:0], fresh)
 		recs = append(recs, t.enc2)
@@ -196,18 +270,28 @@ func (t *tenantStore) append(b *sample.Batch) error {
 	recs = append(recs, enc)
 
 	start := time.Now()
-	if err := t.wal.Log(recs...); err != nil {
-		return fmt.Errorf("hopwatch/agg: tenant %s: write WAL: %w", t.id, err)
-	}
-	if t.store.opts.WALFsync {
-		if err := t.wal.Sync(); err != nil {
-			return fmt.Errorf("hopwatch/agg: tenant %s: fsync WAL: %w", t.id, err)
+	err := t.wal.Log(recs...)
+	if err != nil {
+		err = fmt.Errorf("hopwatch/agg: tenant %s: write WAL: %w", t.id, err)
+	} else if t.store.opts.WALFsync {
+		if serr := t.wal.Sync(); serr != nil {
+			err = fmt.Errorf("hopwatch/agg: tenant %s: fsync WAL: %w", t.id, serr)
 		}
 	}
-	t.store.metrics.walWriteDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		t.store.metrics.walFailures.Inc()
+		if !always {
+			return err
+		}
+		// Applied without its record: only a checkpoint makes it durable.
+		t.needCheckpoint = true
+	} else {
+		t.store.metrics.walWriteDuration.Observe(time.Since(start).Seconds())
+	}
 
 	// Logged: now the batch is ours. New series become visible only now, so
 	// a failed write leaves no series without its WAL record.
+	lay := &t.store.layout
 	for _, s := range fresh {
 		t.series[s.key] = s
 		t.nextRef++
@@ -219,10 +303,8 @@ func (t *tenantStore) append(b *sample.Batch) error {
 		smp := &b.Samples[i]
 		refs[smp.Series].observe(lay, smp.Duration, smp.Start+smp.Duration, &smp.TraceID, smp.Failed)
 	}
-	clear(refs)
-	clear(fresh)
 	t.store.metrics.samplesAppended.Add(float64(len(b.Samples)))
-	return nil
+	return err
 }
 
 // flush appends the current value of every series to the TSDB at now.

@@ -411,6 +411,14 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 	}
 	rec = fillCount(rec, countAt, kept)
 	w.rec = rec
+	if kept > 0 {
+		if err := db.commit.commit(rec); err != nil {
+			clear(w.refs)
+			return 0, 0, err
+		}
+	}
+	// Counted once the batch is kept: a failed append counts nothing, so
+	// its retry counts once.
 	if tooOld > 0 {
 		db.metrics.tooOld.Add(float64(tooOld))
 	}
@@ -420,9 +428,6 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 	if kept == 0 {
 		clear(w.refs)
 		return tooOld, sampledOut, nil
-	}
-	if err := db.commit.commit(rec); err != nil {
-		return 0, 0, err
 	}
 	for i := range b.Samples {
 		if w.keep[i] {
