@@ -318,6 +318,33 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	return errors.Join(errs...)
 }
 
+// SetDefault replaces the default limit, that of every tenant without an
+// override (an override's zero fields take it too). Buckets keep their
+// level, as with SetTenantLimits. An invalid limit is refused and the
+// default in force stays.
+func (l *Limiter) SetDefault(def Limit) error {
+	if err := def.validate("default"); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.conf.Load()
+	if old.def == def {
+		return nil
+	}
+	c := &limitsConf{def: def, overrides: old.overrides, nodes: old.nodes}
+	l.conf.Store(c)
+	now := l.clock.Now()
+	l.tenants.each(func(t *tenant) {
+		t.mu.Lock()
+		if g := c.limit(t.id); g != t.b.Load().lim.global {
+			t.reconfigure(now, g)
+		}
+		t.mu.Unlock()
+	})
+	return nil
+}
+
 // Admitted returns the units admitted for a tenant on this node since it
 // was last created (the limiter forgets a tenant idle for the idle
 // timeout). The benchmarks read it.
