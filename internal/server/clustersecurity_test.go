@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 // internal gRPC on loopback only, and says so.
 func TestClusterListenersLoopbackByDefault(t *testing.T) {
 	def := server.DefaultConfig().Cluster
-	var logs bytes.Buffer
+	var logs syncBuffer
 	cfg := server.DefaultConfig()
 	cfg.WebListenAddress = "127.0.0.1:0"
 	cfg.OTLPGRPCListenAddress = "127.0.0.1:0"
@@ -132,6 +133,24 @@ func TestClusterRefusesUnauthenticatedListeners(t *testing.T) {
 	require.ErrorContains(t, err, "cluster.secret-file: hopwatch/cluster: the cluster secret has 5 bytes, fewer than 16")
 }
 
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
 func writeSecret(t *testing.T, s string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "cluster-secret")
@@ -150,12 +169,48 @@ func TestClusterSecret(t *testing.T) {
 	withSecret := func(f string) func(*server.Config) {
 		return func(c *server.Config) { c.Cluster.SecretFile = f }
 	}
-	_, a1 := startNode(t, "n1", "", true, withSecret(good))
-	_, a2 := startNode(t, "n2", "", true, func(c *server.Config) {
+	limited := func(c *server.Config) {
+		c.RateLimits.IngestionRateSpans = 1000
+		c.RateLimits.ExchangeInterval = 100 * time.Millisecond
+	}
+	reg1, reg2 := prometheus.NewRegistry(), prometheus.NewRegistry()
+	_, a1 := startNodeReg(t, "n1", "", true, reg1, func(c *server.Config) {
 		withSecret(good)(c)
+		limited(c)
+	})
+	_, a2 := startNodeReg(t, "n2", "", true, reg2, func(c *server.Config) {
+		withSecret(good)(c)
+		limited(c)
 		joining(a1.ClusterGRPC)(c)
 	})
 	waitFor(t, "two members", func() bool { return len(clusterStatus(t, a2.Web).Members) == 2 })
+	// The rate limits' exchange between them carries the secret: with
+	// spans on both nodes, the node that does not own the tenant reports
+	// its demand to the owner at every round, and no report fails.
+	for _, a := range []server.Addrs{a1, a2} {
+		code, _, body := httpDo(t, http.DefaultClient, http.MethodPost, "http://"+a.OTLPHTTP+"/v1/traces", "application/x-protobuf",
+			spansRequest(t, "svc", 10, time.Now().Add(-time.Minute)), nil)
+		require.Equal(t, http.StatusOK, code, "%s", body)
+	}
+	reports := func() uint64 {
+		var n uint64
+		for _, reg := range []*prometheus.Registry{reg1, reg2} {
+			mfs, err := reg.Gather()
+			require.NoError(t, err)
+			for _, mf := range mfs {
+				if mf.GetName() == "hopwatch_ratelimit_exchange_duration_seconds" {
+					for _, m := range mf.GetMetric() {
+						n += m.GetHistogram().GetSampleCount()
+					}
+				}
+			}
+		}
+		return n
+	}
+	waitFor(t, "demand reports between the nodes", func() bool { return reports() >= 5 })
+	for _, reg := range []*prometheus.Registry{reg1, reg2} {
+		require.Zero(t, counter(t, reg, "hopwatch_ratelimit_exchange_errors_total", nil))
+	}
 
 	// A node with another secret: its join is refused, and it stops.
 	cfg := server.DefaultConfig()
@@ -191,6 +246,9 @@ func TestClusterSecret(t *testing.T) {
 
 	st := clusterStatus(t, a1.Web)
 	require.ElementsMatch(t, []string{"n1", "n2"}, memberIDs(st), "the refused node is not a member")
+	// The intruder's join and the two calls above; none of n2's (its
+	// registration, its rate limit exchange), which carry the secret.
+	require.Equal(t, 3.0, counter(t, reg1, "hopwatch_cluster_auth_refused_total", map[string]string{"transport": "grpc"}))
 }
 
 // TestAdminAPILoopbackWithoutAuth: with authentication off and the web
@@ -274,7 +332,8 @@ func TestClusterDefaultLimits(t *testing.T) {
 	require.Equal(t, []string{"n1"}, memberIDs(clusterStatus(t, a1.Web)))
 
 	// The same value: joins.
-	s3, a3 := startNode(t, "n3", "", true, func(c *server.Config) {
+	dir3 := t.TempDir()
+	s3, a3 := startNode(t, "n3", dir3, true, func(c *server.Config) {
 		limits(1000)(c)
 		joining(a1.ClusterGRPC)(c)
 	})
@@ -290,6 +349,29 @@ func TestClusterDefaultLimits(t *testing.T) {
 	code, body2 := getLimits(a1.Web)
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body2, `"ingestion_rate_spans":2000`)
+	// A member restarted with other flags keeps the cluster's values, and
+	// says so.
+	require.NoError(t, s3.Shutdown(ctx))
+	var logs syncBuffer
+	cfg3 := server.DefaultConfig()
+	cfg3.WebListenAddress, cfg3.OTLPGRPCListenAddress, cfg3.OTLPHTTPListenAddress = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg3.Storage.Dir = dir3
+	testCluster(&cfg3.Cluster)
+	cfg3.Cluster.NodeID, cfg3.Cluster.RaftAddress, cfg3.Cluster.Bootstrap = "n3", a3.ClusterRaft, false
+	limits(700)(&cfg3)
+	s3, err = server.New(cfg3, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	require.NoError(t, s3.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		require.NoError(t, s3.Shutdown(ctx))
+	})
+	waitFor(t, "the restarted member warns", func() bool {
+		return strings.Contains(logs.String(), "--limits.ingestion-rate-spans is 700 on this node and 2000 in the cluster")
+	})
+	require.Equal(t, ratelimit.Limit{Rate: 2000, Burst: 2000}, server.TenantRateLimit(s3, "anyone"))
+
 	// A bad value is refused, naming the field.
 	code, _, body = httpDo(t, http.DefaultClient, http.MethodPut, "http://"+a1.Web+"/api/v1/admin/cluster/limits", "application/json",
 		[]byte(`{"ingestion_rate_spans": -1}`), nil)
