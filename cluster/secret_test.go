@@ -136,3 +136,15 @@ func TestSecretHandshake(t *testing.T) {
 	_, err := NewSecret([]byte("short\n"))
 	require.ErrorContains(t, err, "fewer than 16")
 }
+
+// TestSecretWithTLS: the secret's handshake runs inside mutual TLS.
+func TestSecretWithTLS(t *testing.T) {
+	conf := testTLSConfig(t)
+	sec := testSecret(t, "0123456789abcdef-the-cluster")
+	nodes := startCluster(t, 2, func(c *Config) { c.TLS, c.Secret = conf, sec })
+	l := leader(t, nodes...)
+	idx, err := running(nodes, l)[0].PutTenant(ctxT(t), Tenant{ID: "both"})
+	require.NoError(t, err)
+	_, ok := waitSameState(t, idx, nodes...).Tenant("both")
+	require.True(t, ok)
+}
