@@ -37,6 +37,9 @@ const (
 	OpIncludeWriter   Op = "writer.include"
 	OpPutMember       Op = "member.put"
 	OpSetMemberState  Op = "member.state"
+	// OpSetDefaultLimits sets the cluster's default limits, those of
+	// every tenant without an override.
+	OpSetDefaultLimits Op = "limits.defaults"
 )
 
 // Bounds on what one command carries. Metadata is small; these keep one
@@ -72,6 +75,16 @@ type command struct {
 	RuleGroup *RuleGroup `json:"rule_group,omitempty"`
 	Exclusion *Exclusion `json:"exclusion,omitempty"`
 	Member    *Member    `json:"member,omitempty"`
+	Defaults  *Defaults  `json:"defaults,omitempty"`
+}
+
+// Defaults is the payload of OpSetDefaultLimits.
+type Defaults struct {
+	Limits Limits `json:"limits"`
+	// IfUnset applies the change only to a cluster without default
+	// limits yet: the first node to start seeds them from its flags, and
+	// a node racing it changes nothing.
+	IfUnset bool `json:"if_unset,omitempty"`
 }
 
 // encodeCommand appends the encoding of c to dst.
@@ -119,7 +132,7 @@ func decodeCommand(b []byte) (*command, error) {
 func (c *command) validate() error {
 	var v validator
 	payloads := 0
-	for _, set := range []bool{c.Tenant != nil, c.RuleGroup != nil, c.Exclusion != nil, c.Member != nil} {
+	for _, set := range []bool{c.Tenant != nil, c.RuleGroup != nil, c.Exclusion != nil, c.Member != nil, c.Defaults != nil} {
 		if set {
 			payloads++
 		}
@@ -134,12 +147,14 @@ func (c *command) validate() error {
 		want = "exclusion"
 	case OpPutMember, OpSetMemberState:
 		want = "member"
+	case OpSetDefaultLimits:
+		want = "defaults"
 	default:
 		v.add("op", fmt.Sprintf("unknown op %q", c.Op))
 		return v.err()
 	}
 	if payloads != 1 || (want == "tenant") != (c.Tenant != nil) || (want == "rule_group") != (c.RuleGroup != nil) ||
-		(want == "exclusion") != (c.Exclusion != nil) || (want == "member") != (c.Member != nil) {
+		(want == "exclusion") != (c.Exclusion != nil) || (want == "member") != (c.Member != nil) || (want == "defaults") != (c.Defaults != nil) {
 		v.add(want, fmt.Sprintf("op %s carries exactly one payload, %q", c.Op, want))
 		return v.err()
 	}
@@ -183,6 +198,8 @@ func (c *command) validate() error {
 		} else {
 			v.hostPort("member.grpc_addr", c.Member.GRPCAddr)
 		}
+	case OpSetDefaultLimits:
+		validateLimits(&v, "defaults.limits", c.Defaults.Limits)
 	case OpSetMemberState:
 		v.memberID("member.id", c.Member.ID)
 		if s := c.Member.State; s != MemberLive && s != MemberUnreachable {
@@ -192,13 +209,16 @@ func (c *command) validate() error {
 	return v.err()
 }
 
+func validateLimits(v *validator, field string, l Limits) {
+	v.rate(field+".ingestion_rate_spans", l.IngestionRateSpans)
+	v.rate(field+".ingestion_rate_bytes", l.IngestionRateBytes)
+	v.count(field+".ingestion_burst_spans", l.IngestionBurstSpans)
+	v.count(field+".max_series_per_tenant", l.MaxSeriesPerTenant)
+}
+
 func validateTenant(v *validator, t *Tenant) {
 	v.tenantID("tenant.id", t.ID)
-	l := t.Limits
-	v.rate("tenant.limits.ingestion_rate_spans", l.IngestionRateSpans)
-	v.rate("tenant.limits.ingestion_rate_bytes", l.IngestionRateBytes)
-	v.count("tenant.limits.ingestion_burst_spans", l.IngestionBurstSpans)
-	v.count("tenant.limits.max_series_per_tenant", l.MaxSeriesPerTenant)
+	validateLimits(v, "tenant.limits", t.Limits)
 	if len(t.Settings) > maxSettings {
 		v.add("tenant.settings", fmt.Sprintf("has %d entries, more than the limit of %d", len(t.Settings), maxSettings))
 	}

@@ -30,6 +30,9 @@ var (
 	// change was not applied, unless the message says its outcome is
 	// unknown. Retry later, on any node.
 	ErrNoLeader = errors.New("hopwatch/cluster: no reachable leader")
+	// ErrUnauthenticated: the node asked refused this node: it does not
+	// hold the cluster's secret (--cluster.secret-file) or certificate.
+	ErrUnauthenticated = errors.New("hopwatch/cluster: not authenticated")
 	// ErrShutdown: this node is shutting down.
 	ErrShutdown = errors.New("hopwatch/cluster: node is shut down")
 	// ErrUnsupportedVersion: a command or snapshot has a format version
@@ -93,6 +96,8 @@ func toStatus(err error) error {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
+	case errors.Is(err, ErrUnauthenticated):
+		code = codes.Unauthenticated
 	}
 	return status.Error(code, err.Error())
 }
@@ -120,6 +125,8 @@ func fromStatus(err error) error {
 		kind = context.DeadlineExceeded
 	case codes.Canceled:
 		kind = context.Canceled
+	case codes.Unauthenticated, codes.PermissionDenied:
+		kind = ErrUnauthenticated
 	default:
 		return fmt.Errorf("hopwatch/cluster: leader: %w", err)
 	}

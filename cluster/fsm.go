@@ -159,6 +159,8 @@ type snapshot struct {
 	// nodes beyond it.
 	Servers []snapshotServer `json:"servers"`
 	Infos   []Member         `json:"infos"`
+	// DefaultLimits are the cluster's default limits, absent until set.
+	DefaultLimits *Limits `json:"default_limits,omitempty"`
 }
 
 type snapshotServer struct {
@@ -168,7 +170,7 @@ type snapshotServer struct {
 }
 
 func encodeSnapshot(w io.Writer, s *State) error {
-	snap := snapshot{V: snapshotVersion, Index: s.index, Tenants: s.Tenants()}
+	snap := snapshot{V: snapshotVersion, Index: s.index, Tenants: s.Tenants(), DefaultLimits: s.defaults}
 	for _, tenant := range s.RuleTenants() {
 		snap.RuleGroups = append(snap.RuleGroups, s.RuleGroups(tenant)...)
 	}
@@ -197,6 +199,7 @@ func decodeSnapshot(r io.Reader) (*State, error) {
 	}
 	s := emptyState()
 	s.index = snap.Index
+	s.defaults = snap.DefaultLimits
 	for _, srv := range snap.Servers {
 		suffrage := raft.Nonvoter
 		if srv.Voter {

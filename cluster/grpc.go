@@ -79,6 +79,9 @@ func (s *service) Apply(ctx context.Context, req *hopwatchv1.ApplyRequest) (*hop
 
 func (s *service) Join(ctx context.Context, req *hopwatchv1.JoinRequest) (*hopwatchv1.JoinResponse, error) {
 	s.reached(ctx)
+	if err := checkDefaultLimits(ctx, s.n.State()); err != nil {
+		return nil, toStatus(err)
+	}
 	if req.GetForwarded() {
 		if err := s.leader(); err != nil {
 			return nil, toStatus(err)
@@ -119,17 +122,20 @@ func (s *service) ReadIndex(ctx context.Context, _ *hopwatchv1.ReadIndexRequest)
 
 // clientPool holds one gRPC client connection per node address.
 type clientPool struct {
-	creds credentials.TransportCredentials
+	opts  []grpc.DialOption
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
-func newClientPool(tlsConf *tls.Config) *clientPool {
-	creds := insecure.NewCredentials()
+func newClientPool(tlsConf *tls.Config, secret *Secret) *clientPool {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUnaryInterceptor(classify)}
 	if tlsConf != nil {
-		creds = credentials.NewTLS(tlsConf)
+		opts[0] = grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))
 	}
-	return &clientPool{creds: creds, conns: map[string]*grpc.ClientConn{}}
+	if secret != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(secret.PerRPCCredentials()))
+	}
+	return &clientPool{opts: opts, conns: map[string]*grpc.ClientConn{}}
 }
 
 // call runs fn against the cluster service at addr. Its errors are this
@@ -152,7 +158,7 @@ func (p *clientPool) conn(addr string) (*grpc.ClientConn, error) {
 	if c := p.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds), grpc.WithUnaryInterceptor(classify))
+	c, err := grpc.NewClient(addr, p.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/cluster: gRPC client for %s: %w", addr, err)
 	}

@@ -67,6 +67,14 @@ type testNode struct {
 // set, is the address to listen on (a restart keeps its ports).
 func startNode(t testing.TB, cfg Config) *testNode {
 	t.Helper()
+	tn, err := startNodeErr(t, cfg)
+	require.NoError(t, err)
+	return tn
+}
+
+// startNodeErr is startNode returning the error of Start.
+func startNodeErr(t testing.TB, cfg Config) (*testNode, error) {
+	t.Helper()
 	addr := cfg.GRPCAdvertise
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -78,12 +86,13 @@ func startNode(t testing.TB, cfg Config) *testNode {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
 	}
-	tn := &testNode{cfg: cfg, reg: prometheus.NewRegistry(), srv: grpc.NewServer(opts...), done: make(chan struct{})}
+	tn := &testNode{cfg: cfg, reg: prometheus.NewRegistry(), done: make(chan struct{})}
 	tn.Node, err = New(cfg, tn.reg, testLogger().With("test_node", cfg.NodeID))
 	if err != nil {
 		lis.Close()
 		require.NoError(t, err)
 	}
+	tn.srv = grpc.NewServer(append(opts, tn.GRPCServerOptions()...)...)
 	// A restart keeps the raft address that the others know.
 	if cfg.transport == nil {
 		tn.cfg.RaftBind = string(tn.trans.LocalAddr())
@@ -96,8 +105,7 @@ func startNode(t testing.TB, cfg Config) *testNode {
 	t.Cleanup(func() { tn.stop(t) })
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	require.NoError(t, tn.Start(ctx))
-	return tn
+	return tn, tn.Start(ctx)
 }
 
 // stop shuts the node down and stops its gRPC server. Safe to repeat.

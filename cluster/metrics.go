@@ -22,6 +22,7 @@ type metrics struct {
 	restores         prometheus.Counter
 	forwarded        *prometheus.CounterVec
 	changes          *prometheus.CounterVec
+	authRefused      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -69,6 +70,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hopwatch_cluster_changes_total",
 			Help: "Changes proposed by this node while leader, by op and result.",
 		}, []string{"op", "result"}),
+		authRefused: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_cluster_auth_refused_total",
+			Help: "Raft connections and internal gRPC calls refused for want of the cluster secret, by transport (raft, grpc).",
+		}, []string{"transport"}),
 	}
 	return m
 }

@@ -18,6 +18,7 @@ import (
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 )
 
 // DefaultRaftPort is the raft transport's port.
@@ -50,6 +51,15 @@ type Config struct {
 	// the listener's and the dialer's configuration) and the gRPC client
 	// this node uses to call other nodes.
 	TLS *tls.Config
+	// DefaultLimits, when set, are this node's default limits (its
+	// --limits.* flags). A joining node sends them, and the member asked
+	// refuses the join if the cluster's differ.
+	DefaultLimits *Limits
+	// Secret, when set, is the cluster's shared secret: raft connections
+	// prove it both ways, this node's gRPC calls carry it, and
+	// GRPCServerOptions refuse calls without it. Every node must hold the
+	// same one.
+	Secret *Secret
 
 	// ApplyTimeout bounds a write, a membership change and a linearizable
 	// read, including the wait for a leader during an election.
@@ -236,7 +246,7 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Node, e
 		id:       cfg.NodeID,
 		logger:   logger.With("component", "cluster"),
 		metrics:  newMetrics(reg),
-		clients:  newClientPool(cfg.TLS),
+		clients:  newClientPool(cfg.TLS, cfg.Secret),
 		leaderCh: make(chan struct{}),
 		failing:  map[string]time.Time{},
 	}
@@ -270,7 +280,10 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Node, e
 	}
 	n.trans = cfg.transport
 	if n.trans == nil {
-		sl, err := newStreamLayer(cfg.RaftBind, cfg.RaftAdvertise, cfg.TLS)
+		sl, err := newStreamLayer(cfg.RaftBind, cfg.RaftAdvertise, cfg.TLS, cfg.Secret, func(err error) {
+			n.metrics.authRefused.WithLabelValues("raft").Inc()
+			n.logger.Warn("refused a raft connection", "err", err)
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -323,6 +336,19 @@ func New(cfg Config, reg prometheus.Registerer, logger *slog.Logger) (_ *Node, e
 	return n, nil
 }
 
+// GRPCServerOptions are the options the node needs on the gRPC server
+// RegisterGRPC is given: with a Secret, interceptors that refuse every call
+// without it (codes.Unauthenticated), counted and logged.
+func (n *Node) GRPCServerOptions() []grpc.ServerOption {
+	if n.cfg.Secret == nil {
+		return nil
+	}
+	return n.cfg.Secret.serverOptions(func() {
+		n.metrics.authRefused.WithLabelValues("grpc").Inc()
+		n.logger.Warn("refused an internal gRPC call without the cluster secret")
+	})
+}
+
 // Start makes a node without raft state part of a cluster: with Bootstrap
 // it becomes a cluster of one; with Join it asks the listed members to add
 // it and returns once one has, or when ctx ends. A node with state is part
@@ -363,7 +389,7 @@ func (n *Node) joinCluster(ctx context.Context) error {
 		var errs []error
 		for _, addr := range n.cfg.Join {
 			err := n.clients.call(ctx, addr, func(ctx context.Context, c clusterClient) error {
-				_, err := c.Join(ctx, joinRequest(n.id, string(n.trans.LocalAddr()), n.cfg.GRPCAdvertise, false))
+				_, err := c.Join(withDefaultLimits(ctx, n.cfg.DefaultLimits), joinRequest(n.id, string(n.trans.LocalAddr()), n.cfg.GRPCAdvertise, false))
 				return err
 			})
 			if err == nil {
@@ -371,7 +397,7 @@ func (n *Node) joinCluster(ctx context.Context) error {
 				return nil
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-			if errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) {
+			if errors.Is(err, ErrInvalid) || errors.Is(err, ErrConflict) || errors.Is(err, ErrUnauthenticated) {
 				return fmt.Errorf("hopwatch/cluster: join refused: %w", err)
 			}
 		}
@@ -518,6 +544,12 @@ func (n *Node) DeleteNamespace(ctx context.Context, tenant, namespace string) (u
 	return n.propose(ctx, &command{Op: OpDeleteNamespace, RuleGroup: &RuleGroup{Tenant: tenant, Namespace: namespace}})
 }
 
+// SetDefaultLimits sets the cluster's default limits; with ifUnset, only
+// if none are set yet (the first node seeds them from its flags).
+func (n *Node) SetDefaultLimits(ctx context.Context, l Limits, ifUnset bool) (uint64, error) {
+	return n.propose(ctx, &command{Op: OpSetDefaultLimits, Defaults: &Defaults{Limits: l, IfUnset: ifUnset}})
+}
+
 // ExcludeWriter takes a writer out of its tenant's watermark until
 // IncludeWriter. Excluding an excluded writer updates the reason only.
 func (n *Node) ExcludeWriter(ctx context.Context, tenant, writer, reason string) (uint64, error) {
@@ -590,6 +622,8 @@ func (c *command) subject() []any {
 		return []any{"tenant", c.Exclusion.Tenant, "writer", c.Exclusion.Writer}
 	case c.Member != nil:
 		return []any{"member", c.Member.ID, "grpc_addr", c.Member.GRPCAddr, "state", c.Member.State}
+	case c.Defaults != nil:
+		return []any{"default_limits", c.Defaults.Limits, "if_unset", c.Defaults.IfUnset}
 	}
 	return nil
 }

@@ -25,6 +25,8 @@ type State struct {
 	// including a node that is about to be added.
 	servers []raft.Server
 	infos   map[string]*Member
+	// defaults are the cluster's default limits; nil until set.
+	defaults *Limits
 }
 
 type groupKey struct{ namespace, name string }
@@ -37,6 +39,16 @@ func emptyState() *State {
 		excl:    map[string]map[string]*Exclusion{},
 		infos:   map[string]*Member{},
 	}
+}
+
+// DefaultLimits returns the cluster's default limits, those of every
+// tenant without an override, and whether they are set: the first node
+// of a cluster sets them from its --limits.* flags.
+func (s *State) DefaultLimits() (Limits, bool) {
+	if s.defaults == nil {
+		return Limits{}, false
+	}
+	return *s.defaults, true
 }
 
 // Index is the raft log index of the last change in this State.
@@ -243,6 +255,13 @@ func (s *State) apply(c *command, index uint64, at time.Time) (*State, error) {
 		info := n.info(c.Member.ID, at)
 		info.GRPCAddr = c.Member.GRPCAddr
 		n.setInfo(info)
+		return n, nil
+	case OpSetDefaultLimits:
+		if c.Defaults.IfUnset && n.defaults != nil {
+			return n, nil
+		}
+		l := c.Defaults.Limits
+		n.defaults = &l
 		return n, nil
 	case OpSetMemberState:
 		info := n.info(c.Member.ID, at)

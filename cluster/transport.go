@@ -21,6 +21,11 @@ type streamLayer struct {
 	net.Listener
 	advertise net.Addr
 	tls       *tls.Config
+	// secret, when set, authenticates every connection both ways before
+	// raft uses it (Secret); refused hears of each accepted connection
+	// that failed.
+	secret  *Secret
+	refused func(error)
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
@@ -30,8 +35,9 @@ type streamLayer struct {
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 // newStreamLayer listens on bind and advertises advertise, or the listener's
-// own address when advertise is empty.
-func newStreamLayer(bind, advertise string, tlsConf *tls.Config) (*streamLayer, error) {
+// own address when advertise is empty. With a secret, connections prove it
+// both ways; refused is called on each accepted one that did not.
+func newStreamLayer(bind, advertise string, tlsConf *tls.Config, secret *Secret, refused func(error)) (*streamLayer, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/cluster: raft transport: %w", err)
@@ -51,7 +57,7 @@ func newStreamLayer(bind, advertise string, tlsConf *tls.Config) (*streamLayer, 
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
-	return &streamLayer{Listener: ln, advertise: adv, tls: tlsConf, conns: map[*trackedConn]struct{}{}}, nil
+	return &streamLayer{Listener: ln, advertise: adv, tls: tlsConf, secret: secret, refused: refused, conns: map[*trackedConn]struct{}{}}, nil
 }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
@@ -66,6 +72,12 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 	if err != nil {
 		return nil, err
 	}
+	if s.secret != nil {
+		if err := s.secret.dialHandshake(c, time.Now().Add(timeout)); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	return s.track(c)
 }
 
@@ -73,6 +85,9 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	c, err := s.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if s.secret != nil {
+		c = &authConn{Conn: c, s: s.secret, refused: s.refused}
 	}
 	return s.track(c)
 }

@@ -373,9 +373,10 @@ func TestRun(t *testing.T) {
 }
 
 // TestExchangeBatchFloor: a node's burst is its share of the tenant's
-// burst, but a batch larger than that, refused once, fits after the next
-// exchange (the node's burst grows to the largest batch it was offered,
-// never past the tenant's burst).
+// burst, but at least two of the largest batches it was offered (never
+// past the tenant's burst): a batch larger than its share grows the bucket
+// at once, keeping its level, so that the batch waits for the units it
+// lacks rather than being refused at any load.
 func TestExchangeBatchFloor(t *testing.T) {
 	c := newCluster(t, Limit{Rate: 1000, Burst: 1000}, "a", "b", "c")
 	const tenant = "acme"
@@ -384,24 +385,20 @@ func TestExchangeBatchFloor(t *testing.T) {
 		c.round("a", "b", "c")
 	}
 	require.InDelta(t, 0.05, c.share("b", tenant), 1e-9)
+	require.Equal(t, int64(50), c.nodes["b"].l.AllowN(tenant, 0).Local().Burst, "b's share of the burst")
 	d := c.nodes["b"].l.AllowN(tenant, 300)
-	require.False(t, d.Allowed)
+	require.False(t, d.Allowed, "b's bucket, drained by its load, keeps its level")
 	require.Equal(t, Limit{Rate: 1000, Burst: 1000}, d.Global())
-	require.Equal(t, int64(50), d.Local().Burst, "b's share of the burst")
-	c.clock.Step(time.Second)
-	c.round("a", "b", "c")
-	// The bucket keeps its level when it grows: the batch waits for the
-	// units it lacks at b's new rate.
-	d = c.nodes["b"].l.AllowN(tenant, 300)
-	require.False(t, d.Allowed)
-	require.GreaterOrEqual(t, d.Local().Burst, int64(300))
+	require.Equal(t, int64(600), d.Local().Burst, "two batches")
 	c.clock.Step(d.RetryAfter)
 	require.True(t, c.nodes["b"].l.AllowN(tenant, 300).Allowed)
 	// Larger than the tenant's burst: never.
-	require.False(t, c.nodes["b"].l.AllowN(tenant, 1001).Allowed)
+	d = c.nodes["b"].l.AllowN(tenant, 1001)
+	require.False(t, d.Allowed)
+	require.Equal(t, int64(600), d.Local().Burst)
 	c.clock.Step(time.Second)
 	c.round("a", "b", "c")
-	require.Equal(t, int64(1000), c.nodes["b"].l.AllowN(tenant, 1001).Local().Burst)
+	require.Equal(t, int64(1000), c.nodes["b"].l.AllowN(tenant, 1001).Local().Burst, "at most the tenant's burst")
 }
 
 // TestExchangeZeroShare: a node whose share is 0 (no demand there while

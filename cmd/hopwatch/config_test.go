@@ -110,8 +110,9 @@ func TestVersion(t *testing.T) {
 func TestClusterFlags(t *testing.T) {
 	cfg, _, err := setup("serve", nil, server.DefaultConfig(), &bytes.Buffer{})
 	require.NoError(t, err)
-	require.Equal(t, server.ClusterConfig{RaftAddress: ":9801", GRPCAddress: ":9802", Bootstrap: true}, cfg.Cluster,
-		"alone, a node bootstraps a cluster of one on the standard ports")
+	require.Equal(t, server.ClusterConfig{RaftAddress: "127.0.0.1:9801", GRPCAddress: "127.0.0.1:9802", Bootstrap: true}, cfg.Cluster,
+		"alone, a node bootstraps a cluster of one on the standard ports, on loopback")
+	require.NoError(t, cfg.Validate())
 
 	cfg, _, err = setup("serve", []string{"--config.file=testdata/cluster.good.yml"}, server.DefaultConfig(), &bytes.Buffer{})
 	require.NoError(t, err)
@@ -128,6 +129,9 @@ func TestClusterFlags(t *testing.T) {
 	cfg, _, err = setup("serve", []string{"--cluster.join=10.0.0.1:9802", "--cluster.join=10.0.0.3:9802",
 		"--cluster.raft-advertise-address=10.0.0.2:9801", "--cluster.grpc-advertise-address=hopwatch-2.internal:9802"}, server.DefaultConfig(), &bytes.Buffer{})
 	require.NoError(t, err)
+	err = cfg.Validate()
+	require.ErrorContains(t, err, `cluster.raft-address: "127.0.0.1:9801" is on loopback, but cluster.raft-advertise-address "10.0.0.2:9801" expects other hosts to reach it`)
+	require.ErrorContains(t, err, `cluster.grpc-address: "127.0.0.1:9802" is on loopback, but cluster.grpc-advertise-address`)
 	require.Equal(t, []string{"10.0.0.1:9802", "10.0.0.3:9802"}, cfg.Cluster.Join)
 	require.False(t, cfg.Cluster.Bootstrap)
 	require.Equal(t, "10.0.0.2:9801", cfg.Cluster.RaftAdvertiseAddress)

@@ -24,6 +24,7 @@ import (
 	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/internal/admin"
 	"github.com/hopwatch/hopwatch/internal/auth"
+	"github.com/hopwatch/hopwatch/ratelimit"
 )
 
 // nodeIDFile, in the cluster directory, keeps the node's ID from its first
@@ -210,6 +211,8 @@ func (s *Server) openCluster() (err error) {
 		Bootstrap:          cc.Bootstrap,
 		Join:               cc.Join,
 		TLS:                s.clusterTLS,
+		Secret:             s.clusterSecret,
+		DefaultLimits:      ptr(s.cfg.defaultLimits()),
 		ApplyTimeout:       cc.ApplyTimeout,
 		HeartbeatTimeout:   cc.HeartbeatTimeout,
 		ElectionTimeout:    cc.ElectionTimeout,
@@ -224,7 +227,9 @@ func (s *Server) openCluster() (err error) {
 	if s.clusterTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.clusterTLS.Clone())))
 	}
-	s.clusterGRPC = grpc.NewServer(opts...)
+	s.clusterGRPC = grpc.NewServer(append(opts, node.GRPCServerOptions()...)...)
+	s.logger.Info("cluster listeners", "raft_listen", bind, "grpc_listen", s.clusterLn.Addr().String(),
+		"reachable_from", clusterReach(bind, s.clusterLn.Addr().String()), "authentication", clusterAuthName(s.clusterTLS != nil, s.clusterSecret != nil))
 	node.RegisterGRPC(s.clusterGRPC)
 	s.node, s.clusterLock = node, lock
 	s.clusterCtx, s.clusterStop = context.WithCancel(context.Background())
@@ -238,10 +243,14 @@ func (s *Server) openCluster() (err error) {
 // exchange. A join that is refused ends the server.
 func (s *Server) startCluster() {
 	ctx := s.clusterCtx
-	s.clusterWG.Add(4)
+	s.clusterWG.Add(5)
 	go func() {
 		defer s.clusterWG.Done()
 		s.exchange.Run(ctx)
+	}()
+	go func() {
+		defer s.clusterWG.Done()
+		s.followDefaultLimits(ctx)
 	}()
 	go func() {
 		defer s.clusterWG.Done()
@@ -257,6 +266,75 @@ func (s *Server) startCluster() {
 		defer s.clusterWG.Done()
 		s.recv.UseExclusionReplica(ctx, exclusionReplica{s.node})
 	}()
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// defaultLimits are the node's --limits.* flags as the cluster's default
+// limits.
+func (c Config) defaultLimits() cluster.Limits {
+	return cluster.Limits{
+		IngestionRateSpans:  c.RateLimits.IngestionRateSpans,
+		IngestionBurstSpans: c.RateLimits.IngestionBurstSpans,
+		IngestionRateBytes:  c.RateLimits.IngestionRateBytes,
+		MaxSeriesPerTenant:  int64(c.Storage.MaxSeriesPerTenant),
+	}
+}
+
+// followDefaultLimits keeps the limiters' default limits equal to the
+// cluster's, from the replicated state, until ctx ends. Once the node has
+// caught up with its cluster, a cluster without defaults gets this node's
+// flags (the first node to get there seeds them; the others change
+// nothing). Where the cluster's defaults differ from this node's flags,
+// the cluster's apply, with a warning naming the flags and both values.
+func (s *Server) followDefaultLimits(ctx context.Context) {
+	mine := s.cfg.defaultLimits()
+	changed, stop := s.node.Watch()
+	defer stop()
+	var applied *cluster.Limits
+	seeded := false
+	backoff := 100 * time.Millisecond
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		st := s.node.State()
+		l, set := st.DefaultLimits()
+		switch {
+		case set && (applied == nil || *applied != l):
+			if d := mine.Diff(l); d != "" {
+				s.logger.Warn("the cluster's default limits differ from this node's flags; the cluster's apply, on every node: "+
+					"set the same flags on every node, or change the cluster's with PUT /api/v1/admin/cluster/limits", "differences", d, "index", st.Index())
+			}
+			if err := s.spansLimiter.SetDefault(ratelimit.Limit{Rate: l.IngestionRateSpans, Burst: l.IngestionBurstSpans}); err != nil {
+				s.logger.Error("the cluster's default span rate limit is refused by the limiter", "err", err)
+			}
+			if err := s.bytesLimiter.SetDefault(ratelimit.Limit{Rate: l.IngestionRateBytes}); err != nil {
+				s.logger.Error("the cluster's default byte rate limit is refused by the limiter", "err", err)
+			}
+			applied = &l
+		case !set && !seeded && s.node.Ready():
+			if _, err := s.node.SetDefaultLimits(ctx, mine, true); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				s.logger.Warn("could not store this node's limits as the cluster's defaults yet; retrying", "err", err, "retry_in", backoff)
+				retry.Reset(backoff)
+				backoff = min(2*backoff, 5*time.Second)
+			} else {
+				seeded = true
+				s.logger.Info("the cluster's default limits are this node's flags", "limits", mine)
+			}
+		case !set && !seeded:
+			// Not caught up yet: look again soon.
+			retry.Reset(backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-retry.C:
+		}
+	}
 }
 
 // closeCluster stops the cluster's work: the join, the internal gRPC
@@ -455,9 +533,34 @@ func (s *Server) clusterAdminHandler() http.Handler {
 		s.logger.Warn("left the cluster through the admin API; this node no longer takes part in it: stop it", "dir", s.cfg.ClusterDir())
 		writeAPIData(w, http.StatusOK, map[string]string{"node_id": s.node.ID(), "message": msg})
 	})
+	mux.HandleFunc("GET /api/v1/admin/cluster/limits", func(w http.ResponseWriter, r *http.Request) {
+		l, _ := s.node.State().DefaultLimits()
+		writeAPIData(w, http.StatusOK, l)
+	})
+	mux.HandleFunc("PUT /api/v1/admin/cluster/limits", func(w http.ResponseWriter, r *http.Request) {
+		var l cluster.Limits
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxClusterBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&l); err != nil {
+			writeAPIError(w, http.StatusBadRequest, "bad_data",
+				fmt.Sprintf(`the body is not the default limits: %v; send {"ingestion_rate_spans": 1000, "ingestion_burst_spans": 0, "ingestion_rate_bytes": 0, "max_series_per_tenant": 150000}`, err))
+			return
+		}
+		index, err := s.node.SetDefaultLimits(r.Context(), l, false)
+		if err != nil {
+			writeClusterError(w, err)
+			return
+		}
+		s.logger.Info("the cluster's default limits changed through the admin API", "limits", l, "index", index)
+		if err := s.node.WaitApplied(r.Context(), index); err != nil {
+			s.logger.Debug("default limits answered before applied here", "err", err)
+		}
+		l, _ = s.node.State().DefaultLimits()
+		writeAPIData(w, http.StatusOK, l)
+	})
 	mux.HandleFunc("/api/v1/admin/cluster/", func(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, http.StatusNotFound, "not_found",
-			"the cluster admin API is POST /api/v1/admin/cluster/members, DELETE /api/v1/admin/cluster/members/{id} and POST /api/v1/admin/cluster/leave")
+			"the cluster admin API is POST /api/v1/admin/cluster/members, DELETE /api/v1/admin/cluster/members/{id}, POST /api/v1/admin/cluster/leave and GET or PUT /api/v1/admin/cluster/limits")
 	})
 	return mux
 }
@@ -526,6 +629,29 @@ func writeEnvelope(w http.ResponseWriter, code int, v any) {
 	_, _ = w.Write(b.Bytes())
 }
 
+// clusterAuthName says how the nodes authenticate each other, for the log.
+func clusterAuthName(tls, secret bool) string {
+	switch {
+	case tls && secret:
+		return "mutual TLS and cluster secret"
+	case tls:
+		return "mutual TLS"
+	case secret:
+		return "cluster secret"
+	}
+	return "none (loopback only)"
+}
+
+// clusterReach says who can reach the cluster listeners, for the log.
+func clusterReach(addrs ...string) string {
+	for _, a := range addrs {
+		if host, _, err := net.SplitHostPort(a); err != nil || !IsLoopbackHost(host) {
+			return "other hosts"
+		}
+	}
+	return "this host only"
+}
+
 // logClusterSecurity warns about cluster ports that anyone can use to
 // change the metadata, and about tenants' tokens that nobody can issue.
 func logClusterSecurity(cfg Config, logger *slog.Logger) {
@@ -533,9 +659,11 @@ func logClusterSecurity(cfg Config, logger *slog.Logger) {
 		logger.Warn("authentication is on without admin tokens: tenants' tokens are issued through the admin API (/api/v1/admin/tenants), which needs one, so this node can issue none; " +
 			"only tokens already in the cluster's metadata work. Set auth.admin-token-file")
 	}
-	if cfg.Auth.Enabled && !cfg.Cluster.TLS.Enabled() {
-		logger.Warn("authentication is on, but the cluster ports (cluster.raft-address, cluster.grpc-address) accept anyone who reaches them, and through them tenants and tokens can be changed: "+
-			"keep them on the nodes' private network, or set cluster.tls.cert-file, cluster.tls.key-file and cluster.tls.ca-file",
+	if cfg.Auth.Enabled && !cfg.Cluster.Authenticated() {
+		// Validate refuses such ports beyond loopback: these accept
+		// anyone on this host.
+		logger.Warn("authentication is on, but the cluster ports (cluster.raft-address, cluster.grpc-address) accept any process on this host, and through them tenants and tokens can be changed: "+
+			"set cluster.secret-file, or cluster.tls.cert-file, cluster.tls.key-file and cluster.tls.ca-file",
 			"raft_address", cfg.Cluster.RaftAddress, "grpc_address", cfg.Cluster.GRPCAddress)
 	}
 }

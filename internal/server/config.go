@@ -144,6 +144,11 @@ type ClusterConfig struct {
 	// TLS secures the raft transport and the internal gRPC server and
 	// client with mutual TLS.
 	TLS ClusterTLSConfig
+	// SecretFile holds the cluster's shared secret (--cluster.secret-file),
+	// the same on every node: raft connections prove it both ways and
+	// internal gRPC calls carry a token derived from it. A node listens
+	// beyond loopback only with it or with TLS.
+	SecretFile string
 
 	// Raft's timeouts: zero takes the cluster package's defaults, which
 	// suit a LAN (a new leader within about 1-2.5 s of losing the old
@@ -261,9 +266,11 @@ func DefaultConfig() Config {
 		WindowQuantiles:        windowrec.DefaultOptions(),
 		Alerting:               alerting.DefaultOptions(),
 		RateLimits:             RateLimitConfig{ExchangeInterval: time.Second},
+		// Loopback: a cluster of one needs no other host to reach it, and
+		// a listener other hosts reach needs authentication.
 		Cluster: ClusterConfig{
-			RaftAddress: ":" + cluster.DefaultRaftPort,
-			GRPCAddress: ":" + DefaultClusterGRPCPort,
+			RaftAddress: "127.0.0.1:" + cluster.DefaultRaftPort,
+			GRPCAddress: "127.0.0.1:" + DefaultClusterGRPCPort,
 			Bootstrap:   true,
 		},
 	}
@@ -403,8 +410,35 @@ func (c ClusterConfig) validate() error {
 			errs = append(errs, fmt.Errorf("cluster.join: %q is not host:port (a member's cluster.grpc-address): %w", j, err))
 		}
 	}
+	// A listener on loopback serves the nodes of this host only: refuse
+	// settings that expect nodes elsewhere to reach it.
+	for _, l := range []struct{ flag, listen, advFlag, advertise string }{
+		{"cluster.raft-address", c.RaftAddress, "cluster.raft-advertise-address", c.RaftAdvertiseAddress},
+		{"cluster.grpc-address", c.GRPCAddress, "cluster.grpc-advertise-address", c.GRPCAdvertiseAddress},
+	} {
+		host, _, err := net.SplitHostPort(l.listen)
+		if err != nil || !IsLoopbackHost(host) {
+			continue
+		}
+		fix := "set --cluster.raft-address and --cluster.grpc-address to addresses the other nodes reach (such as :9801 and :9802), with --cluster.secret-file or --cluster.tls.*"
+		if ah, _, err := net.SplitHostPort(l.advertise); err == nil && !IsLoopbackHost(ah) {
+			errs = append(errs, fmt.Errorf("%s: %q is on loopback, but %s %q expects other hosts to reach it; %s", l.flag, l.listen, l.advFlag, l.advertise, fix))
+			continue
+		}
+		for _, j := range c.Join {
+			if jh, _, err := net.SplitHostPort(j); err == nil && !IsLoopbackHost(jh) {
+				errs = append(errs, fmt.Errorf("%s: %q is on loopback, which the member to join (cluster.join %s) on another host cannot reach; %s", l.flag, l.listen, j, fix))
+				break
+			}
+		}
+	}
 	if c.Bootstrap && len(c.Join) > 0 {
 		errs = append(errs, errors.New("cluster.bootstrap: set together with cluster.join; bootstrap the first node only, and let the others join it"))
+	}
+	for _, l := range []struct{ flag, v string }{{"cluster.raft-address", c.RaftAddress}, {"cluster.grpc-address", c.GRPCAddress}} {
+		if err := c.checkAuthenticated(l.flag, l.v); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	t := c.TLS
 	if t.Enabled() {
@@ -417,6 +451,35 @@ func (c ClusterConfig) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Authenticated reports whether the nodes authenticate each other: with
+// cluster TLS or a cluster secret.
+func (c ClusterConfig) Authenticated() bool { return c.TLS.Enabled() || c.SecretFile != "" }
+
+// checkAuthenticated refuses a cluster listener that other hosts can reach
+// while nothing authenticates the nodes: whoever reaches it could change
+// the tenants, their tokens and the members.
+func (c ClusterConfig) checkAuthenticated(flag, addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || c.Authenticated() || IsLoopbackHost(host) {
+		return nil
+	}
+	return fmt.Errorf("%s: %q is reachable from other hosts, and nothing authenticates the nodes that connect to it: whoever reaches it could change tenants, tokens and members. "+
+		"Set --cluster.secret-file (a file with the same secret on every node, e.g. from openssl rand -hex 32), "+
+		"or --cluster.tls.cert-file, --cluster.tls.key-file and --cluster.tls.ca-file (mutual TLS); "+
+		"or, for a single node, listen on 127.0.0.1", flag, addr)
+}
+
+// IsLoopbackHost tells whether a listen address's host reaches this host
+// only: a loopback IP or "localhost". An empty host, an unspecified
+// address (0.0.0.0, ::) or any other name listens beyond it.
+func IsLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // validNodeID checks an ID against the cluster's rule for member IDs.

@@ -3,6 +3,7 @@ package server
 import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/ingest"
@@ -36,6 +37,12 @@ func (s *Server) newExchange() error {
 	if s.clusterTLS != nil {
 		// The same mutual TLS as the cluster's own connections.
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(s.clusterTLS.Clone()))}
+	}
+	if s.clusterSecret != nil {
+		if dial == nil {
+			dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		}
+		dial = append(dial, grpc.WithPerRPCCredentials(s.clusterSecret.PerRPCCredentials()))
 	}
 	e, err := ratelimit.NewExchange(ratelimit.ExchangeOptions{
 		Membership:  clusterMembers{s.node},

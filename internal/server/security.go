@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,6 +86,28 @@ func (s *Server) adminOnly(h http.Handler) http.Handler {
 		return h
 	}
 	return s.auth.RequireAdmin(h)
+}
+
+// adminChange serves h, an API that changes the cluster's metadata or the
+// node's configuration (tenants, their tokens and limits, members,
+// reload), to requests with an admin token when authentication is on. With
+// it off nothing tells an operator from anyone who reaches the web port,
+// so h answers requests from this host (a loopback peer) only; the others
+// get 403, counted, with what to do.
+func (s *Server) adminChange(h http.Handler) http.Handler {
+	if s.auth != nil {
+		return s.auth.RequireAdmin(h)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil && IsLoopbackHost(host) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		s.adminRemoteRefused.Inc()
+		writeAPIError(w, http.StatusForbidden, "forbidden",
+			"the admin API changes tenants, tokens, limits and cluster members: without --auth.enabled it answers requests from this host (loopback) only. "+
+				"Call it on the node itself, or turn on --auth.enabled with --auth.admin-token-file and send an admin token")
+	})
 }
 
 // reloadAdminTokens reads the admin token file again, keeping the tokens

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/prometheus/rules"
 	promstorage "github.com/prometheus/prometheus/storage"
@@ -64,6 +65,11 @@ type Server struct {
 	// clusterTLS secures the cluster's connections; nil with cluster TLS
 	// off.
 	clusterTLS *tls.Config
+	// clusterSecret is the cluster's shared secret; nil without one.
+	clusterSecret *cluster.Secret
+	// adminRemoteRefused counts admin requests refused for coming from
+	// another host with authentication off.
+	adminRemoteRefused prometheus.Counter
 	// node is this node's membership of its raft cluster, which holds the
 	// metadata; set by Start.
 	node *cluster.Node
@@ -134,6 +140,10 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 		stop:    make(chan struct{}),
 		flushed: make(chan struct{}),
 	}
+	s.adminRemoteRefused = promauto.With(reg).NewCounter(prometheus.CounterOpts{
+		Name: "hopwatch_admin_remote_refused_total",
+		Help: "Admin API requests (tenants, tokens, limits, cluster members, reload) refused because they came from another host while authentication is off.",
+	})
 	var err error
 	logClusterSecurity(cfg, logger)
 	if cfg.Tokens == nil {
@@ -144,6 +154,11 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	}
 	if s.clusterTLS, err = newClusterTLS(cfg.Cluster.TLS); err != nil {
 		return nil, fmt.Errorf("cluster.tls: %w", err)
+	}
+	if cfg.Cluster.SecretFile != "" {
+		if s.clusterSecret, err = cluster.LoadSecret(cfg.Cluster.SecretFile); err != nil {
+			return nil, fmt.Errorf("cluster.secret-file: %w", err)
+		}
 	}
 	if s.tls, err = newServerTLS(cfg.TLS); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
@@ -717,13 +732,13 @@ func (s *Server) webHandler() http.Handler {
 	}
 	// The cluster: its status, and membership changes.
 	mux.Handle("/api/v1/cluster", s.adminOnly(s.clusterHandler()))
-	mux.Handle("/api/v1/admin/cluster/", s.adminOnly(s.clusterAdminHandler()))
+	mux.Handle("/api/v1/admin/cluster/", s.adminChange(s.clusterAdminHandler()))
 	// Tenants, their limits and tokens, in the cluster's metadata.
-	tenants := s.adminOnly(admin.NewHandler(s.node, s.reg, s.logger))
+	tenants := s.adminChange(admin.NewHandler(s.node, s.reg, s.logger))
 	mux.Handle(admin.Prefix, tenants)
 	mux.Handle(admin.Prefix+"/", tenants)
 	// Administration.
-	mux.Handle("/-/reload", s.adminOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/-/reload", s.adminChange(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodPut {
 			http.Error(w, "use POST or PUT", http.StatusMethodNotAllowed)
 			return
