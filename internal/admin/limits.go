@@ -23,10 +23,11 @@ type Watcher interface {
 
 var _ Watcher = (*cluster.Node)(nil)
 
-// LimitsTarget takes every tenant's limit overrides at once; *agg.Store
-// implements it.
+// LimitsTarget takes every tenant's limit overrides at once, and the
+// cluster's default series limit; *agg.Store implements it.
 type LimitsTarget interface {
 	SetTenantLimits(map[string]agg.TenantLimits) error
+	SetDefaultMaxSeries(int) error
 }
 
 var _ LimitsTarget = (*agg.Store)(nil)
@@ -40,14 +41,25 @@ var _ LimitsTarget = (*agg.Store)(nil)
 // goroutine it owns and waits for it after cancelling ctx.
 //
 // It applies max_series_per_tenant (storage/agg refuses new series past
-// it); ApplyRateLimits applies the ingestion rate limits.
+// it), the tenants' overrides and the cluster's default alike, so every
+// node enforces one value; ApplyRateLimits applies the ingestion rate
+// limits.
 func ApplyLimits(ctx context.Context, src Watcher, target LimitsTarget, logger *slog.Logger) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "admin")
 	var applied map[string]agg.TenantLimits
+	appliedDefault := -1
 	follow(ctx, src, func(s *cluster.State) {
+		if d, set := s.DefaultLimits(); set && int(d.MaxSeriesPerTenant) != appliedDefault {
+			if err := target.SetDefaultMaxSeries(int(d.MaxSeriesPerTenant)); err != nil {
+				logger.Error("the cluster's default series limit is refused by storage", "index", s.Index(), "err", err)
+			} else {
+				logger.Info("the cluster's default series limit applied", "max_series_per_tenant", d.MaxSeriesPerTenant, "index", s.Index())
+			}
+			appliedDefault = int(d.MaxSeriesPerTenant)
+		}
 		next := overrides(s)
 		if applied != nil && maps.Equal(applied, next) {
 			return

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/stretchr/testify/require"
 
+	"github.com/hopwatch/hopwatch/cluster"
 	"github.com/hopwatch/hopwatch/ratelimit"
 	"github.com/hopwatch/hopwatch/sample"
 	"github.com/hopwatch/hopwatch/storage/agg"
@@ -85,6 +86,15 @@ func TestApplyLimits(t *testing.T) {
 	// Deleted: back to the flag's value.
 	a.do("DELETE", Prefix+"/early", "").ok(t, 200, nil)
 	require.Eventually(t, func() bool { return store.MaxSeries("early") == 100 }, time.Second, time.Millisecond)
+
+	// The cluster's default replaces the flag's for every tenant without
+	// an override, so every node enforces one value.
+	a.do("PATCH", Prefix+"/acme", `{"limits":{"max_series_per_tenant":3}}`).ok(t, 200, nil)
+	_, err = a.node.SetDefaultLimits(context.Background(), cluster.Limits{MaxSeriesPerTenant: 1}, false)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return store.MaxSeries("early") == 1 }, time.Second, time.Millisecond)
+	require.Equal(t, 3, store.MaxSeries("acme"), "an override outranks the cluster's default")
+	require.Equal(t, 1, appendRefused("other", "s1", "s2"), "a second series passed the cluster's default of 1")
 }
 
 // TestApplyRateLimits: a tenant's ingestion rate overrides, written through

@@ -267,6 +267,23 @@ func (s *Store) SetTenantLimits(limits map[string]TenantLimits) error {
 	return errors.Join(errs...)
 }
 
+// SetDefaultMaxSeries replaces Options.MaxSeriesPerTenant, the series
+// limit of every tenant without an override (0: no limit), as the
+// cluster's replicated default sets it. Like an override, a lowered limit
+// refuses new series only.
+func (s *Store) SetDefaultMaxSeries(n int) error {
+	if n < 0 {
+		return fmt.Errorf("hopwatch/agg: MaxSeriesPerTenant must not be negative, got %d", n)
+	}
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	s.opts.MaxSeriesPerTenant = n
+	for _, t := range s.tenants {
+		s.applyLimits(t)
+	}
+	return nil
+}
+
 // MaxSeries returns the active series limit in force for a tenant (0: no
 // limit).
 func (s *Store) MaxSeries(tenantID string) int {
