@@ -75,8 +75,8 @@ func (o Options) Validate() error {
 	if o.Dir == "" {
 		add("Dir must be set")
 	}
-	if o.ChunkSize < 1 || o.ChunkSize > 1<<20 {
-		add("ChunkSize %d outside [1, %d]", o.ChunkSize, 1<<20)
+	if o.ChunkSize < 1 || o.ChunkSize > chunkenc.MaxSamples {
+		add("ChunkSize %d outside [1, %d]", o.ChunkSize, chunkenc.MaxSamples)
 	}
 	if o.OutOfOrderWindow < 0 {
 		add("OutOfOrderWindow %s is negative", o.OutOfOrderWindow)
