@@ -1,11 +1,13 @@
 package raw
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -119,15 +121,52 @@ func compareInt64(a, b int64) int {
 // checkpoints the rest of the head and deletes the WAL before it, merges
 // small or overlapping blocks, and applies retention. A range is closed
 // when the newest sample of the DB is more than the out-of-order window
-// past its end. Time is taken from the data, never from the clock.
+// past its end.
+//
+// A step that fails (a range's block, a merge, a deletion) is logged,
+// counted in hopwatch_raw_compaction_failures_total and retried at the
+// next compaction; the other steps go on. The error returned joins them.
 func (db *DB) Compact() error {
-	if err := db.compactHead(); err != nil {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	if db.closed {
+		return errDBClosed
+	}
+	errs := []error{db.compactHead()}
+	if limit := db.opts.CheckpointWALSize; limit > 0 {
+		if size, err := db.wal.Size(); err == nil && size > limit {
+			if err := db.checkpoint(); err != nil {
+				errs = append(errs, db.failed("checkpoint", err, "wal_bytes", size))
+			}
+		}
+	}
+	return errors.Join(append(errs, db.compactBlocks(), db.applyRetention())...)
+}
+
+// errDBClosed is returned by Compact after Close.
+var errDBClosed = errors.New("hopwatch/raw: DB closed")
+
+// checkpoint writes the head as it is to the checkpoint and deletes the WAL
+// before it. The caller holds compactMtx.
+func (db *DB) checkpoint() error {
+	snap, err := db.snapshotHead(nil)
+	if err != nil {
 		return err
 	}
-	if err := db.compactBlocks(); err != nil {
+	if err := db.writeCheckpoint(snap, db.uninstalled); err != nil {
 		return err
 	}
-	return db.applyRetention()
+	if err := db.wal.Truncate(snap.seg); err != nil {
+		return fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)
+	}
+	return nil
+}
+
+// failed counts and logs one failed compaction step and returns err.
+func (db *DB) failed(step string, err error, args ...any) error {
+	db.metrics.compactionFailures.Inc()
+	db.logger.Warn("raw compaction step failed; retried at the next compaction", append([]any{"step", step, "err", err}, args...)...)
+	return err
 }
 
 func alignDown(t, d int64) int64 {
@@ -150,12 +189,20 @@ func (db *DB) headMaxT() int64 {
 	return m
 }
 
+// headRange is what the head holds of one block range.
+type headRange struct {
+	series []blockSeries
+	moved  []*byte // the first byte of each chunk, its identity
+}
+
 // compactHead writes the head's chunks that end before the cutoff into
-// blocks, one per aligned block range, and drops them from the head.
+// blocks, one per aligned block range, and drops them from the head. A
+// range whose block cannot be written stays in the head; the others go.
+// The caller holds compactMtx.
 func (db *DB) compactHead() error {
 	maxT := db.headMaxT()
 	if maxT == minTime {
-		return nil
+		return db.installPending()
 	}
 	d := db.opts.BlockDuration.Nanoseconds()
 	cutoff := alignDown(maxT-db.opts.OutOfOrderWindow.Nanoseconds(), d)
@@ -171,8 +218,7 @@ func (db *DB) compactHead() error {
 	// Group the closed chunks by block range; open samples that all fall
 	// before the cutoff are cut into a (short) chunk first. Chunks are
 	// immutable, so the blocks are written without holding up appends.
-	ranges := map[int64][]blockSeries{}
-	moved := map[*byte]bool{}
+	ranges := map[int64]*headRange{}
 	var w appendWork
 	for _, s := range all {
 		s.mtx.Lock()
@@ -184,16 +230,23 @@ func (db *DB) compactHead() error {
 			if c.maxT < cutoff {
 				r := alignDown(c.minT, d)
 				byRange[r] = append(byRange[r], c)
-				moved[&c.data[0]] = true
 			}
 		}
 		s.mtx.Unlock()
 		for r, cs := range byRange {
-			ranges[r] = append(ranges[r], blockSeries{lset: s.lset, chunks: cs, owner: s})
+			hr := ranges[r]
+			if hr == nil {
+				hr = &headRange{}
+				ranges[r] = hr
+			}
+			hr.series = append(hr.series, blockSeries{lset: s.lset, chunks: cs, owner: s})
+			for _, c := range cs {
+				hr.moved = append(hr.moved, &c.data[0])
+			}
 		}
 	}
-	if len(moved) == 0 {
-		return nil
+	if len(ranges) == 0 {
+		return db.installPending()
 	}
 	starts := make([]int64, 0, len(ranges))
 	for r := range ranges {
@@ -205,54 +258,111 @@ func (db *DB) compactHead() error {
 	// installed after it: a crash before the checkpoint leaves the old
 	// checkpoint and WAL (the blocks are discarded at open), a crash after
 	// it leaves blocks that open installs. Never both, never neither.
-	var metas []BlockMeta
+	var (
+		errs  []error
+		metas []BlockMeta
+		moved = map[*byte]bool{}
+		rc    = db.newRecutter()
+	)
 	for _, r := range starts {
-		meta, err := writeBlock(db.blocksDir(), ranges[r], 1, nil, chunkSamples, false)
+		meta, err := db.writeHeadRange(rc, ranges[r].series)
 		if err != nil {
-			return err
+			errs = append(errs, db.failed("head block", err, "min_time", r, "max_time", r+d-1))
+			continue
 		}
 		metas = append(metas, meta)
+		for _, p := range ranges[r].moved {
+			moved[p] = true
+		}
 	}
-	db.appendMtx.Lock()
-	defer db.appendMtx.Unlock()
+	if len(metas) == 0 {
+		return errors.Join(append(errs, db.installPending())...)
+	}
+	pending := slices.Clone(db.uninstalled)
+	for _, m := range metas {
+		pending = append(pending, m.ULID)
+	}
+	snap, err := db.snapshotHead(moved)
+	if err == nil {
+		err = db.writeCheckpoint(snap, pending)
+	}
+	if err != nil {
+		// The head keeps the chunks, the old checkpoint and WAL stay:
+		// the blocks go.
+		for _, m := range metas {
+			_ = os.RemoveAll(filepath.Join(db.blocksDir(), m.ULID.String()+".tmp"))
+		}
+		return errors.Join(append(errs, db.failed("checkpoint", err))...)
+	}
 	for _, s := range all {
 		s.mtx.Lock()
 		s.chunks = slices.DeleteFunc(s.chunks, func(c headChunk) bool { return moved[&c.data[0]] })
 		s.mtx.Unlock()
 	}
-	pending := make([]ulid.ULID, len(metas))
-	for i, m := range metas {
-		pending[i] = m.ULID
-	}
-	seg, err := db.writeCheckpoint(pending)
-	if err != nil {
-		return err
-	}
-	var written []*Block
 	for _, m := range metas {
-		if err := installBlock(db.blocksDir(), m.ULID); err != nil {
-			return err
-		}
-		b, err := openBlock(filepath.Join(db.blocksDir(), m.ULID.String()))
-		if err != nil {
-			return err
-		}
-		written = append(written, b)
+		db.uninstalled = append(db.uninstalled, m.ULID)
 		db.logger.Info("raw block written", "ulid", m.ULID, "series", m.Stats.Series, "samples", m.Stats.Samples, "bytes", m.Stats.Bytes)
 	}
-	db.blocksMtx.Lock()
-	db.blocks = append(db.blocks, written...)
-	db.sortBlocks()
-	db.blocksMtx.Unlock()
-	db.metrics.blocksWritten.Add(float64(len(written)))
-	if err := db.wal.Truncate(seg); err != nil {
-		return fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", seg, err)
+	errs = append(errs, db.installPending())
+	db.metrics.blocksWritten.Add(float64(len(metas)))
+	if err := db.wal.Truncate(snap.seg); err != nil {
+		errs = append(errs, db.failed("WAL truncation", fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// writeHeadRange writes one range's chunks, re-cut where they overlap, as
+// a block left in its ".tmp" directory.
+func (db *DB) writeHeadRange(rc *recutter, series []blockSeries) (BlockMeta, error) {
+	out := make([]blockSeries, len(series))
+	for i, s := range series {
+		cs, err := rc.recut(s.chunks)
+		if err != nil {
+			return BlockMeta{}, fmt.Errorf("series %s: %w", s.lset, err)
+		}
+		out[i] = blockSeries{lset: s.lset, chunks: cs, owner: s.owner}
+	}
+	return writeBlock(db.blocksDir(), out, 1, nil, chunkSamples, false)
+}
+
+// installPending renames into place and opens the blocks cut from the
+// head whose checkpoint is written. One that fails stays pending: every
+// later checkpoint names it, so that Open installs it if no compaction
+// does. The caller holds compactMtx.
+func (db *DB) installPending() error {
+	var errs []error
+	var written []*Block
+	left := db.uninstalled[:0]
+	for _, id := range db.uninstalled {
+		dir := filepath.Join(db.blocksDir(), id.String())
+		if _, err := os.Stat(dir + ".tmp"); err == nil {
+			if err := installBlock(db.blocksDir(), id); err != nil {
+				errs = append(errs, db.failed("block install", err, "ulid", id))
+				left = append(left, id)
+				continue
+			}
+		}
+		b, err := openBlock(dir)
+		if err != nil {
+			errs = append(errs, db.failed("block open", err, "ulid", id))
+			left = append(left, id)
+			continue
+		}
+		written = append(written, b)
+	}
+	db.uninstalled = left
+	if len(written) > 0 {
+		db.blocksMtx.Lock()
+		db.blocks = append(db.blocks, written...)
+		db.sortBlocks()
+		db.blocksMtx.Unlock()
+	}
+	return errors.Join(errs...)
 }
 
 // compactBlocks merges the blocks that fall within one aligned range of
-// MaxBlockDuration into one block, when there are several.
+// MaxBlockDuration into one block, when there are several. A merge that
+// fails leaves its blocks as they are and does not stop the others.
 func (db *DB) compactBlocks() error {
 	d := db.opts.MaxBlockDuration.Nanoseconds()
 	db.blocksMtx.RLock()
@@ -271,16 +381,19 @@ func (db *DB) compactBlocks() error {
 		}
 	}
 	slices.Sort(starts)
+	var errs []error
+	rc := db.newRecutter()
 	for _, start := range starts {
-		if err := db.mergeBlocks(groups[start]); err != nil {
-			return err
+		if err := db.mergeBlocks(rc, groups[start]); err != nil {
+			errs = append(errs, db.failed("block merge", err, "min_time", start, "blocks", len(groups[start])))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// mergeBlocks writes the union of bs as one block and replaces them by it.
-func (db *DB) mergeBlocks(bs []*Block) error {
+// mergeBlocks writes the union of bs as one block, each series' chunks
+// re-cut where they overlap, and replaces them by it.
+func (db *DB) mergeBlocks(rc *recutter, bs []*Block) error {
 	bySeries := map[string]*blockSeries{}
 	var order []string
 	level := 0
@@ -301,18 +414,22 @@ func (db *DB) mergeBlocks(bs []*Block) error {
 				order = append(order, k)
 			}
 			for _, c := range sr.Chunks {
-				sum, err := chunkenc.ReadSummary(c, db.bounds)
+				minT, maxT, _, err := chunkenc.ReadTimeRange(c)
 				if err != nil {
 					return fmt.Errorf("hopwatch/raw: block %s: %w", b.meta.ULID, err)
 				}
-				bsr.chunks = append(bsr.chunks, headChunk{data: c, minT: sum.MinT, maxT: sum.MaxT})
+				bsr.chunks = append(bsr.chunks, headChunk{data: c, minT: minT, maxT: maxT})
 			}
 		}
 	}
 	series := make([]blockSeries, 0, len(order))
 	for _, k := range order {
 		bsr := bySeries[k]
-		slices.SortStableFunc(bsr.chunks, func(a, b headChunk) int { return compareInt64(a.minT, b.minT) })
+		cs, err := rc.recut(bsr.chunks)
+		if err != nil {
+			return fmt.Errorf("series %s: %w", bsr.lset, err)
+		}
+		bsr.chunks = cs
 		series = append(series, *bsr)
 	}
 	slices.SortFunc(series, func(a, b blockSeries) int { return labels.Compare(a.lset, b.lset) })
@@ -329,14 +446,17 @@ func (db *DB) mergeBlocks(bs []*Block) error {
 	db.blocks = append(db.blocks, nb)
 	db.sortBlocks()
 	db.blocksMtx.Unlock()
-	for _, b := range bs {
-		if err := db.deleteBlock(b); err != nil {
-			return err
-		}
-	}
 	db.metrics.blocksCompacted.Add(float64(len(bs)))
 	db.logger.Info("raw blocks compacted", "into", meta.ULID, "from", len(bs), "level", meta.Level)
-	return nil
+	// The new block lists them as sources: one left behind by a failed
+	// delete goes at the next Open.
+	var errs []error
+	for _, b := range bs {
+		if err := db.deleteBlock(b); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // deleteBlock closes a block already removed from db.blocks (waiting for
@@ -374,14 +494,16 @@ func (db *DB) applyRetention() error {
 	}
 	db.blocks = keep
 	db.blocksMtx.Unlock()
+	var errs []error
 	for _, b := range drop {
 		if err := db.deleteBlock(b); err != nil {
-			return err
+			errs = append(errs, db.failed("retention", err, "ulid", b.meta.ULID))
+			continue
 		}
 		db.metrics.blocksDeleted.Inc()
 		db.logger.Info("raw block deleted by retention", "ulid", b.meta.ULID, "max_time", b.meta.MaxTime)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // chunkSamples returns the sample count of an encoded chunk.
@@ -425,59 +547,143 @@ func checkpointVersion(b []byte) int {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// writeCheckpoint cuts the WAL and writes the head as of the cut, naming
-// the pending blocks; it returns the first segment after the cut, before
-// which the WAL may be deleted. The caller holds appendMtx exclusively.
-func (db *DB) writeCheckpoint(pending []ulid.ULID) (int, error) {
+// headSnapshot is the head as of a cut of the WAL: what a checkpoint
+// holds. Chunks are shared with the head (they are immutable), open
+// samples are copied.
+type headSnapshot struct {
+	seg     int // the first WAL segment after the cut
+	nextRef uint64
+	series  []seriesSnapshot
+}
+
+type seriesSnapshot struct {
+	ref    uint64
+	key    string
+	lset   labels.Labels
+	maxT   int64
+	chunks []headChunk
+	t, lat []int64
+	ids    [][16]byte
+	wt     []uint32
+}
+
+// snapshotHead cuts the WAL and copies the head as of the cut, leaving out
+// the chunks in skip. Appends wait only for the copy of the chunk lists
+// and open samples, not for encoding or writing. The caller holds
+// compactMtx, so no chunk leaves the head meanwhile.
+func (db *DB) snapshotHead(skip map[*byte]bool) (*headSnapshot, error) {
+	db.appendMtx.Lock()
+	defer db.appendMtx.Unlock()
 	seg, err := db.wal.NextSegment()
 	if err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: cut WAL segment: %w", err)
+		return nil, fmt.Errorf("hopwatch/raw: cut WAL segment: %w", err)
 	}
+	db.mtx.RLock()
+	defer db.mtx.RUnlock()
+	snap := &headSnapshot{seg: seg, nextRef: db.nextRef, series: make([]seriesSnapshot, 0, len(db.series))}
+	for _, s := range db.series {
+		s.mtx.Lock()
+		ss := seriesSnapshot{
+			ref: s.ref, key: s.key, lset: s.lset, maxT: s.maxT,
+			t: slices.Clone(s.t), lat: slices.Clone(s.lat), ids: slices.Clone(s.ids), wt: slices.Clone(s.wt),
+		}
+		if len(skip) == 0 {
+			// Appends only ever add chunks past the end: the first
+			// len(s.chunks) stay as they are.
+			ss.chunks = s.chunks[:len(s.chunks):len(s.chunks)]
+		} else {
+			for _, c := range s.chunks {
+				if !skip[&c.data[0]] {
+					ss.chunks = append(ss.chunks, c)
+				}
+			}
+		}
+		s.mtx.Unlock()
+		snap.series = append(snap.series, ss)
+	}
+	return snap, nil
+}
+
+// writeCheckpoint writes snap as the head checkpoint naming the pending
+// blocks: into a temporary file, fsynced, then renamed over the old one,
+// so a crash leaves one or the other whole. The WAL before snap.seg may be
+// deleted once it returns.
+func (db *DB) writeCheckpoint(snap *headSnapshot, pending []ulid.ULID) error {
+	tmp := db.checkpointPath() + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	}
+	fail := func(err error) error {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	}
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(f, crc), 1<<20)
 	b := []byte(headCheckpointMagic)
-	b = binary.AppendUvarint(b, uint64(seg))
+	b = binary.AppendUvarint(b, uint64(snap.seg))
 	b = binary.AppendUvarint(b, uint64(len(pending)))
 	for _, id := range pending {
 		b = append(b, id[:]...)
 	}
-	db.mtx.RLock()
-	b = binary.AppendUvarint(b, db.nextRef)
-	b = binary.AppendUvarint(b, uint64(len(db.series)))
-	for _, s := range db.series {
-		s.mtx.Lock()
+	b = binary.AppendUvarint(b, snap.nextRef)
+	b = binary.AppendUvarint(b, uint64(len(snap.series)))
+	for i := range snap.series {
+		s := &snap.series[i]
 		b = binary.AppendUvarint(b, s.ref)
 		b = appendSeriesHead(b, s.key, s.lset)
 		b = binary.AppendVarint(b, s.maxT)
 		b = binary.AppendUvarint(b, uint64(len(s.chunks)))
 		for _, c := range s.chunks {
 			b = binary.AppendUvarint(b, uint64(len(c.data)))
-			b = append(b, c.data...)
-			b = binary.AppendVarint(b, c.minT)
+			if _, err := bw.Write(b); err != nil {
+				return fail(err)
+			}
+			if _, err := bw.Write(c.data); err != nil {
+				return fail(err)
+			}
+			b = binary.AppendVarint(b[:0], c.minT)
 			b = binary.AppendVarint(b, c.maxT)
 		}
 		b = binary.AppendUvarint(b, uint64(len(s.t)))
-		for i := range s.t {
-			b = binary.AppendVarint(b, s.t[i])
-			b = binary.AppendUvarint(b, uint64(s.lat[i]))
-			b = append(b, s.ids[i][:]...)
+		for j := range s.t {
+			b = binary.AppendVarint(b, s.t[j])
+			b = binary.AppendUvarint(b, uint64(s.lat[j]))
+			b = append(b, s.ids[j][:]...)
 		}
 		b = binary.AppendUvarint(b, uint64(len(s.wt)))
 		for _, v := range s.wt {
 			b = binary.AppendUvarint(b, uint64(v))
 		}
-		s.mtx.Unlock()
+		if len(b) >= 1<<16 || i == len(snap.series)-1 {
+			if _, err := bw.Write(b); err != nil {
+				return fail(err)
+			}
+			b = b[:0]
+		}
 	}
-	db.mtx.RUnlock()
-	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-
-	tmp := db.checkpointPath() + ".tmp"
-	if err := recbuf.WriteFileSync(tmp, b); err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	if _, err := bw.Write(b); err != nil {
+		return fail(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(err)
+	}
+	if _, err := f.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32())); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
 	}
 	if err := fileutil.Replace(tmp, db.checkpointPath()); err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: install head checkpoint: %w", err)
+		return fmt.Errorf("hopwatch/raw: install head checkpoint: %w", err)
 	}
 	db.metrics.checkpoints.Inc()
-	return seg, nil
+	return nil
 }
 
 var errCorruptCheckpoint = errors.New("hopwatch/raw: corrupt head checkpoint")

@@ -148,7 +148,7 @@ func TestPendingBlockIsInstalledAfterCrash(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, db.Compact())
-	require.NoError(t, db.Close())
+	crash(db)
 	// Undo the install of every block, as if the process died between
 	// writing the checkpoint and renaming the blocks.
 	entries, err := os.ReadDir(filepath.Join(dir, "blocks"))

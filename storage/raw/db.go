@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/model/labels"
@@ -47,6 +48,11 @@ type Options struct {
 	// RetentionBytes drops the oldest blocks while the blocks take more
 	// bytes than this; 0 means no limit.
 	RetentionBytes int64
+	// CheckpointWALSize is how many bytes the WAL may grow past the last
+	// head checkpoint before a compaction writes a new one and deletes the
+	// WAL behind it: it bounds the replay after a crash. 0 checkpoints
+	// only when blocks are cut and at Close.
+	CheckpointWALSize int64
 	// Fsync makes every acknowledged append wait for an fsync of the WAL
 	// (shared by concurrent appends through group commit). Off, an
 	// acknowledged append survives a crash of the process, not of the
@@ -65,6 +71,10 @@ func DefaultOptions() Options {
 		BlockDuration:    2 * time.Hour,
 		MaxBlockDuration: 24 * time.Hour,
 		Retention:        15 * 24 * time.Hour,
+		// Replay applies about 150 MB of WAL a second (docs/BENCHMARKS.md):
+		// a crash costs at most about a second of replay past a
+		// compaction interval's worth of WAL.
+		CheckpointWALSize: 128 << 20,
 	}
 }
 
@@ -93,6 +103,9 @@ func (o Options) Validate() error {
 	if o.MaxBlockDuration < o.BlockDuration {
 		add("MaxBlockDuration %s is shorter than BlockDuration %s", o.MaxBlockDuration, o.BlockDuration)
 	}
+	if o.CheckpointWALSize < 0 {
+		add("CheckpointWALSize %d is negative", o.CheckpointWALSize)
+	}
 	if o.Retention < 0 || o.RetentionBytes < 0 {
 		add("Retention %s and RetentionBytes %d must not be negative", o.Retention, o.RetentionBytes)
 	}
@@ -118,6 +131,10 @@ type dbMetrics struct {
 	blocksCompacted prometheus.Counter
 	blocksDeleted   prometheus.Counter
 	checkpoints     prometheus.Counter
+	// compactionFailures counts block writes, merges, deletions and
+	// checkpoints that failed; each is retried at the next compaction, and
+	// none holds up the others.
+	compactionFailures prometheus.Counter
 }
 
 func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
@@ -141,6 +158,8 @@ func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
 		blocksCompacted: c("hopwatch_raw_blocks_compacted_total", "Blocks merged into larger ones."),
 		blocksDeleted:   c("hopwatch_raw_blocks_deleted_total", "Blocks deleted by retention."),
 		checkpoints:     c("hopwatch_raw_head_checkpoints_total", "Head checkpoints written (each lets older WAL segments go)."),
+
+		compactionFailures: c("hopwatch_raw_compaction_failures_total", "Raw compaction steps that failed (a block cut from the head, a merge of blocks, a deletion, a checkpoint); each is logged and retried at the next compaction without holding up the others."),
 	}
 }
 
@@ -157,6 +176,13 @@ type DB struct {
 	// and exclusively by a head checkpoint, so a checkpoint sees every
 	// logged sample applied and none half-way.
 	appendMtx sync.RWMutex
+
+	// compactMtx serialises compaction, checkpoints and Close.
+	compactMtx sync.Mutex
+	// uninstalled are blocks cut from the head, named by the checkpoint,
+	// not yet renamed into place and opened (guarded by compactMtx).
+	uninstalled []ulid.ULID
+	closed      bool // guarded by compactMtx
 
 	blocksMtx sync.RWMutex
 	blocks    []*Block
@@ -247,20 +273,20 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 	db.wal = w
 	pending, err := db.checkpointPending()
 	if err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	if err := db.loadBlocks(pending); err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	first, err := db.loadCheckpoint()
 	if err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	if err := db.replay(first); err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	db.commit = newGroupCommit(w, opts.Fsync, func(n int) {
@@ -270,9 +296,40 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 	return db, nil
 }
 
-// Close closes the WAL and the blocks. The head's data is in the WAL (and
-// checkpoint) and comes back on Open.
+// Close checkpoints the head, so that the next Open loads the checkpoint
+// instead of replaying the WAL, and closes the WAL and the blocks. Appends
+// must have returned. Were the checkpoint to fail, the WAL still holds
+// everything and Open replays it.
 func (db *DB) Close() error {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	if db.closed {
+		return nil
+	}
+	var errs []error
+	if err := db.checkpoint(); err != nil {
+		db.logger.Warn("raw head checkpoint at close failed; the next start replays the WAL", "err", err)
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, db.close())...)
+}
+
+// discard closes the DB without a checkpoint, once the appends that raced
+// with it are done: its data is about to be deleted.
+func (db *DB) discard() error {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	db.appendMtx.Lock()
+	defer db.appendMtx.Unlock()
+	return db.close()
+}
+
+// close closes the WAL and the blocks; the caller holds compactMtx.
+func (db *DB) close() error {
+	if db.closed {
+		return nil
+	}
+	db.closed = true
 	errs := []error{db.wal.Close()}
 	db.blocksMtx.Lock()
 	blocks := db.blocks

@@ -183,11 +183,7 @@ func (s *Store) DeleteTenant(id string) error {
 		treg.UnregisterAll()
 	}
 	if db != nil {
-		// Appends that raced with the delete hold appendMtx; wait them out.
-		db.appendMtx.Lock()
-		err := db.Close()
-		db.appendMtx.Unlock()
-		if err != nil {
+		if err := db.discard(); err != nil {
 			return err
 		}
 	}
