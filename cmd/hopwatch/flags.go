@@ -32,7 +32,7 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.Var(durationValue{&cfg.Storage.Retention}, "storage.tsdb.retention.time", "How long aggregate samples are kept.")
 	fs.Var(fsyncValue{cfg}, "storage.wal.fsync", "fsync the WALs before acknowledging each export (concurrent exports share fsyncs). Off, acknowledged spans survive a crash of hopwatch but not of the machine.")
 	fs.BoolVar(&cfg.RawEnabled, "storage.raw.enabled", cfg.RawEnabled, "Keep every latency sample losslessly in the raw tier (ns timestamps and latencies, trace ids of the slowest).")
-	fs.Var(durationValue{&cfg.Raw.Retention}, "storage.raw.retention.time", "How long raw samples are kept, behind the newest sample.")
+	fs.Var(durationValue{&cfg.Raw.Retention}, "storage.raw.retention.time", "How long raw samples are kept, by the wall clock.")
 	fs.Int64Var(&cfg.Raw.RetentionBytes, "storage.raw.retention.size", cfg.Raw.RetentionBytes, "Most bytes the raw blocks of one tenant may take; 0 means no limit.")
 	fs.Var(durationValue{&cfg.Raw.BlockDuration}, "storage.raw.block-duration", "Time range of a raw block cut from the head.")
 	fs.Var(durationValue{&cfg.Raw.MaxBlockDuration}, "storage.raw.max-block-duration", "Longest time range compaction merges raw blocks into.")

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
@@ -119,20 +120,23 @@ func compareInt64(a, b int64) int {
 
 // Compact persists what the head holds of closed time ranges as blocks,
 // checkpoints the rest of the head and deletes the WAL before it, merges
-// small or overlapping blocks, and applies retention. A range is closed
-// when the newest sample of the DB is more than the out-of-order window
-// past its end.
+// small or overlapping blocks, and applies retention, at wall-clock time
+// now. A range is closed once both now and the newest sample of the DB are
+// more than the out-of-order window past its end: the data can hold a
+// range open (a writer whose clock lags), never close it early, so a
+// sample stamped in the future changes nothing. Retention counts back from
+// now, never from the newest sample.
 //
 // A step that fails (a range's block, a merge, a deletion) is logged,
 // counted in hopwatch_raw_compaction_failures_total and retried at the
 // next compaction; the other steps go on. The error returned joins them.
-func (db *DB) Compact() error {
+func (db *DB) Compact(now time.Time) error {
 	db.compactMtx.Lock()
 	defer db.compactMtx.Unlock()
 	if db.closed {
 		return errDBClosed
 	}
-	errs := []error{db.compactHead()}
+	errs := []error{db.compactHead(now.UnixNano())}
 	if limit := db.opts.CheckpointWALSize; limit > 0 {
 		if size, err := db.wal.Size(); err == nil && size > limit {
 			if err := db.checkpoint(); err != nil {
@@ -140,7 +144,7 @@ func (db *DB) Compact() error {
 			}
 		}
 	}
-	return errors.Join(append(errs, db.compactBlocks(), db.applyRetention())...)
+	return errors.Join(append(errs, db.compactBlocks(), db.applyRetention(now.UnixNano()))...)
 }
 
 // errDBClosed is returned by Compact after Close.
@@ -169,10 +173,23 @@ func (db *DB) failed(step string, err error, args ...any) error {
 	return err
 }
 
+// satSub returns a-b, or the smallest int64 where that underflows.
+func satSub(a, b int64) int64 {
+	if b > 0 && a < minTime+b {
+		return minTime
+	}
+	return a - b
+}
+
+// alignDown returns the start of the d-aligned range holding t (the
+// smallest int64 for the partial range at the bottom).
 func alignDown(t, d int64) int64 {
 	r := t % d
 	if r < 0 {
 		r += d
+	}
+	if t < minTime+r {
+		return minTime
 	}
 	return t - r
 }
@@ -192,20 +209,28 @@ func (db *DB) headMaxT() int64 {
 // headRange is what the head holds of one block range.
 type headRange struct {
 	series []blockSeries
-	moved  []*byte // the first byte of each chunk, its identity
+	moved  []movedChunk
 }
 
-// compactHead writes the head's chunks that end before the cutoff into
-// blocks, one per aligned block range, and drops them from the head. A
-// range whose block cannot be written stays in the head; the others go.
-// The caller holds compactMtx.
-func (db *DB) compactHead() error {
+// movedChunk is a head chunk whose samples before the cutoff go to a
+// block: the chunk (by its first byte) and what replaces it in the head.
+type movedChunk struct {
+	id   *byte
+	keep []headChunk // its samples from the cutoff on, if any
+}
+
+// compactHead writes the head's samples before the cutoff into blocks,
+// one per aligned block range, and drops them from the head. A chunk that
+// straddles the cutoff is split, so that a sample stamped in the future
+// does not hold older ones in the head. A range whose block cannot be
+// written stays in the head; the others go. The caller holds compactMtx.
+func (db *DB) compactHead(now int64) error {
 	maxT := db.headMaxT()
 	if maxT == minTime {
 		return db.installPending()
 	}
 	d := db.opts.BlockDuration.Nanoseconds()
-	cutoff := alignDown(maxT-db.opts.OutOfOrderWindow.Nanoseconds(), d)
+	cutoff := alignDown(satSub(min(maxT, now), db.opts.OutOfOrderWindow.Nanoseconds()), d)
 
 	db.mtx.RLock()
 	all := make([]*memSeries, 0, len(db.series))
@@ -215,38 +240,56 @@ func (db *DB) compactHead() error {
 	db.mtx.RUnlock()
 	slices.SortFunc(all, func(a, b *memSeries) int { return labels.Compare(a.lset, b.lset) })
 
-	// Group the closed chunks by block range; open samples that all fall
-	// before the cutoff are cut into a (short) chunk first. Chunks are
-	// immutable, so the blocks are written without holding up appends.
-	ranges := map[int64]*headRange{}
-	var w appendWork
+	// Group the chunks before the cutoff by block range (of their first
+	// sample); open samples before it are cut into a chunk first. Chunks
+	// are immutable, so the blocks are written without holding up appends.
+	var (
+		errs   []error
+		ranges = map[int64]*headRange{}
+		w      appendWork
+		rc     = db.newRecutter()
+		mine   []headChunk
+	)
 	for _, s := range all {
 		s.mtx.Lock()
-		if len(s.t) > 0 && slices.Max(s.t) < cutoff {
+		if len(s.t) > 0 && slices.Min(s.t) < cutoff {
 			db.cut(s, &w)
 		}
-		byRange := map[int64][]headChunk{}
+		mine = mine[:0]
 		for _, c := range s.chunks {
-			if c.maxT < cutoff {
-				r := alignDown(c.minT, d)
-				byRange[r] = append(byRange[r], c)
+			if c.minT < cutoff {
+				mine = append(mine, c)
 			}
 		}
 		s.mtx.Unlock()
-		for r, cs := range byRange {
+		byRange := map[int64][]headChunk{}
+		for _, c := range mine {
+			r := alignDown(c.minT, d)
+			mc := movedChunk{id: &c.data[0]}
+			if c.maxT < cutoff {
+				byRange[r] = append(byRange[r], c)
+			} else {
+				before, after, err := rc.split(c, cutoff)
+				if err != nil {
+					errs = append(errs, db.failed("head chunk split", err, "series", s.lset.String(), "min_time", c.minT, "max_time", c.maxT))
+					continue
+				}
+				byRange[r] = append(byRange[r], before...)
+				mc.keep = after
+			}
 			hr := ranges[r]
 			if hr == nil {
 				hr = &headRange{}
 				ranges[r] = hr
 			}
-			hr.series = append(hr.series, blockSeries{lset: s.lset, chunks: cs, owner: s})
-			for _, c := range cs {
-				hr.moved = append(hr.moved, &c.data[0])
-			}
+			hr.moved = append(hr.moved, mc)
+		}
+		for r, cs := range byRange {
+			ranges[r].series = append(ranges[r].series, blockSeries{lset: s.lset, chunks: cs, owner: s})
 		}
 	}
 	if len(ranges) == 0 {
-		return db.installPending()
+		return errors.Join(append(errs, db.installPending())...)
 	}
 	starts := make([]int64, 0, len(ranges))
 	for r := range ranges {
@@ -259,20 +302,18 @@ func (db *DB) compactHead() error {
 	// checkpoint and WAL (the blocks are discarded at open), a crash after
 	// it leaves blocks that open installs. Never both, never neither.
 	var (
-		errs  []error
 		metas []BlockMeta
-		moved = map[*byte]bool{}
-		rc    = db.newRecutter()
+		moved = map[*byte][]headChunk{}
 	)
 	for _, r := range starts {
 		meta, err := db.writeHeadRange(rc, ranges[r].series)
 		if err != nil {
-			errs = append(errs, db.failed("head block", err, "min_time", r, "max_time", r+d-1))
+			errs = append(errs, db.failed("head block", err, "min_time", r))
 			continue
 		}
 		metas = append(metas, meta)
-		for _, p := range ranges[r].moved {
-			moved[p] = true
+		for _, m := range ranges[r].moved {
+			moved[m.id] = m.keep
 		}
 	}
 	if len(metas) == 0 {
@@ -296,7 +337,7 @@ func (db *DB) compactHead() error {
 	}
 	for _, s := range all {
 		s.mtx.Lock()
-		s.chunks = slices.DeleteFunc(s.chunks, func(c headChunk) bool { return moved[&c.data[0]] })
+		s.chunks = replaceChunks(s.chunks, moved)
 		s.mtx.Unlock()
 	}
 	for _, m := range metas {
@@ -309,6 +350,21 @@ func (db *DB) compactHead() error {
 		errs = append(errs, db.failed("WAL truncation", fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)))
 	}
 	return errors.Join(errs...)
+}
+
+// replaceChunks returns cs with each chunk in moved replaced by what moved
+// maps it to (nothing, or its samples from the cutoff on). It builds a new
+// slice: a checkpoint may hold the old one.
+func replaceChunks(cs []headChunk, moved map[*byte][]headChunk) []headChunk {
+	out := make([]headChunk, 0, len(cs))
+	for _, c := range cs {
+		if keep, ok := moved[&c.data[0]]; ok {
+			out = append(out, keep...)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // writeHeadRange writes one range's chunks, re-cut where they overlap, as
@@ -468,14 +524,12 @@ func (db *DB) deleteBlock(b *Block) error {
 	return os.RemoveAll(b.dir)
 }
 
-// applyRetention deletes blocks older than Retention behind the newest
-// sample, then the oldest blocks while the blocks exceed RetentionBytes.
-func (db *DB) applyRetention() error {
-	newest := db.headMaxT()
+// applyRetention deletes the blocks whose newest sample is more than
+// Retention before now, then the oldest blocks while the blocks exceed
+// RetentionBytes.
+func (db *DB) applyRetention(now int64) error {
+	horizon := satSub(now, db.opts.Retention.Nanoseconds())
 	db.blocksMtx.Lock()
-	for _, b := range db.blocks {
-		newest = max(newest, b.meta.MaxTime)
-	}
 	var drop []*Block
 	keep := db.blocks[:0]
 	var total int64
@@ -483,7 +537,7 @@ func (db *DB) applyRetention() error {
 		total += b.meta.Stats.Bytes
 	}
 	for _, b := range db.blocks { // oldest first
-		tooOld := db.opts.Retention > 0 && b.meta.MaxTime < newest-db.opts.Retention.Nanoseconds()
+		tooOld := db.opts.Retention > 0 && b.meta.MaxTime < horizon
 		tooBig := db.opts.RetentionBytes > 0 && total > db.opts.RetentionBytes
 		if tooOld || tooBig {
 			drop = append(drop, b)
@@ -567,11 +621,12 @@ type seriesSnapshot struct {
 	wt     []uint32
 }
 
-// snapshotHead cuts the WAL and copies the head as of the cut, leaving out
-// the chunks in skip. Appends wait only for the copy of the chunk lists
-// and open samples, not for encoding or writing. The caller holds
-// compactMtx, so no chunk leaves the head meanwhile.
-func (db *DB) snapshotHead(skip map[*byte]bool) (*headSnapshot, error) {
+// snapshotHead cuts the WAL and copies the head as of the cut, with the
+// chunks in moved replaced as replaceChunks does. Appends wait only for
+// the copy of the chunk lists and open samples, not for encoding or
+// writing. The caller holds compactMtx, so no chunk leaves the head
+// meanwhile.
+func (db *DB) snapshotHead(moved map[*byte][]headChunk) (*headSnapshot, error) {
 	db.appendMtx.Lock()
 	defer db.appendMtx.Unlock()
 	seg, err := db.wal.NextSegment()
@@ -587,16 +642,12 @@ func (db *DB) snapshotHead(skip map[*byte]bool) (*headSnapshot, error) {
 			ref: s.ref, key: s.key, lset: s.lset, maxT: s.maxT,
 			t: slices.Clone(s.t), lat: slices.Clone(s.lat), ids: slices.Clone(s.ids), wt: slices.Clone(s.wt),
 		}
-		if len(skip) == 0 {
-			// Appends only ever add chunks past the end: the first
-			// len(s.chunks) stay as they are.
+		if len(moved) == 0 {
+			// Appends only ever add chunks past the end, and compaction
+			// replaces the slice: the first len(s.chunks) stay as they are.
 			ss.chunks = s.chunks[:len(s.chunks):len(s.chunks)]
 		} else {
-			for _, c := range s.chunks {
-				if !skip[&c.data[0]] {
-					ss.chunks = append(ss.chunks, c)
-				}
-			}
+			ss.chunks = replaceChunks(s.chunks, moved)
 		}
 		s.mtx.Unlock()
 		snap.series = append(snap.series, ss)

@@ -42,8 +42,8 @@ type Options struct {
 	BlockDuration time.Duration
 	// MaxBlockDuration bounds the range of a compacted block.
 	MaxBlockDuration time.Duration
-	// Retention drops blocks whose newest sample is older than this, behind
-	// the newest sample of the DB; 0 keeps everything.
+	// Retention drops blocks whose newest sample is older than this before
+	// the time Compact is given; 0 keeps everything.
 	Retention time.Duration
 	// RetentionBytes drops the oldest blocks while the blocks take more
 	// bytes than this; 0 means no limit.

@@ -61,10 +61,15 @@ type point struct{ t, lat int64 }
 // readAll returns every sample of every series, per series label string,
 // sorted by time, decoding chunks and the open chunk.
 func readAll(t testing.TB, db *DB) map[string][]point {
+	return readRange(t, db, minTime, 1<<62)
+}
+
+// readRange is readAll over the series with samples in [mint, maxt].
+func readRange(t testing.TB, db *DB, mint, maxt int64) map[string][]point {
 	out := map[string][]point{}
 	var d chunkenc.Decoder
 	var s chunkenc.Samples
-	for _, sr := range db.Select(minTime, 1<<62) {
+	for _, sr := range db.Select(mint, maxt) {
 		var ps []point
 		for _, c := range sr.Chunks {
 			_, err := d.DecodeChunk(c, db.bounds, &s)
@@ -414,7 +419,7 @@ func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 	}
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.NotEmpty(t, db.Blocks())
 	want := db.Select(math.MinInt64, math.MaxInt64)
 
@@ -423,7 +428,7 @@ func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
 	// readable until release.
 	db.opts.Retention = time.Nanosecond
 	compacted := make(chan error, 1)
-	go func() { compacted <- db.Compact() }()
+	go func() { compacted <- db.Compact(dataNow(db)) }()
 	var d chunkenc.Decoder
 	var got chunkenc.Samples
 	for i := range sel {

@@ -23,8 +23,12 @@ const overlapBase = int64(1_800_000_000_000_000_000)
 // time now.
 func compactAt(t testing.TB, db *DB, now int64) {
 	t.Helper()
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(time.Unix(0, now)))
 }
+
+// dataNow is a wall clock that has just passed the newest sample, for
+// tests whose data has no date of its own.
+func dataNow(db *DB) time.Time { return time.Unix(0, db.headMaxT()) }
 
 // overlapBatches builds the traffic that makes a series' head chunks
 // overlap: "ooo" arrives shuffled within the out-of-order window, "ties"
@@ -236,7 +240,7 @@ func TestFailedRangeDoesNotHoldUpTheOthers(t *testing.T) {
 	}
 	require.NotNil(t, damaged)
 	damaged[len(damaged)/2] ^= 0xff
-	err = db.Compact()
+	err = db.Compact(dataNow(db))
 	require.ErrorIs(t, err, chunkenc.ErrCorrupt)
 	require.Equal(t, 1.0, testutil.ToFloat64(db.metrics.compactionFailures))
 	blocks := db.Blocks()
@@ -245,7 +249,7 @@ func TestFailedRangeDoesNotHoldUpTheOthers(t *testing.T) {
 
 	// Once the chunk is whole again, the next compaction writes its range.
 	damaged[len(damaged)/2] ^= 0xff
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.Len(t, db.Blocks(), 2)
 	require.Equal(t, expected(batches), readAll(t, db))
 }

@@ -29,6 +29,9 @@ type recutter struct {
 	// one timestamp longer than that spans several chunks sharing it,
 	// which writeBlock puts under one index entry.
 	maxSamples int
+	// cutAt, when set (above minTime), also cuts between the last sample
+	// before it and the first at or after it.
+	cutAt int64
 
 	dec     chunkenc.Decoder
 	enc     chunkenc.Encoder
@@ -39,7 +42,7 @@ type recutter struct {
 }
 
 func (db *DB) newRecutter() *recutter {
-	return &recutter{bounds: db.bounds, chunkSize: db.opts.ChunkSize, maxSamples: chunkenc.MaxSamples}
+	return &recutter{bounds: db.bounds, chunkSize: db.opts.ChunkSize, maxSamples: chunkenc.MaxSamples, cutAt: minTime}
 }
 
 // cursor walks the samples of one decoded chunk.
@@ -132,7 +135,7 @@ func (r *recutter) merge(dst []headChunk, run []headChunk) ([]headChunk, error) 
 		}
 		c := r.heap[0]
 		t := c.t()
-		if n := len(r.out.T); n >= r.maxSamples || n >= r.chunkSize && t != r.out.T[n-1] {
+		if n := len(r.out.T); n >= r.maxSamples || n >= r.chunkSize && t != r.out.T[n-1] || n > 0 && t >= r.cutAt && r.out.T[n-1] < r.cutAt {
 			var err error
 			if dst, err = r.flush(dst); err != nil {
 				return nil, err
@@ -193,4 +196,23 @@ func (r *recutter) flush(dst []headChunk) ([]headChunk, error) {
 	r.out.Weight = nil
 	r.weights = r.weights[:0]
 	return dst, nil
+}
+
+// split returns the samples of c before at and those from at on, each as
+// chunks.
+func (r *recutter) split(c headChunk, at int64) (before, after []headChunk, err error) {
+	r.cutAt = at
+	out, err := r.merge(nil, []headChunk{c})
+	r.cutAt = minTime
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, o := range out {
+		if o.maxT < at {
+			before = append(before, o)
+		} else {
+			after = append(after, o)
+		}
+	}
+	return before, after, nil
 }

@@ -65,7 +65,7 @@ func TestRecutMergesOverlapsAndKeepsWeightsAndExemplars(t *testing.T) {
 	mk([]int64{5000, 5001, 5002}, false)
 	rng.Shuffle(len(chunks), func(i, j int) { chunks[i], chunks[j] = chunks[j], chunks[i] })
 
-	rc := &recutter{bounds: bounds, chunkSize: 10, maxSamples: 25}
+	rc := &recutter{bounds: bounds, chunkSize: 10, maxSamples: 25, cutAt: minTime}
 	out, err := rc.recut(chunks)
 	require.NoError(t, err)
 	var got []recutSample
