@@ -34,6 +34,7 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.BoolVar(&cfg.RawEnabled, "storage.raw.enabled", cfg.RawEnabled, "Keep every latency sample losslessly in the raw tier (ns timestamps and latencies, trace ids of the slowest).")
 	fs.Var(durationValue{&cfg.Raw.Retention}, "storage.raw.retention.time", "How long raw samples are kept, by the wall clock.")
 	fs.Int64Var(&cfg.Raw.RetentionBytes, "storage.raw.retention.size", cfg.Raw.RetentionBytes, "Most bytes the raw blocks of one tenant may take; 0 means no limit.")
+	fs.Int64Var(&cfg.Raw.CheckpointWALSize, "storage.raw.checkpoint-wal-size", cfg.Raw.CheckpointWALSize, "Bytes a tenant's raw WAL may grow past its last head checkpoint before compaction writes a new one and deletes the WAL behind it (bounds the replay after a crash); 0 checkpoints only when blocks are cut and at shutdown.")
 	fs.Var(durationValue{&cfg.Raw.BlockDuration}, "storage.raw.block-duration", "Time range of a raw block cut from the head.")
 	fs.Var(durationValue{&cfg.Raw.MaxBlockDuration}, "storage.raw.max-block-duration", "Longest time range compaction merges raw blocks into.")
 	fs.Var(durationValue{&cfg.Raw.OutOfOrderWindow}, "storage.raw.out-of-order-window", "How far behind its series' newest sample a raw sample may arrive and still be kept.")

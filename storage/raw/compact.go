@@ -59,6 +59,16 @@ func (db *DB) loadBlocks(pending []ulid.ULID) error {
 			continue
 		}
 		b, err := openBlock(dir)
+		if errors.Is(err, errCorruptBlock) {
+			// Moved aside, not deleted: the tenant opens without it, and
+			// whoever looks at the log can still inspect or restore it.
+			db.metrics.blocksCorrupt.Inc()
+			db.logger.Error("raw block is corrupt; moved aside, the tenant opens without it", "dir", dir, "moved_to", dir+".corrupt", "err", err)
+			if err := os.Rename(dir, dir+".corrupt"); err != nil {
+				return fmt.Errorf("hopwatch/raw: move corrupt block %s aside: %w", dir, err)
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("hopwatch/raw: open block %s: %w", dir, err)
 		}
@@ -739,18 +749,20 @@ func (db *DB) writeCheckpoint(snap *headSnapshot, pending []ulid.ULID) error {
 
 var errCorruptCheckpoint = errors.New("hopwatch/raw: corrupt head checkpoint")
 
-// checkpointPending returns the blocks the checkpoint names, if any.
-func (db *DB) checkpointPending() ([]ulid.ULID, error) {
+// readCheckpoint returns the head checkpoint's bytes, nil if there is
+// none; it is read once for checkpointPending and loadCheckpoint.
+func (db *DB) readCheckpoint() ([]byte, error) {
 	b, err := os.ReadFile(db.checkpointPath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 ||
-		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
-		return nil, nil // loadCheckpoint reports it
+	return b, err
+}
+
+// checkpointPending returns the blocks checkpoint b names, if any.
+func checkpointPending(b []byte) []ulid.ULID {
+	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 {
+		return nil // loadCheckpoint reports it
 	}
 	r := recbuf.New(b[:len(b)-4], len(headCheckpointMagic), errCorruptCheckpoint)
 	r.Uvarint("first segment")
@@ -760,31 +772,33 @@ func (db *DB) checkpointPending() ([]ulid.ULID, error) {
 			ids = append(ids, ulid.ULID(v))
 		}
 	}
-	return ids, nil
+	return ids
 }
 
-// loadCheckpoint restores the head from the checkpoint, if any, and returns
-// the first WAL segment to replay.
-func (db *DB) loadCheckpoint() (int, error) {
-	b, err := os.ReadFile(db.checkpointPath())
-	if errors.Is(err, fs.ErrNotExist) {
+// checkCheckpoint checks checkpoint b's magic and checksum.
+func (db *DB) checkCheckpoint(b []byte) error {
+	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 {
+		return db.corruptCheckpoint(b, "bad magic")
+	}
+	if crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
+		return db.corruptCheckpoint(b, "checksum mismatch")
+	}
+	return nil
+}
+
+func (db *DB) corruptCheckpoint(b []byte, why string) error {
+	return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start from the WAL alone", errCorruptCheckpoint, db.checkpointPath(), len(b), why)
+}
+
+// loadCheckpoint restores the head from checkpoint b, checked by
+// checkCheckpoint, if any, and returns the first WAL segment to replay.
+func (db *DB) loadCheckpoint(b []byte) (int, error) {
+	if b == nil {
 		return 0, nil
 	}
-	if err != nil {
-		return 0, err
-	}
-	corrupt := func(why string) error {
-		return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start from the WAL alone", errCorruptCheckpoint, db.checkpointPath(), len(b), why)
-	}
+	corrupt := func(why string) error { return db.corruptCheckpoint(b, why) }
 	version := checkpointVersion(b)
-	if len(b) < len(headCheckpointMagic)+4 || version == 0 {
-		return 0, corrupt("bad magic")
-	}
-	body := b[:len(b)-4]
-	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
-		return 0, corrupt("checksum mismatch")
-	}
-	r := recbuf.New(body, len(headCheckpointMagic), errCorruptCheckpoint)
+	r := recbuf.New(b[:len(b)-4], len(headCheckpointMagic), errCorruptCheckpoint)
 	first := int(r.Uvarint("first segment"))
 	r.Bytes(16*uint64(r.Count("pending count")), "pending blocks")
 	db.nextRef = r.Uvarint("next ref")
@@ -801,7 +815,11 @@ func (db *DB) loadCheckpoint() (int, error) {
 		s.maxT = r.Varint("max time")
 		nc := r.Count("chunk count")
 		for range nc {
-			data := slices.Clone(r.Bytes(r.Uvarint("chunk length"), "chunk"))
+			// A view into the checkpoint, not a copy (which took most of
+			// the load's time): the buffer lives while one of its chunks
+			// is in the head, until the next block cut at most.
+			data := r.Bytes(r.Uvarint("chunk length"), "chunk")
+			data = data[:len(data):len(data)]
 			c := headChunk{data: data, minT: r.Varint("chunk min time"), maxT: r.Varint("chunk max time")}
 			if r.Err() == nil {
 				if _, err := chunkenc.ReadSummary(data, db.bounds); err != nil {
@@ -811,6 +829,9 @@ func (db *DB) loadCheckpoint() (int, error) {
 			s.chunks = append(s.chunks, c)
 		}
 		no := r.Count("open count")
+		s.t = make([]int64, 0, max(no, db.opts.ChunkSize))
+		s.lat = make([]int64, 0, max(no, db.opts.ChunkSize))
+		s.ids = make([][16]byte, 0, max(no, db.opts.ChunkSize))
 		for range no {
 			s.t = append(s.t, r.Varint("open time"))
 			s.lat = append(s.lat, int64(r.Uvarint("open latency")))

@@ -71,9 +71,11 @@ func DefaultOptions() Options {
 		BlockDuration:    2 * time.Hour,
 		MaxBlockDuration: 24 * time.Hour,
 		Retention:        15 * 24 * time.Hour,
-		// Replay applies about 150 MB of WAL a second (docs/BENCHMARKS.md):
-		// a crash costs at most about a second of replay past a
-		// compaction interval's worth of WAL.
+		// Replay applies about 30-40 MiB of WAL a second on 2 cores
+		// (BenchmarkOpen in docs/BENCHMARKS.md): a crash costs at most
+		// about 4 s of replay, plus a compaction interval's worth of WAL.
+		// Each checkpoint rewrites the head, so much smaller would write
+		// a large head over and over.
 		CheckpointWALSize: 128 << 20,
 	}
 }
@@ -130,6 +132,7 @@ type dbMetrics struct {
 	blocksWritten   prometheus.Counter
 	blocksCompacted prometheus.Counter
 	blocksDeleted   prometheus.Counter
+	blocksCorrupt   prometheus.Counter
 	checkpoints     prometheus.Counter
 	// compactionFailures counts block writes, merges, deletions and
 	// checkpoints that failed; each is retried at the next compaction, and
@@ -157,6 +160,7 @@ func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
 		blocksWritten:   c("hopwatch_raw_blocks_written_total", "Blocks cut from the head."),
 		blocksCompacted: c("hopwatch_raw_blocks_compacted_total", "Blocks merged into larger ones."),
 		blocksDeleted:   c("hopwatch_raw_blocks_deleted_total", "Blocks deleted by retention."),
+		blocksCorrupt:   c("hopwatch_raw_blocks_corrupt_total", "Blocks found corrupt at open and moved aside (renamed <ulid>.corrupt), so that the tenant opens without them."),
 		checkpoints:     c("hopwatch_raw_head_checkpoints_total", "Head checkpoints written (each lets older WAL segments go)."),
 
 		compactionFailures: c("hopwatch_raw_compaction_failures_total", "Raw compaction steps that failed (a block cut from the head, a merge of blocks, a deletion, a checkpoint); each is logged and retried at the next compaction without holding up the others."),
@@ -271,16 +275,19 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 		return nil, fmt.Errorf("hopwatch/raw: open WAL: %w", err)
 	}
 	db.wal = w
-	pending, err := db.checkpointPending()
+	cp, err := db.readCheckpoint()
+	if err == nil && cp != nil {
+		err = db.checkCheckpoint(cp)
+	}
 	if err != nil {
 		_ = db.close()
 		return nil, err
 	}
-	if err := db.loadBlocks(pending); err != nil {
+	if err := db.loadBlocks(checkpointPending(cp)); err != nil {
 		_ = db.close()
 		return nil, err
 	}
-	first, err := db.loadCheckpoint()
+	first, err := db.loadCheckpoint(cp)
 	if err != nil {
 		_ = db.close()
 		return nil, err

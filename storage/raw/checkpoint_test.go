@@ -1,0 +1,91 @@
+package raw
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/prometheus/tsdb/wlog"
+	"github.com/stretchr/testify/require"
+)
+
+// walSegments returns how many WAL segments dir holds.
+func walSegments(t testing.TB, dir string) int {
+	first, last, err := wlog.Segments(filepath.Join(dir, "wal"))
+	require.NoError(t, err)
+	if last < first {
+		return 0
+	}
+	return last - first + 1
+}
+
+// A clean shutdown checkpoints the head: the next start loads the
+// checkpoint and replays nothing from the WAL, whose older segments are
+// gone.
+func TestRestartAfterCloseReplaysNothing(t *testing.T) {
+	dir := t.TempDir()
+	opts := testOptions(dir) // 128 KiB segments
+	db, err := Open(opts, nil, nil)
+	require.NoError(t, err)
+	batches := testBatches(t, 4, 60_000, 500)
+	for _, b := range batches {
+		_, err := db.Append(b)
+		require.NoError(t, err)
+	}
+	require.Greater(t, walSegments(t, dir), 5)
+	require.NoError(t, db.Close())
+	require.LessOrEqual(t, walSegments(t, dir), 1, "the WAL behind the checkpoint is deleted")
+
+	reg := prometheus.NewRegistry()
+	db, err = Open(opts, reg, nil)
+	require.NoError(t, err)
+	require.Zero(t, testutil.ToFloat64(db.metrics.replayed), "nothing is replayed from the WAL")
+	require.Equal(t, expected(batches), readAll(t, db))
+	// Appends after the restart go to the WAL past the checkpoint and
+	// survive a crash.
+	more := testBatches(t, 4, 2_000, 500)
+	for _, b := range more {
+		for i := range b.Samples {
+			b.Samples[i].Start += 100 * int64(time.Second)
+		}
+		_, err := db.Append(b)
+		require.NoError(t, err)
+	}
+	crash(db)
+	db, err = Open(opts, nil, nil)
+	require.NoError(t, err)
+	defer db.Close()
+	require.Equal(t, expected(append(batches, more...)), readAll(t, db))
+}
+
+// Compaction checkpoints once the WAL passes CheckpointWALSize, even when
+// no block range closes, so the replay after a crash stays bounded.
+func TestCompactCheckpointsALargeWAL(t *testing.T) {
+	dir := t.TempDir()
+	opts := testOptions(dir)
+	opts.CheckpointWALSize = 512 << 10
+	db, err := Open(opts, nil, nil)
+	require.NoError(t, err)
+	batches := testBatches(t, 4, 60_000, 500) // about 6 s of data, within one 2 h range
+	for _, b := range batches {
+		_, err := db.Append(b)
+		require.NoError(t, err)
+	}
+	require.Greater(t, walSegments(t, dir), 5)
+	require.NoError(t, db.Compact(dataNow(db)))
+	require.Empty(t, db.Blocks(), "no range is closed")
+	require.Equal(t, 1.0, testutil.ToFloat64(db.metrics.checkpoints))
+	require.LessOrEqual(t, walSegments(t, dir), 1)
+	// Below the size, no checkpoint.
+	require.NoError(t, db.Compact(dataNow(db)))
+	require.Equal(t, 1.0, testutil.ToFloat64(db.metrics.checkpoints))
+
+	crash(db)
+	db, err = Open(opts, nil, nil)
+	require.NoError(t, err)
+	defer db.Close()
+	require.Zero(t, testutil.ToFloat64(db.metrics.replayed))
+	require.Equal(t, expected(batches), readAll(t, db))
+}
