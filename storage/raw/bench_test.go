@@ -5,8 +5,8 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"path/filepath"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 

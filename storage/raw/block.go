@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/hopwatch/hopwatch/internal/recbuf"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/fileutil"
 	"github.com/prometheus/prometheus/tsdb/index"
+
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 )
 
 // A block is an immutable directory holding the chunks of a time range:
@@ -191,7 +193,19 @@ type Block struct {
 // errCorruptBlock is wrapped by every error about a block's contents.
 var errCorruptBlock = errors.New("hopwatch/raw: corrupt block")
 
+// openBlock opens the block in dir. Whatever is wrong with its files (one
+// missing or empty, a header, the meta or the index that does not parse)
+// is an error wrapping errCorruptBlock; other errors are the system's.
 func openBlock(dir string) (*Block, error) {
+	for _, name := range []string{"meta.json", "chunks", "index"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) || err == nil && (fi.Size() == 0 || !fi.Mode().IsRegular()) {
+			return nil, fmt.Errorf("%w %s: %s missing or empty", errCorruptBlock, dir, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	mb, err := os.ReadFile(filepath.Join(dir, "meta.json"))
 	if err != nil {
 		return nil, err
@@ -202,6 +216,9 @@ func openBlock(dir string) (*Block, error) {
 	}
 	if b.meta.Version != metaVersion {
 		return nil, fmt.Errorf("%w %s: meta version %d, want %d", errCorruptBlock, dir, b.meta.Version, metaVersion)
+	}
+	if b.meta.MinTime > b.meta.MaxTime || b.meta.Level < 1 || b.meta.Stats.Bytes < 0 {
+		return nil, fmt.Errorf("%w %s: meta.json: time range [%d, %d], level %d, %d bytes", errCorruptBlock, dir, b.meta.MinTime, b.meta.MaxTime, b.meta.Level, b.meta.Stats.Bytes)
 	}
 	if b.chunks, err = fileutil.OpenMmapFile(filepath.Join(dir, "chunks")); err != nil {
 		return nil, err
