@@ -379,14 +379,25 @@ func replaceChunks(cs []headChunk, moved map[*byte][]headChunk) []headChunk {
 
 // writeHeadRange writes one range's chunks, re-cut where they overlap, as
 // a block left in its ".tmp" directory.
+// Head series sharing one label set under different keys (the key format
+// of an older version or configuration, say) become one block series: the
+// index takes each label set once.
 func (db *DB) writeHeadRange(rc *recutter, series []blockSeries) (BlockMeta, error) {
-	out := make([]blockSeries, len(series))
-	for i, s := range series {
-		cs, err := rc.recut(s.chunks)
-		if err != nil {
-			return BlockMeta{}, fmt.Errorf("series %s: %w", s.lset, err)
+	slices.SortStableFunc(series, func(a, b blockSeries) int { return labels.Compare(a.lset, b.lset) })
+	out := make([]blockSeries, 0, len(series))
+	for i := 0; i < len(series); {
+		j := i + 1
+		chunks := series[i].chunks
+		for j < len(series) && labels.Equal(series[j].lset, series[i].lset) {
+			chunks = append(slices.Clip(chunks), series[j].chunks...)
+			j++
 		}
-		out[i] = blockSeries{lset: s.lset, chunks: cs, owner: s.owner}
+		cs, err := rc.recut(chunks)
+		if err != nil {
+			return BlockMeta{}, fmt.Errorf("series %s: %w", series[i].lset, err)
+		}
+		out = append(out, blockSeries{lset: series[i].lset, chunks: cs, owner: series[i].owner})
+		i = j
 	}
 	return writeBlock(db.blocksDir(), out, 1, nil, chunkSamples, false)
 }

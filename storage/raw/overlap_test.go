@@ -253,3 +253,40 @@ func TestFailedRangeDoesNotHoldUpTheOthers(t *testing.T) {
 	require.Len(t, db.Blocks(), 2)
 	require.Equal(t, expected(batches), readAll(t, db))
 }
+
+// Two head series with one label set under different keys (a key format
+// that changed between versions or configurations) are one series to
+// queries and one series in a block; writing it twice would make the
+// index refuse the block at every compaction.
+func TestSeriesSharingLabelsUnderTwoKeys(t *testing.T) {
+	dir := t.TempDir()
+	opts := overlapOptions(dir)
+	db, err := Open(opts, nil, nil)
+	require.NoError(t, err)
+	l := labels.FromStrings("service", "svc", "span_name", "op")
+	ms := int64(time.Millisecond)
+	var all []*sample.Batch
+	for i, key := range []string{"old-key", "new-key"} {
+		b := &sample.Batch{Series: []sample.Series{{Key: key, Labels: l}}}
+		for ts := overlapBase + int64(i)*ms/2; ts < overlapBase+500*ms; ts += ms {
+			b.Samples = append(b.Samples, sample.Sample{Start: ts, Duration: int64(100 + i), TraceID: [16]byte{1}})
+		}
+		_, err := db.Append(b)
+		require.NoError(t, err)
+		all = append(all, b)
+	}
+	require.Len(t, db.Select(minTime, maxTime), 1)
+	require.Len(t, db.LabelSets(minTime, maxTime), 1)
+	require.Equal(t, expected(all), readAll(t, db))
+	require.NoError(t, db.Compact(dataNow(db)))
+	require.NotEmpty(t, db.Blocks())
+	require.Zero(t, testutil.ToFloat64(db.metrics.compactionFailures))
+	requireDisjointChunks(t, db)
+	require.Len(t, db.Select(minTime, maxTime), 1)
+	require.Equal(t, expected(all), readAll(t, db))
+	require.NoError(t, db.Close())
+	db, err = Open(opts, nil, nil)
+	require.NoError(t, err)
+	defer db.Close()
+	require.Equal(t, expected(all), readAll(t, db))
+}
