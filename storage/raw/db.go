@@ -71,9 +71,9 @@ func DefaultOptions() Options {
 		BlockDuration:    2 * time.Hour,
 		MaxBlockDuration: 24 * time.Hour,
 		Retention:        15 * 24 * time.Hour,
-		// Replay applies about 30-40 MiB of WAL a second on 2 cores
+		// Replay applies about 75 MiB of WAL per CPU second
 		// (BenchmarkOpen in docs/BENCHMARKS.md): a crash costs at most
-		// about 4 s of replay, plus a compaction interval's worth of WAL.
+		// about 2 s of replay, plus a compaction interval's worth of WAL.
 		// Each checkpoint rewrites the head, so much smaller would write
 		// a large head over and over.
 		CheckpointWALSize: 128 << 20,
