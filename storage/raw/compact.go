@@ -146,6 +146,7 @@ func (db *DB) Compact(now time.Time) error {
 	if db.closed {
 		return errDBClosed
 	}
+	db.wallNow.Store(now.UnixNano())
 	errs := []error{db.compactHead(now.UnixNano())}
 	if limit := db.opts.CheckpointWALSize; limit > 0 {
 		if size, err := db.wal.Size(); err == nil && size > limit {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -181,6 +182,11 @@ type DB struct {
 	// logged sample applied and none half-way.
 	appendMtx sync.RWMutex
 
+	// wallNow is the wall-clock time of the last Compact (minTime before
+	// the first): the out-of-order window never counts from later than
+	// this, so a sample stamped in the future does not shut its series out.
+	wallNow atomic.Int64
+
 	// compactMtx serialises compaction, checkpoints and Close.
 	compactMtx sync.Mutex
 	// uninstalled are blocks cut from the head, named by the checkpoint,
@@ -270,6 +276,7 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 		nextRef: 1,
 	}
 	db.work.New = func() any { return &appendWork{} }
+	db.wallNow.Store(minTime)
 	w, err := wlog.NewSize(logger, prometheus.WrapRegistererWithPrefix("hopwatch_raw_", reg), opts.Dir+"/wal", opts.WALSegmentSize, compression.None)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/raw: open WAL: %w", err)
@@ -426,6 +433,7 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 		s.mtx.Unlock()
 	}
 	window := db.opts.OutOfOrderWindow.Nanoseconds()
+	wallNow := db.wallNow.Load()
 	threshold := samplingThreshold(level)
 	weight := uint32(1) << level
 	w.keep = w.keep[:0]
@@ -457,9 +465,15 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 			continue
 		}
 		// The window counts from the newest sample known so far, this
-		// batch's included.
+		// batch's included, but from no later than the wall clock of the
+		// last compaction: a sample stamped days ahead must not make every
+		// later one of its series too old.
 		maxT := w.maxT[smp.Series]
-		ok := maxT == minTime || smp.Start >= maxT-window
+		from := maxT
+		if wallNow != minTime {
+			from = min(from, wallNow)
+		}
+		ok := maxT == minTime || smp.Start >= satSub(from, window)
 		w.keep = append(w.keep, ok)
 		if !ok {
 			tooOld++

@@ -113,3 +113,36 @@ func requireSamePoints(t testing.TB, want, got map[string][]point) {
 	}
 	require.Len(t, got, len(want))
 }
+
+// A sample stamped in the future moves its series' newest sample there;
+// the out-of-order window must still count from the wall clock, or every
+// later sample of the series would be refused as too old.
+func TestFutureSampleDoesNotShutItsSeriesOut(t *testing.T) {
+	opts := testOptions(t.TempDir())
+	opts.OutOfOrderWindow = time.Minute
+	db, err := Open(opts, nil, nil)
+	require.NoError(t, err)
+	defer db.Close()
+	now := time.Date(2026, 12, 6, 5, 0, 0, 0, time.UTC)
+	series := []sample.Series{{Key: "a", Labels: labels.FromStrings("service", "a")}}
+	at := func(ts ...time.Time) *sample.Batch {
+		b := &sample.Batch{Series: series}
+		for i, x := range ts {
+			b.Samples = append(b.Samples, sample.Sample{Start: x.UnixNano(), Duration: int64(i + 1), TraceID: [16]byte{1}})
+		}
+		return b
+	}
+	tooOld, err := db.Append(at(now.Add(-time.Second), now.Add(time.Duration(300)*24*time.Hour)))
+	require.NoError(t, err)
+	require.Zero(t, tooOld)
+	compactAt(t, db, now.UnixNano())
+	// Later samples, a few seconds on, within the window of the wall clock.
+	tooOld, err = db.Append(at(now.Add(time.Second), now.Add(2*time.Second), now.Add(-30*time.Second)))
+	require.NoError(t, err)
+	require.Zero(t, tooOld, "the future sample does not make the present too old")
+	// The window itself still holds.
+	tooOld, err = db.Append(at(now.Add(-2 * time.Minute)))
+	require.NoError(t, err)
+	require.Equal(t, 1, tooOld)
+	require.Len(t, readEverything(t, db)[series[0].Labels.String()], 5)
+}
