@@ -2,13 +2,19 @@ package raw
 
 import (
 	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hopwatch/hopwatch/sample"
 )
 
 // walSegments returns how many WAL segments dir holds.
@@ -88,4 +94,78 @@ func TestCompactCheckpointsALargeWAL(t *testing.T) {
 	defer db.Close()
 	require.Zero(t, testutil.ToFloat64(db.metrics.replayed))
 	require.Equal(t, expected(batches), readAll(t, db))
+}
+
+// Appends, queries, compactions and checkpoints run at once: nothing is
+// lost or counted twice, live or after a restart (run with -race).
+func TestCompactionAndCheckpointsDuringAppends(t *testing.T) {
+	dir := t.TempDir()
+	opts := childOptions(dir, true) // 1 s blocks, 256 KiB checkpoints
+	db, err := Open(opts, nil, nil)
+	require.NoError(t, err)
+	// Each appender has series of its own, appended in time order: the
+	// appenders run at different speeds, and the out-of-order window is
+	// 100 ms.
+	var (
+		wg      sync.WaitGroup
+		done    = make(chan struct{})
+		batches []*sample.Batch
+		mine    [4][]*sample.Batch
+	)
+	for g := range 4 {
+		for _, b := range testBatches(t, 2, 20_000, 200) {
+			b.Series = slices.Clone(b.Series)
+			for i := range b.Series {
+				l := labels.NewBuilder(b.Series[i].Labels).Set("appender", strconv.Itoa(g)).Labels()
+				b.Series[i] = sample.Series{Key: l.String(), Labels: l}
+			}
+			mine[g] = append(mine[g], b)
+		}
+		batches = append(batches, mine[g]...)
+	}
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, b := range mine[g] {
+				tooOld, err := db.Append(b)
+				if err != nil || tooOld != 0 {
+					t.Errorf("append: %d too old, %v", tooOld, err)
+					return
+				}
+			}
+		}()
+	}
+	compacted := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-done:
+				compacted <- n
+				return
+			default:
+			}
+			if err := db.Compact(dataNow(db)); err != nil {
+				t.Errorf("compact: %v", err)
+			}
+			db.Select(minTime, maxTime)
+			n++
+		}
+	}()
+	wg.Wait()
+	close(done)
+	require.Positive(t, <-compacted)
+	require.NoError(t, db.Compact(dataNow(db)))
+	require.NotEmpty(t, db.Blocks())
+	requireSamePoints(t, expected(batches), readAll(t, db))
+	crash(db)
+	db, err = Open(opts, nil, nil)
+	require.NoError(t, err)
+	requireSamePoints(t, expected(batches), readAll(t, db))
+	require.NoError(t, db.Close())
+	db, err = Open(opts, nil, nil)
+	require.NoError(t, err)
+	defer db.Close()
+	requireSamePoints(t, expected(batches), readAll(t, db))
 }
