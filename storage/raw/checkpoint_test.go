@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/hopwatch/hopwatch/sample"
+	"github.com/hopwatch/hopwatch/storage/raw/chunkenc"
 )
 
 // walSegments returns how many WAL segments dir holds.
@@ -168,4 +169,50 @@ func TestCompactionAndCheckpointsDuringAppends(t *testing.T) {
 	require.NoError(t, err)
 	defer db.Close()
 	requireSamePoints(t, expected(batches), readAll(t, db))
+}
+
+// A query running while compaction moves chunks from the head to blocks
+// sees every sample exactly once: never in neither, never in both.
+func TestQueriesDuringCompactionSeeEverySampleOnce(t *testing.T) {
+	for round := range 5 {
+		dir := t.TempDir()
+		opts := childOptions(dir, true)
+		opts.MaxBlockDuration = opts.BlockDuration // no merges: only the head hand-off
+		db, err := Open(opts, nil, nil)
+		require.NoError(t, err)
+		batches := testBatches(t, 8, 60_000, 500)
+		for _, b := range batches {
+			_, err := db.Append(b)
+			require.NoError(t, err)
+		}
+		total := 0
+		for _, ps := range expected(batches) {
+			total += len(ps)
+		}
+		done := make(chan error)
+		go func() { done <- db.Compact(dataNow(db)) }()
+		counts := 0
+	loop:
+		for {
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+				break loop
+			default:
+			}
+			n := 0
+			for _, sr := range db.Select(minTime, maxTime) {
+				n += len(sr.Open.T)
+				for _, c := range sr.Chunks {
+					_, _, cnt, err := chunkenc.ReadTimeRange(c)
+					require.NoError(t, err)
+					n += cnt
+				}
+			}
+			require.Equal(t, total, n, "round %d, query %d", round, counts)
+			counts++
+		}
+		require.NotEmpty(t, db.Blocks())
+		require.NoError(t, db.Close())
+	}
 }

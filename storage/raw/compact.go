@@ -346,16 +346,24 @@ func (db *DB) compactHead(now int64) error {
 		}
 		return errors.Join(append(errs, db.failed("checkpoint", err))...)
 	}
+	for _, m := range metas {
+		db.uninstalled = append(db.uninstalled, m.ULID)
+		db.logger.Info("raw block written", "ulid", m.ULID, "series", m.Stats.Series, "samples", m.Stats.Samples, "bytes", m.Stats.Bytes)
+	}
+	opened, err := db.openPending()
+	errs = append(errs, err)
+	// The chunks leave the head and the blocks arrive in one step for
+	// queries, which hold blocksMtx across head and blocks: a sample is
+	// never seen twice nor missed. A block that could not be opened is
+	// retried; its samples are in the checkpoint's pending block only.
+	db.blocksMtx.Lock()
 	for _, s := range all {
 		s.mtx.Lock()
 		s.chunks = replaceChunks(s.chunks, moved)
 		s.mtx.Unlock()
 	}
-	for _, m := range metas {
-		db.uninstalled = append(db.uninstalled, m.ULID)
-		db.logger.Info("raw block written", "ulid", m.ULID, "series", m.Stats.Series, "samples", m.Stats.Samples, "bytes", m.Stats.Bytes)
-	}
-	errs = append(errs, db.installPending())
+	db.addBlocks(opened)
+	db.blocksMtx.Unlock()
 	db.metrics.blocksWritten.Add(float64(len(metas)))
 	if err := db.wal.Truncate(snap.seg); err != nil {
 		errs = append(errs, db.failed("WAL truncation", fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)))
@@ -408,6 +416,24 @@ func (db *DB) writeHeadRange(rc *recutter, series []blockSeries) (BlockMeta, err
 // later checkpoint names it, so that Open installs it if no compaction
 // does. The caller holds compactMtx.
 func (db *DB) installPending() error {
+	opened, err := db.openPending()
+	db.blocksMtx.Lock()
+	db.addBlocks(opened)
+	db.blocksMtx.Unlock()
+	return err
+}
+
+// addBlocks adds opened blocks to the DB; the caller holds blocksMtx.
+func (db *DB) addBlocks(bs []*Block) {
+	if len(bs) > 0 {
+		db.blocks = append(db.blocks, bs...)
+		db.sortBlocks()
+	}
+}
+
+// openPending renames the pending blocks into place and opens them,
+// returning those it opened. The caller holds compactMtx.
+func (db *DB) openPending() ([]*Block, error) {
 	var errs []error
 	var written []*Block
 	left := db.uninstalled[:0]
@@ -429,13 +455,7 @@ func (db *DB) installPending() error {
 		written = append(written, b)
 	}
 	db.uninstalled = left
-	if len(written) > 0 {
-		db.blocksMtx.Lock()
-		db.blocks = append(db.blocks, written...)
-		db.sortBlocks()
-		db.blocksMtx.Unlock()
-	}
-	return errors.Join(errs...)
+	return written, errors.Join(errs...)
 }
 
 // compactBlocks merges the blocks that fall within one aligned range of

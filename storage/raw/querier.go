@@ -44,6 +44,10 @@ func (db *DB) SelectPinned(mint, maxt int64, ms ...*labels.Matcher) (series []Se
 }
 
 func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([]Series, func()) {
+	// Held across head and blocks: compaction moves chunks from one to
+	// the other under the write lock, so a query sees each sample once.
+	db.blocksMtx.RLock()
+	defer db.blocksMtx.RUnlock()
 	db.mtx.RLock()
 	var matched []*memSeries
 	for _, s := range db.series {
@@ -100,7 +104,6 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 	// Blocks: their chunks are copied out, so that a block deleted by
 	// compaction or retention never pulls memory from under a reader.
 	var pinned []*Block
-	db.blocksMtx.RLock()
 	for _, b := range db.blocks {
 		bsr, err := b.selectSeries(mint, maxt, ms...)
 		if err != nil {
@@ -127,7 +130,6 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 			pinned = append(pinned, b)
 		}
 	}
-	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
 	var once sync.Once
 	return out, func() {
@@ -144,6 +146,8 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 // [mint, maxt]. No chunk is read.
 func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels {
 	var out []labels.Labels
+	db.blocksMtx.RLock()
+	defer db.blocksMtx.RUnlock()
 	db.mtx.RLock()
 	for _, s := range db.series {
 		if matchAll(s.lset, ms) {
@@ -160,7 +164,6 @@ func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels
 		byLabels[k] = true
 		return dup
 	})
-	db.blocksMtx.RLock()
 	for _, b := range db.blocks {
 		lsets, err := b.labelSets(mint, maxt, ms...)
 		if err != nil {
@@ -174,7 +177,6 @@ func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels
 			}
 		}
 	}
-	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, labels.Compare)
 	return out
 }
