@@ -861,9 +861,11 @@ func (db *DB) loadCheckpoint(b []byte) (int, error) {
 			s.chunks = append(s.chunks, c)
 		}
 		no := r.Count("open count")
-		s.t = make([]int64, 0, max(no, db.opts.ChunkSize))
-		s.lat = make([]int64, 0, max(no, db.opts.ChunkSize))
-		s.ids = make([][16]byte, 0, max(no, db.opts.ChunkSize))
+		if no > 0 {
+			s.t = make([]int64, 0, no)
+			s.lat = make([]int64, 0, no)
+			s.ids = make([][16]byte, 0, no)
+		}
 		for range no {
 			s.t = append(s.t, r.Varint("open time"))
 			s.lat = append(s.lat, int64(r.Uvarint("open latency")))
