@@ -26,7 +26,7 @@ import (
 
 // Options configures a DB.
 type Options struct {
-	// Dir holds the DB's WAL (and, to come, its blocks).
+	// Dir holds the DB's WAL, head checkpoint and blocks.
 	Dir string
 	// ChunkSize is the number of samples a head chunk is cut at.
 	ChunkSize int
