@@ -132,5 +132,11 @@ func TestAcknowledgedSpansSurviveSIGKILL(t *testing.T) {
 	p = startProc(t, "--storage.path="+dir, "--flush.interval=1s", "--storage.raw.sampling.enabled=false")
 	waitReady(t, p)
 	require.True(t, p.hasLog("checkpoint loaded"))
+	// The raw tier loads the checkpoint written at shutdown and replays
+	// nothing from its WAL.
+	require.True(t, p.hasLog("raw head checkpoint loaded"))
+	n, ok = p.logField("raw WAL replay done", "samples")
+	require.True(t, ok)
+	require.Equal(t, 0.0, n)
 	waitValue(t, p, "traces_spanmetrics_calls_total"+sel, 350)
 }

@@ -681,7 +681,9 @@ func rawDB(dir string, ds []dataset.Sample, series []uint32, at func(int) int64,
 			return nil, err
 		}
 	}
-	if err := db.Compact(); err != nil {
+	// The data's own clock: compaction as it would run just after the
+	// newest sample.
+	if err := db.Compact(time.Unix(0, at(len(ds)-1))); err != nil {
 		_ = db.Close()
 		return nil, err
 	}

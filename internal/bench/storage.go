@@ -229,7 +229,9 @@ func onDisk(ds []dataset.Sample, o StorageOptions) (float64, error) {
 			return 0, err
 		}
 	}
-	if err := db.Compact(); err != nil {
+	// The data's own clock: compaction as it would run just after the
+	// newest sample.
+	if err := db.Compact(time.Unix(0, ds[len(ds)-1].T)); err != nil {
 		return 0, err
 	}
 	var bytes int64

@@ -622,9 +622,9 @@ func (s *Server) flushLoop(st *agg.Store) {
 					s.logger.Error("reloading rules failed", "err", err)
 				}
 			}
-		case <-c.C:
+		case now := <-c.C:
 			if s.raw != nil {
-				if err := s.raw.Compact(); err != nil {
+				if err := s.raw.Compact(now); err != nil {
 					s.logger.Error("raw compaction failed", "err", err)
 				}
 			}

@@ -1,14 +1,16 @@
 package raw
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/hopwatch/hopwatch/internal/recbuf"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/oklog/ulid/v2"
@@ -18,21 +20,31 @@ import (
 	"github.com/prometheus/prometheus/tsdb/chunks"
 	"github.com/prometheus/prometheus/tsdb/fileutil"
 	"github.com/prometheus/prometheus/tsdb/index"
+
+	"github.com/hopwatch/hopwatch/internal/recbuf"
 )
 
 // A block is an immutable directory holding the chunks of a time range:
 //
 //	meta.json  BlockMeta
-//	chunks     "HWCK" version:byte, then each chunk as length:uvarint data
+//	chunks     "HWCK" version:byte, then entries; an entry is
+//	           count:uvarint (length:uvarint chunk) × count
+//	           (version 1: one chunk an entry, no count)
 //	index      Prometheus's TSDB index (tsdb/index): series, label postings,
-//	           and per series the chunk metas, whose refs are offsets into
-//	           the chunks file and whose times are in nanoseconds
+//	           and per series one chunk meta per entry, whose ref is the
+//	           entry's offset in the chunks file and whose times (ns) are
+//	           the entry's range
+//
+// The index wants a series' chunk metas strictly ordered and disjoint in
+// time. Compaction re-cuts overlapping chunks (recut.go), so an entry
+// holds several chunks only when more samples than a chunk may hold share
+// one timestamp.
 //
 // It is written into "<ulid>.tmp" and renamed into place, so a crash never
 // leaves a half-written block under a block's name.
 const (
 	chunksMagic   = "HWCK"
-	chunksVersion = 1
+	chunksVersion = 2
 	metaVersion   = 1
 )
 
@@ -89,13 +101,26 @@ func writeBlock(parent string, series []blockSeries, level int, sources []ulid.U
 			symbols[l.Name] = struct{}{}
 			symbols[l.Value] = struct{}{}
 		})
-		for _, c := range s.chunks {
-			metas[i] = append(metas[i], chunks.Meta{Ref: chunks.ChunkRef(len(buf)), MinTime: c.minT, MaxTime: c.maxT})
-			buf = binary.AppendUvarint(buf, uint64(len(c.data)))
-			buf = append(buf, c.data...)
-			meta.MinTime, meta.MaxTime = min(meta.MinTime, c.minT), max(meta.MaxTime, c.maxT)
-			meta.Stats.Chunks++
-			meta.Stats.Samples += uint64(samples(c.data))
+		// Chunks that still overlap (only a timestamp shared by more
+		// samples than a chunk holds, after re-cutting) go under one entry.
+		cs := slices.Clone(s.chunks)
+		slices.SortStableFunc(cs, func(a, b headChunk) int { return cmp.Compare(a.minT, b.minT) })
+		for j := 0; j < len(cs); {
+			k, end := j+1, cs[j].maxT
+			for k < len(cs) && cs[k].minT <= end {
+				end = max(end, cs[k].maxT)
+				k++
+			}
+			metas[i] = append(metas[i], chunks.Meta{Ref: chunks.ChunkRef(len(buf)), MinTime: cs[j].minT, MaxTime: end})
+			buf = binary.AppendUvarint(buf, uint64(k-j))
+			for _, c := range cs[j:k] {
+				buf = binary.AppendUvarint(buf, uint64(len(c.data)))
+				buf = append(buf, c.data...)
+				meta.Stats.Chunks++
+				meta.Stats.Samples += uint64(samples(c.data))
+			}
+			meta.MinTime, meta.MaxTime = min(meta.MinTime, cs[j].minT), max(meta.MaxTime, end)
+			j = k
 		}
 		meta.Stats.Series++
 	}
@@ -155,10 +180,11 @@ func installBlock(parent string, id ulid.ULID) error {
 
 // Block is an open, immutable block.
 type Block struct {
-	dir    string
-	meta   BlockMeta
-	chunks *fileutil.MmapFile
-	index  *index.Reader
+	dir     string
+	meta    BlockMeta
+	version byte // of the chunks file
+	chunks  *fileutil.MmapFile
+	index   *index.Reader
 	// readers counts queries holding views of the mapped chunks
 	// (SelectPinned); Close waits for them.
 	readers sync.WaitGroup
@@ -167,7 +193,19 @@ type Block struct {
 // errCorruptBlock is wrapped by every error about a block's contents.
 var errCorruptBlock = errors.New("hopwatch/raw: corrupt block")
 
+// openBlock opens the block in dir. Whatever is wrong with its files (one
+// missing or empty, a header, the meta or the index that does not parse)
+// is an error wrapping errCorruptBlock; other errors are the system's.
 func openBlock(dir string) (*Block, error) {
+	for _, name := range []string{"meta.json", "chunks", "index"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) || err == nil && (fi.Size() == 0 || !fi.Mode().IsRegular()) {
+			return nil, fmt.Errorf("%w %s: %s missing or empty", errCorruptBlock, dir, name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	mb, err := os.ReadFile(filepath.Join(dir, "meta.json"))
 	if err != nil {
 		return nil, err
@@ -179,14 +217,18 @@ func openBlock(dir string) (*Block, error) {
 	if b.meta.Version != metaVersion {
 		return nil, fmt.Errorf("%w %s: meta version %d, want %d", errCorruptBlock, dir, b.meta.Version, metaVersion)
 	}
+	if b.meta.MinTime > b.meta.MaxTime || b.meta.Level < 1 || b.meta.Stats.Bytes < 0 {
+		return nil, fmt.Errorf("%w %s: meta.json: time range [%d, %d], level %d, %d bytes", errCorruptBlock, dir, b.meta.MinTime, b.meta.MaxTime, b.meta.Level, b.meta.Stats.Bytes)
+	}
 	if b.chunks, err = fileutil.OpenMmapFile(filepath.Join(dir, "chunks")); err != nil {
 		return nil, err
 	}
 	data := b.chunks.Bytes()
-	if len(data) < len(chunksMagic)+1 || string(data[:len(chunksMagic)]) != chunksMagic || data[len(chunksMagic)] != chunksVersion {
+	if len(data) < len(chunksMagic)+1 || string(data[:len(chunksMagic)]) != chunksMagic || data[len(chunksMagic)] < 1 || data[len(chunksMagic)] > chunksVersion {
 		_ = b.chunks.Close()
 		return nil, fmt.Errorf("%w %s: bad chunks file header", errCorruptBlock, dir)
 	}
+	b.version = data[len(chunksMagic)]
 	if b.index, err = index.NewFileReader(filepath.Join(dir, "index"), index.DecodePostingsRaw); err != nil {
 		_ = b.chunks.Close()
 		return nil, fmt.Errorf("%w %s: index: %v", errCorruptBlock, dir, err)
@@ -204,18 +246,36 @@ func (b *Block) Close() error {
 	return errors.Join(b.index.Close(), b.chunks.Close())
 }
 
-// chunk returns the bytes of the chunk at ref, a view into the mapped file.
-func (b *Block) chunk(ref chunks.ChunkRef) ([]byte, error) {
+// appendChunks appends the chunks of the entry at ref to dst, as views
+// into the mapped file.
+func (b *Block) appendChunks(dst [][]byte, ref chunks.ChunkRef) ([][]byte, error) {
 	data := b.chunks.Bytes()
-	if uint64(ref) >= uint64(len(data)) {
-		return nil, fmt.Errorf("%w %s: chunk ref %d beyond %d bytes", errCorruptBlock, b.dir, ref, len(data))
+	off := uint64(ref)
+	if off < uint64(len(chunksMagic)+1) || off >= uint64(len(data)) {
+		return dst, fmt.Errorf("%w %s: chunk ref %d outside %d bytes", errCorruptBlock, b.dir, ref, len(data))
 	}
-	l, n := binary.Uvarint(data[ref:])
-	if n <= 0 || l > uint64(len(data))-uint64(ref)-uint64(n) {
-		return nil, fmt.Errorf("%w %s: chunk at %d has a bad length", errCorruptBlock, b.dir, ref)
+	count := uint64(1)
+	if b.version >= 2 {
+		c, n := binary.Uvarint(data[off:])
+		// Every chunk takes at least its length byte.
+		if n <= 0 || c == 0 || c > uint64(len(data))-off-uint64(n) {
+			return dst, fmt.Errorf("%w %s: chunk entry at %d has a bad count", errCorruptBlock, b.dir, ref)
+		}
+		count, off = c, off+uint64(n)
 	}
-	start := int(ref) + n
-	return data[start : start+int(l)], nil
+	for range count {
+		if off >= uint64(len(data)) {
+			return dst, fmt.Errorf("%w %s: chunk entry at %d runs past %d bytes", errCorruptBlock, b.dir, ref, len(data))
+		}
+		l, n := binary.Uvarint(data[off:])
+		if n <= 0 || l > uint64(len(data))-off-uint64(n) {
+			return dst, fmt.Errorf("%w %s: chunk at %d has a bad length", errCorruptBlock, b.dir, off)
+		}
+		start := off + uint64(n)
+		dst = append(dst, data[start:start+l])
+		off = start + l
+	}
+	return dst, nil
 }
 
 // indexReader adds what tsdb.PostingsForMatchers needs to index.Reader.
@@ -274,11 +334,9 @@ func (b *Block) walkSeries(mint, maxt int64, withChunks bool, ms ...*labels.Matc
 			if !withChunks {
 				break
 			}
-			c, err := b.chunk(m.Ref)
-			if err != nil {
+			if sr.Chunks, err = b.appendChunks(sr.Chunks, m.Ref); err != nil {
 				return nil, err
 			}
-			sr.Chunks = append(sr.Chunks, c)
 		}
 		if inRange {
 			sr.Labels = sb.Labels()

@@ -1,17 +1,20 @@
 package raw
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"github.com/hopwatch/hopwatch/internal/recbuf"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
@@ -56,6 +59,16 @@ func (db *DB) loadBlocks(pending []ulid.ULID) error {
 			continue
 		}
 		b, err := openBlock(dir)
+		if errors.Is(err, errCorruptBlock) {
+			// Moved aside, not deleted: the tenant opens without it, and
+			// whoever looks at the log can still inspect or restore it.
+			db.metrics.blocksCorrupt.Inc()
+			db.logger.Error("raw block is corrupt; moved aside, the tenant opens without it", "dir", dir, "moved_to", dir+".corrupt", "err", err)
+			if err := os.Rename(dir, dir+".corrupt"); err != nil {
+				return fmt.Errorf("hopwatch/raw: move corrupt block %s aside: %w", dir, err)
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("hopwatch/raw: open block %s: %w", dir, err)
 		}
@@ -117,23 +130,77 @@ func compareInt64(a, b int64) int {
 
 // Compact persists what the head holds of closed time ranges as blocks,
 // checkpoints the rest of the head and deletes the WAL before it, merges
-// small or overlapping blocks, and applies retention. A range is closed
-// when the newest sample of the DB is more than the out-of-order window
-// past its end. Time is taken from the data, never from the clock.
-func (db *DB) Compact() error {
-	if err := db.compactHead(); err != nil {
-		return err
+// small or overlapping blocks, and applies retention, at wall-clock time
+// now. A range is closed once both now and the newest sample of the DB are
+// more than the out-of-order window past its end: the data can hold a
+// range open (a writer whose clock lags), never close it early, so a
+// sample stamped in the future changes nothing. Retention counts back from
+// now, never from the newest sample.
+//
+// A step that fails (a range's block, a merge, a deletion) is logged,
+// counted in hopwatch_raw_compaction_failures_total and retried at the
+// next compaction; the other steps go on. The error returned joins them.
+func (db *DB) Compact(now time.Time) error {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	if db.closed {
+		return errDBClosed
 	}
-	if err := db.compactBlocks(); err != nil {
-		return err
+	db.wallNow.Store(now.UnixNano())
+	errs := []error{db.compactHead(now.UnixNano())}
+	if limit := db.opts.CheckpointWALSize; limit > 0 {
+		if size, err := db.wal.Size(); err == nil && size > limit {
+			if err := db.checkpoint(); err != nil {
+				errs = append(errs, db.failed("checkpoint", err, "wal_bytes", size))
+			}
+		}
 	}
-	return db.applyRetention()
+	return errors.Join(append(errs, db.compactBlocks(), db.applyRetention(now.UnixNano()))...)
 }
 
+// errDBClosed is returned by Compact after Close.
+var errDBClosed = errors.New("hopwatch/raw: DB closed")
+
+// checkpoint writes the head as it is to the checkpoint and deletes the WAL
+// before it. The caller holds compactMtx.
+func (db *DB) checkpoint() error {
+	snap, err := db.snapshotHead(nil)
+	if err != nil {
+		return err
+	}
+	if err := db.writeCheckpoint(snap, db.uninstalled); err != nil {
+		return err
+	}
+	if err := db.wal.Truncate(snap.seg); err != nil {
+		return fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)
+	}
+	return nil
+}
+
+// failed counts and logs one failed compaction step and returns err.
+func (db *DB) failed(step string, err error, args ...any) error {
+	db.metrics.compactionFailures.Inc()
+	db.logger.Warn("raw compaction step failed; retried at the next compaction", append([]any{"step", step, "err", err}, args...)...)
+	return err
+}
+
+// satSub returns a-b, or the smallest int64 where that underflows.
+func satSub(a, b int64) int64 {
+	if b > 0 && a < minTime+b {
+		return minTime
+	}
+	return a - b
+}
+
+// alignDown returns the start of the d-aligned range holding t (the
+// smallest int64 for the partial range at the bottom).
 func alignDown(t, d int64) int64 {
 	r := t % d
 	if r < 0 {
 		r += d
+	}
+	if t < minTime+r {
+		return minTime
 	}
 	return t - r
 }
@@ -150,15 +217,31 @@ func (db *DB) headMaxT() int64 {
 	return m
 }
 
-// compactHead writes the head's chunks that end before the cutoff into
-// blocks, one per aligned block range, and drops them from the head.
-func (db *DB) compactHead() error {
+// headRange is what the head holds of one block range.
+type headRange struct {
+	series []blockSeries
+	moved  []movedChunk
+}
+
+// movedChunk is a head chunk whose samples before the cutoff go to a
+// block: the chunk (by its first byte) and what replaces it in the head.
+type movedChunk struct {
+	id   *byte
+	keep []headChunk // its samples from the cutoff on, if any
+}
+
+// compactHead writes the head's samples before the cutoff into blocks,
+// one per aligned block range, and drops them from the head. A chunk that
+// straddles the cutoff is split, so that a sample stamped in the future
+// does not hold older ones in the head. A range whose block cannot be
+// written stays in the head; the others go. The caller holds compactMtx.
+func (db *DB) compactHead(now int64) error {
 	maxT := db.headMaxT()
 	if maxT == minTime {
-		return nil
+		return db.installPending()
 	}
 	d := db.opts.BlockDuration.Nanoseconds()
-	cutoff := alignDown(maxT-db.opts.OutOfOrderWindow.Nanoseconds(), d)
+	cutoff := alignDown(satSub(min(maxT, now), db.opts.OutOfOrderWindow.Nanoseconds()), d)
 
 	db.mtx.RLock()
 	all := make([]*memSeries, 0, len(db.series))
@@ -168,32 +251,56 @@ func (db *DB) compactHead() error {
 	db.mtx.RUnlock()
 	slices.SortFunc(all, func(a, b *memSeries) int { return labels.Compare(a.lset, b.lset) })
 
-	// Group the closed chunks by block range; open samples that all fall
-	// before the cutoff are cut into a (short) chunk first. Chunks are
-	// immutable, so the blocks are written without holding up appends.
-	ranges := map[int64][]blockSeries{}
-	moved := map[*byte]bool{}
-	var w appendWork
+	// Group the chunks before the cutoff by block range (of their first
+	// sample); open samples before it are cut into a chunk first. Chunks
+	// are immutable, so the blocks are written without holding up appends.
+	var (
+		errs   []error
+		ranges = map[int64]*headRange{}
+		w      appendWork
+		rc     = db.newRecutter()
+		mine   []headChunk
+	)
 	for _, s := range all {
 		s.mtx.Lock()
-		if len(s.t) > 0 && slices.Max(s.t) < cutoff {
+		if len(s.t) > 0 && slices.Min(s.t) < cutoff {
 			db.cut(s, &w)
 		}
-		byRange := map[int64][]headChunk{}
+		mine = mine[:0]
 		for _, c := range s.chunks {
-			if c.maxT < cutoff {
-				r := alignDown(c.minT, d)
-				byRange[r] = append(byRange[r], c)
-				moved[&c.data[0]] = true
+			if c.minT < cutoff {
+				mine = append(mine, c)
 			}
 		}
 		s.mtx.Unlock()
+		byRange := map[int64][]headChunk{}
+		for _, c := range mine {
+			r := alignDown(c.minT, d)
+			mc := movedChunk{id: &c.data[0]}
+			if c.maxT < cutoff {
+				byRange[r] = append(byRange[r], c)
+			} else {
+				before, after, err := rc.split(c, cutoff)
+				if err != nil {
+					errs = append(errs, db.failed("head chunk split", err, "series", s.lset.String(), "min_time", c.minT, "max_time", c.maxT))
+					continue
+				}
+				byRange[r] = append(byRange[r], before...)
+				mc.keep = after
+			}
+			hr := ranges[r]
+			if hr == nil {
+				hr = &headRange{}
+				ranges[r] = hr
+			}
+			hr.moved = append(hr.moved, mc)
+		}
 		for r, cs := range byRange {
-			ranges[r] = append(ranges[r], blockSeries{lset: s.lset, chunks: cs, owner: s})
+			ranges[r].series = append(ranges[r].series, blockSeries{lset: s.lset, chunks: cs, owner: s})
 		}
 	}
-	if len(moved) == 0 {
-		return nil
+	if len(ranges) == 0 {
+		return errors.Join(append(errs, db.installPending())...)
 	}
 	starts := make([]int64, 0, len(ranges))
 	for r := range ranges {
@@ -205,54 +312,155 @@ func (db *DB) compactHead() error {
 	// installed after it: a crash before the checkpoint leaves the old
 	// checkpoint and WAL (the blocks are discarded at open), a crash after
 	// it leaves blocks that open installs. Never both, never neither.
-	var metas []BlockMeta
+	var (
+		metas []BlockMeta
+		moved = map[*byte][]headChunk{}
+	)
 	for _, r := range starts {
-		meta, err := writeBlock(db.blocksDir(), ranges[r], 1, nil, chunkSamples, false)
+		meta, err := db.writeHeadRange(rc, ranges[r].series)
 		if err != nil {
-			return err
+			errs = append(errs, db.failed("head block", err, "min_time", r))
+			continue
 		}
 		metas = append(metas, meta)
+		for _, m := range ranges[r].moved {
+			moved[m.id] = m.keep
+		}
 	}
-	db.appendMtx.Lock()
-	defer db.appendMtx.Unlock()
-	for _, s := range all {
-		s.mtx.Lock()
-		s.chunks = slices.DeleteFunc(s.chunks, func(c headChunk) bool { return moved[&c.data[0]] })
-		s.mtx.Unlock()
+	if len(metas) == 0 {
+		return errors.Join(append(errs, db.installPending())...)
 	}
-	pending := make([]ulid.ULID, len(metas))
-	for i, m := range metas {
-		pending[i] = m.ULID
-	}
-	seg, err := db.writeCheckpoint(pending)
-	if err != nil {
-		return err
-	}
-	var written []*Block
+	pending := slices.Clone(db.uninstalled)
 	for _, m := range metas {
-		if err := installBlock(db.blocksDir(), m.ULID); err != nil {
-			return err
+		pending = append(pending, m.ULID)
+	}
+	snap, err := db.snapshotHead(moved)
+	if err == nil {
+		err = db.writeCheckpoint(snap, pending)
+	}
+	if err != nil {
+		// The head keeps the chunks, the old checkpoint and WAL stay:
+		// the blocks go.
+		for _, m := range metas {
+			_ = os.RemoveAll(filepath.Join(db.blocksDir(), m.ULID.String()+".tmp"))
 		}
-		b, err := openBlock(filepath.Join(db.blocksDir(), m.ULID.String()))
-		if err != nil {
-			return err
-		}
-		written = append(written, b)
+		return errors.Join(append(errs, db.failed("checkpoint", err))...)
+	}
+	for _, m := range metas {
+		db.uninstalled = append(db.uninstalled, m.ULID)
 		db.logger.Info("raw block written", "ulid", m.ULID, "series", m.Stats.Series, "samples", m.Stats.Samples, "bytes", m.Stats.Bytes)
 	}
+	opened, err := db.openPending()
+	errs = append(errs, err)
+	// The chunks leave the head and the blocks arrive in one step for
+	// queries, which hold blocksMtx across head and blocks: a sample is
+	// never seen twice nor missed. A block that could not be opened is
+	// retried; its samples are in the checkpoint's pending block only.
 	db.blocksMtx.Lock()
-	db.blocks = append(db.blocks, written...)
-	db.sortBlocks()
-	db.blocksMtx.Unlock()
-	db.metrics.blocksWritten.Add(float64(len(written)))
-	if err := db.wal.Truncate(seg); err != nil {
-		return fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", seg, err)
+	for _, s := range all {
+		s.mtx.Lock()
+		s.chunks = replaceChunks(s.chunks, moved)
+		s.mtx.Unlock()
 	}
-	return nil
+	db.addBlocks(opened)
+	db.blocksMtx.Unlock()
+	db.metrics.blocksWritten.Add(float64(len(metas)))
+	if err := db.wal.Truncate(snap.seg); err != nil {
+		errs = append(errs, db.failed("WAL truncation", fmt.Errorf("hopwatch/raw: truncate WAL before segment %d: %w", snap.seg, err)))
+	}
+	return errors.Join(errs...)
+}
+
+// replaceChunks returns cs with each chunk in moved replaced by what moved
+// maps it to (nothing, or its samples from the cutoff on). It builds a new
+// slice: a checkpoint may hold the old one.
+func replaceChunks(cs []headChunk, moved map[*byte][]headChunk) []headChunk {
+	out := make([]headChunk, 0, len(cs))
+	for _, c := range cs {
+		if keep, ok := moved[&c.data[0]]; ok {
+			out = append(out, keep...)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// writeHeadRange writes one range's chunks, re-cut where they overlap, as
+// a block left in its ".tmp" directory.
+// Head series sharing one label set under different keys (the key format
+// of an older version or configuration, say) become one block series: the
+// index takes each label set once.
+func (db *DB) writeHeadRange(rc *recutter, series []blockSeries) (BlockMeta, error) {
+	slices.SortStableFunc(series, func(a, b blockSeries) int { return labels.Compare(a.lset, b.lset) })
+	out := make([]blockSeries, 0, len(series))
+	for i := 0; i < len(series); {
+		j := i + 1
+		chunks := series[i].chunks
+		for j < len(series) && labels.Equal(series[j].lset, series[i].lset) {
+			chunks = append(slices.Clip(chunks), series[j].chunks...)
+			j++
+		}
+		cs, err := rc.recut(chunks)
+		if err != nil {
+			return BlockMeta{}, fmt.Errorf("series %s: %w", series[i].lset, err)
+		}
+		out = append(out, blockSeries{lset: series[i].lset, chunks: cs, owner: series[i].owner})
+		i = j
+	}
+	return writeBlock(db.blocksDir(), out, 1, nil, chunkSamples, false)
+}
+
+// installPending renames into place and opens the blocks cut from the
+// head whose checkpoint is written. One that fails stays pending: every
+// later checkpoint names it, so that Open installs it if no compaction
+// does. The caller holds compactMtx.
+func (db *DB) installPending() error {
+	opened, err := db.openPending()
+	db.blocksMtx.Lock()
+	db.addBlocks(opened)
+	db.blocksMtx.Unlock()
+	return err
+}
+
+// addBlocks adds opened blocks to the DB; the caller holds blocksMtx.
+func (db *DB) addBlocks(bs []*Block) {
+	if len(bs) > 0 {
+		db.blocks = append(db.blocks, bs...)
+		db.sortBlocks()
+	}
+}
+
+// openPending renames the pending blocks into place and opens them,
+// returning those it opened. The caller holds compactMtx.
+func (db *DB) openPending() ([]*Block, error) {
+	var errs []error
+	var written []*Block
+	left := db.uninstalled[:0]
+	for _, id := range db.uninstalled {
+		dir := filepath.Join(db.blocksDir(), id.String())
+		if _, err := os.Stat(dir + ".tmp"); err == nil {
+			if err := installBlock(db.blocksDir(), id); err != nil {
+				errs = append(errs, db.failed("block install", err, "ulid", id))
+				left = append(left, id)
+				continue
+			}
+		}
+		b, err := openBlock(dir)
+		if err != nil {
+			errs = append(errs, db.failed("block open", err, "ulid", id))
+			left = append(left, id)
+			continue
+		}
+		written = append(written, b)
+	}
+	db.uninstalled = left
+	return written, errors.Join(errs...)
 }
 
 // compactBlocks merges the blocks that fall within one aligned range of
-// MaxBlockDuration into one block, when there are several.
+// MaxBlockDuration into one block, when there are several. A merge that
+// fails leaves its blocks as they are and does not stop the others.
 func (db *DB) compactBlocks() error {
 	d := db.opts.MaxBlockDuration.Nanoseconds()
 	db.blocksMtx.RLock()
@@ -271,16 +479,19 @@ func (db *DB) compactBlocks() error {
 		}
 	}
 	slices.Sort(starts)
+	var errs []error
+	rc := db.newRecutter()
 	for _, start := range starts {
-		if err := db.mergeBlocks(groups[start]); err != nil {
-			return err
+		if err := db.mergeBlocks(rc, groups[start]); err != nil {
+			errs = append(errs, db.failed("block merge", err, "min_time", start, "blocks", len(groups[start])))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// mergeBlocks writes the union of bs as one block and replaces them by it.
-func (db *DB) mergeBlocks(bs []*Block) error {
+// mergeBlocks writes the union of bs as one block, each series' chunks
+// re-cut where they overlap, and replaces them by it.
+func (db *DB) mergeBlocks(rc *recutter, bs []*Block) error {
 	bySeries := map[string]*blockSeries{}
 	var order []string
 	level := 0
@@ -301,18 +512,22 @@ func (db *DB) mergeBlocks(bs []*Block) error {
 				order = append(order, k)
 			}
 			for _, c := range sr.Chunks {
-				sum, err := chunkenc.ReadSummary(c, db.bounds)
+				minT, maxT, _, err := chunkenc.ReadTimeRange(c)
 				if err != nil {
 					return fmt.Errorf("hopwatch/raw: block %s: %w", b.meta.ULID, err)
 				}
-				bsr.chunks = append(bsr.chunks, headChunk{data: c, minT: sum.MinT, maxT: sum.MaxT})
+				bsr.chunks = append(bsr.chunks, headChunk{data: c, minT: minT, maxT: maxT})
 			}
 		}
 	}
 	series := make([]blockSeries, 0, len(order))
 	for _, k := range order {
 		bsr := bySeries[k]
-		slices.SortStableFunc(bsr.chunks, func(a, b headChunk) int { return compareInt64(a.minT, b.minT) })
+		cs, err := rc.recut(bsr.chunks)
+		if err != nil {
+			return fmt.Errorf("series %s: %w", bsr.lset, err)
+		}
+		bsr.chunks = cs
 		series = append(series, *bsr)
 	}
 	slices.SortFunc(series, func(a, b blockSeries) int { return labels.Compare(a.lset, b.lset) })
@@ -329,14 +544,17 @@ func (db *DB) mergeBlocks(bs []*Block) error {
 	db.blocks = append(db.blocks, nb)
 	db.sortBlocks()
 	db.blocksMtx.Unlock()
-	for _, b := range bs {
-		if err := db.deleteBlock(b); err != nil {
-			return err
-		}
-	}
 	db.metrics.blocksCompacted.Add(float64(len(bs)))
 	db.logger.Info("raw blocks compacted", "into", meta.ULID, "from", len(bs), "level", meta.Level)
-	return nil
+	// The new block lists them as sources: one left behind by a failed
+	// delete goes at the next Open.
+	var errs []error
+	for _, b := range bs {
+		if err := db.deleteBlock(b); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // deleteBlock closes a block already removed from db.blocks (waiting for
@@ -348,14 +566,12 @@ func (db *DB) deleteBlock(b *Block) error {
 	return os.RemoveAll(b.dir)
 }
 
-// applyRetention deletes blocks older than Retention behind the newest
-// sample, then the oldest blocks while the blocks exceed RetentionBytes.
-func (db *DB) applyRetention() error {
-	newest := db.headMaxT()
+// applyRetention deletes the blocks whose newest sample is more than
+// Retention before now, then the oldest blocks while the blocks exceed
+// RetentionBytes.
+func (db *DB) applyRetention(now int64) error {
+	horizon := satSub(now, db.opts.Retention.Nanoseconds())
 	db.blocksMtx.Lock()
-	for _, b := range db.blocks {
-		newest = max(newest, b.meta.MaxTime)
-	}
 	var drop []*Block
 	keep := db.blocks[:0]
 	var total int64
@@ -363,7 +579,7 @@ func (db *DB) applyRetention() error {
 		total += b.meta.Stats.Bytes
 	}
 	for _, b := range db.blocks { // oldest first
-		tooOld := db.opts.Retention > 0 && b.meta.MaxTime < newest-db.opts.Retention.Nanoseconds()
+		tooOld := db.opts.Retention > 0 && b.meta.MaxTime < horizon
 		tooBig := db.opts.RetentionBytes > 0 && total > db.opts.RetentionBytes
 		if tooOld || tooBig {
 			drop = append(drop, b)
@@ -374,14 +590,16 @@ func (db *DB) applyRetention() error {
 	}
 	db.blocks = keep
 	db.blocksMtx.Unlock()
+	var errs []error
 	for _, b := range drop {
 		if err := db.deleteBlock(b); err != nil {
-			return err
+			errs = append(errs, db.failed("retention", err, "ulid", b.meta.ULID))
+			continue
 		}
 		db.metrics.blocksDeleted.Inc()
 		db.logger.Info("raw block deleted by retention", "ulid", b.meta.ULID, "max_time", b.meta.MaxTime)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // chunkSamples returns the sample count of an encoded chunk.
@@ -425,75 +643,164 @@ func checkpointVersion(b []byte) int {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// writeCheckpoint cuts the WAL and writes the head as of the cut, naming
-// the pending blocks; it returns the first segment after the cut, before
-// which the WAL may be deleted. The caller holds appendMtx exclusively.
-func (db *DB) writeCheckpoint(pending []ulid.ULID) (int, error) {
+// headSnapshot is the head as of a cut of the WAL: what a checkpoint
+// holds. Chunks are shared with the head (they are immutable), open
+// samples are copied.
+type headSnapshot struct {
+	seg     int // the first WAL segment after the cut
+	nextRef uint64
+	series  []seriesSnapshot
+}
+
+type seriesSnapshot struct {
+	ref    uint64
+	key    string
+	lset   labels.Labels
+	maxT   int64
+	chunks []headChunk
+	t, lat []int64
+	ids    [][16]byte
+	wt     []uint32
+}
+
+// snapshotHead cuts the WAL and copies the head as of the cut, with the
+// chunks in moved replaced as replaceChunks does. Appends wait only for
+// the copy of the chunk lists and open samples, not for encoding or
+// writing. The caller holds compactMtx, so no chunk leaves the head
+// meanwhile.
+func (db *DB) snapshotHead(moved map[*byte][]headChunk) (*headSnapshot, error) {
+	db.appendMtx.Lock()
+	defer db.appendMtx.Unlock()
 	seg, err := db.wal.NextSegment()
 	if err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: cut WAL segment: %w", err)
+		return nil, fmt.Errorf("hopwatch/raw: cut WAL segment: %w", err)
 	}
+	db.mtx.RLock()
+	defer db.mtx.RUnlock()
+	snap := &headSnapshot{seg: seg, nextRef: db.nextRef, series: make([]seriesSnapshot, 0, len(db.series))}
+	for _, s := range db.series {
+		s.mtx.Lock()
+		ss := seriesSnapshot{
+			ref: s.ref, key: s.key, lset: s.lset, maxT: s.maxT,
+			t: slices.Clone(s.t), lat: slices.Clone(s.lat), ids: slices.Clone(s.ids), wt: slices.Clone(s.wt),
+		}
+		if len(moved) == 0 {
+			// Appends only ever add chunks past the end, and compaction
+			// replaces the slice: the first len(s.chunks) stay as they are.
+			ss.chunks = s.chunks[:len(s.chunks):len(s.chunks)]
+		} else {
+			ss.chunks = replaceChunks(s.chunks, moved)
+		}
+		s.mtx.Unlock()
+		snap.series = append(snap.series, ss)
+	}
+	return snap, nil
+}
+
+// writeCheckpoint writes snap as the head checkpoint naming the pending
+// blocks: into a temporary file, fsynced, then renamed over the old one,
+// so a crash leaves one or the other whole. The WAL before snap.seg may be
+// deleted once it returns.
+func (db *DB) writeCheckpoint(snap *headSnapshot, pending []ulid.ULID) error {
+	tmp := db.checkpointPath() + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	}
+	fail := func(err error) error {
+		_ = f.Close()
+		_ = os.Remove(tmp)
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	}
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(f, crc), 1<<20)
 	b := []byte(headCheckpointMagic)
-	b = binary.AppendUvarint(b, uint64(seg))
+	b = binary.AppendUvarint(b, uint64(snap.seg))
 	b = binary.AppendUvarint(b, uint64(len(pending)))
 	for _, id := range pending {
 		b = append(b, id[:]...)
 	}
-	db.mtx.RLock()
-	b = binary.AppendUvarint(b, db.nextRef)
-	b = binary.AppendUvarint(b, uint64(len(db.series)))
-	for _, s := range db.series {
-		s.mtx.Lock()
+	b = binary.AppendUvarint(b, snap.nextRef)
+	b = binary.AppendUvarint(b, uint64(len(snap.series)))
+	for i := range snap.series {
+		s := &snap.series[i]
 		b = binary.AppendUvarint(b, s.ref)
 		b = appendSeriesHead(b, s.key, s.lset)
 		b = binary.AppendVarint(b, s.maxT)
 		b = binary.AppendUvarint(b, uint64(len(s.chunks)))
 		for _, c := range s.chunks {
 			b = binary.AppendUvarint(b, uint64(len(c.data)))
-			b = append(b, c.data...)
-			b = binary.AppendVarint(b, c.minT)
+			if _, err := bw.Write(b); err != nil {
+				return fail(err)
+			}
+			if _, err := bw.Write(c.data); err != nil {
+				return fail(err)
+			}
+			b = binary.AppendVarint(b[:0], c.minT)
 			b = binary.AppendVarint(b, c.maxT)
 		}
 		b = binary.AppendUvarint(b, uint64(len(s.t)))
-		for i := range s.t {
-			b = binary.AppendVarint(b, s.t[i])
-			b = binary.AppendUvarint(b, uint64(s.lat[i]))
-			b = append(b, s.ids[i][:]...)
+		for j := range s.t {
+			b = binary.AppendVarint(b, s.t[j])
+			b = binary.AppendUvarint(b, uint64(s.lat[j]))
+			b = append(b, s.ids[j][:]...)
 		}
 		b = binary.AppendUvarint(b, uint64(len(s.wt)))
 		for _, v := range s.wt {
 			b = binary.AppendUvarint(b, uint64(v))
 		}
-		s.mtx.Unlock()
+		if len(b) >= 1<<16 || i == len(snap.series)-1 {
+			if _, err := bw.Write(b); err != nil {
+				return fail(err)
+			}
+			b = b[:0]
+		}
 	}
-	db.mtx.RUnlock()
-	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-
-	tmp := db.checkpointPath() + ".tmp"
-	if err := recbuf.WriteFileSync(tmp, b); err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
+	if _, err := bw.Write(b); err != nil {
+		return fail(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(err)
+	}
+	if _, err := f.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32())); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("hopwatch/raw: write head checkpoint: %w", err)
 	}
 	if err := fileutil.Replace(tmp, db.checkpointPath()); err != nil {
-		return 0, fmt.Errorf("hopwatch/raw: install head checkpoint: %w", err)
+		if _, serr := os.Stat(tmp); !errors.Is(serr, fs.ErrNotExist) {
+			return fmt.Errorf("hopwatch/raw: install head checkpoint: %w", err)
+		}
+		// Renamed, but the directory's fsync failed: the new checkpoint is
+		// the one in place, and the caller must act on it as written (its
+		// blocks kept), or a restart would find neither head nor block.
+		db.logger.Warn("raw head checkpoint renamed into place but its directory not synced", "err", err)
 	}
 	db.metrics.checkpoints.Inc()
-	return seg, nil
+	return nil
 }
 
 var errCorruptCheckpoint = errors.New("hopwatch/raw: corrupt head checkpoint")
 
-// checkpointPending returns the blocks the checkpoint names, if any.
-func (db *DB) checkpointPending() ([]ulid.ULID, error) {
+// readCheckpoint returns the head checkpoint's bytes, nil if there is
+// none; it is read once for checkpointPending and loadCheckpoint.
+func (db *DB) readCheckpoint() ([]byte, error) {
 	b, err := os.ReadFile(db.checkpointPath())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 ||
-		crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
-		return nil, nil // loadCheckpoint reports it
+	return b, err
+}
+
+// checkpointPending returns the blocks checkpoint b names, if any.
+func checkpointPending(b []byte) []ulid.ULID {
+	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 {
+		return nil // loadCheckpoint reports it
 	}
 	r := recbuf.New(b[:len(b)-4], len(headCheckpointMagic), errCorruptCheckpoint)
 	r.Uvarint("first segment")
@@ -503,31 +810,33 @@ func (db *DB) checkpointPending() ([]ulid.ULID, error) {
 			ids = append(ids, ulid.ULID(v))
 		}
 	}
-	return ids, nil
+	return ids
 }
 
-// loadCheckpoint restores the head from the checkpoint, if any, and returns
-// the first WAL segment to replay.
-func (db *DB) loadCheckpoint() (int, error) {
-	b, err := os.ReadFile(db.checkpointPath())
-	if errors.Is(err, fs.ErrNotExist) {
+// checkCheckpoint checks checkpoint b's magic and checksum.
+func (db *DB) checkCheckpoint(b []byte) error {
+	if len(b) < len(headCheckpointMagic)+4 || checkpointVersion(b) == 0 {
+		return db.corruptCheckpoint(b, "bad magic")
+	}
+	if crc32.Checksum(b[:len(b)-4], castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
+		return db.corruptCheckpoint(b, "checksum mismatch")
+	}
+	return nil
+}
+
+func (db *DB) corruptCheckpoint(b []byte, why string) error {
+	return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start from the WAL alone", errCorruptCheckpoint, db.checkpointPath(), len(b), why)
+}
+
+// loadCheckpoint restores the head from checkpoint b, checked by
+// checkCheckpoint, if any, and returns the first WAL segment to replay.
+func (db *DB) loadCheckpoint(b []byte) (int, error) {
+	if b == nil {
 		return 0, nil
 	}
-	if err != nil {
-		return 0, err
-	}
-	corrupt := func(why string) error {
-		return fmt.Errorf("%w %s (%d bytes): %s; move it aside to start from the WAL alone", errCorruptCheckpoint, db.checkpointPath(), len(b), why)
-	}
+	corrupt := func(why string) error { return db.corruptCheckpoint(b, why) }
 	version := checkpointVersion(b)
-	if len(b) < len(headCheckpointMagic)+4 || version == 0 {
-		return 0, corrupt("bad magic")
-	}
-	body := b[:len(b)-4]
-	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(b[len(b)-4:]) {
-		return 0, corrupt("checksum mismatch")
-	}
-	r := recbuf.New(body, len(headCheckpointMagic), errCorruptCheckpoint)
+	r := recbuf.New(b[:len(b)-4], len(headCheckpointMagic), errCorruptCheckpoint)
 	first := int(r.Uvarint("first segment"))
 	r.Bytes(16*uint64(r.Count("pending count")), "pending blocks")
 	db.nextRef = r.Uvarint("next ref")
@@ -544,7 +853,11 @@ func (db *DB) loadCheckpoint() (int, error) {
 		s.maxT = r.Varint("max time")
 		nc := r.Count("chunk count")
 		for range nc {
-			data := slices.Clone(r.Bytes(r.Uvarint("chunk length"), "chunk"))
+			// A view into the checkpoint, not a copy (which took most of
+			// the load's time): the buffer lives while one of its chunks
+			// is in the head, until the next block cut at most.
+			data := r.Bytes(r.Uvarint("chunk length"), "chunk")
+			data = data[:len(data):len(data)]
 			c := headChunk{data: data, minT: r.Varint("chunk min time"), maxT: r.Varint("chunk max time")}
 			if r.Err() == nil {
 				if _, err := chunkenc.ReadSummary(data, db.bounds); err != nil {
@@ -554,6 +867,11 @@ func (db *DB) loadCheckpoint() (int, error) {
 			s.chunks = append(s.chunks, c)
 		}
 		no := r.Count("open count")
+		if no > 0 {
+			s.t = make([]int64, 0, no)
+			s.lat = make([]int64, 0, no)
+			s.ids = make([][16]byte, 0, no)
+		}
 		for range no {
 			s.t = append(s.t, r.Varint("open time"))
 			s.lat = append(s.lat, int64(r.Uvarint("open latency")))

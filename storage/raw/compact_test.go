@@ -35,7 +35,7 @@ func TestCompactCutsBlocksAndTruncatesTheWAL(t *testing.T) {
 	}
 	firstBefore, _, err := wlog.Segments(filepath.Join(dir, "wal"))
 	require.NoError(t, err)
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.NotEmpty(t, db.blocks)
 	require.Positive(t, testutil.ToFloat64(db.metrics.blocksWritten))
 	firstAfter, _, err := wlog.Segments(filepath.Join(dir, "wal"))
@@ -70,10 +70,10 @@ func TestCompactionMergesSmallBlocks(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 		if i%20 == 19 {
-			require.NoError(t, db.Compact())
+			require.NoError(t, db.Compact(dataNow(db)))
 		}
 	}
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.Positive(t, testutil.ToFloat64(db.metrics.blocksCompacted))
 	var merged bool
 	for _, b := range db.blocks {
@@ -95,7 +95,7 @@ func TestRetention(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 	}
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.Positive(t, testutil.ToFloat64(db.metrics.blocksDeleted))
 	newest := db.headMaxT()
 	for _, b := range db.blocks {
@@ -108,7 +108,7 @@ func TestRetention(t *testing.T) {
 	// By size: keep at most one block's worth.
 	db.opts.Retention = 0
 	db.opts.RetentionBytes = 1
-	require.NoError(t, db.applyRetention())
+	require.NoError(t, db.applyRetention(db.headMaxT()))
 	require.Empty(t, db.blocks)
 }
 
@@ -120,7 +120,7 @@ func TestOpenCleansUpInterruptedWrites(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 	}
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	want := readAll(t, db)
 	require.NoError(t, db.Close())
 
@@ -147,8 +147,8 @@ func TestPendingBlockIsInstalledAfterCrash(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 	}
-	require.NoError(t, db.Compact())
-	require.NoError(t, db.Close())
+	require.NoError(t, db.Compact(dataNow(db)))
+	crash(db)
 	// Undo the install of every block, as if the process died between
 	// writing the checkpoint and renaming the blocks.
 	entries, err := os.ReadDir(filepath.Join(dir, "blocks"))

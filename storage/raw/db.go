@@ -9,8 +9,10 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/model/labels"
@@ -24,7 +26,7 @@ import (
 
 // Options configures a DB.
 type Options struct {
-	// Dir holds the DB's WAL (and, to come, its blocks).
+	// Dir holds the DB's WAL, head checkpoint and blocks.
 	Dir string
 	// ChunkSize is the number of samples a head chunk is cut at.
 	ChunkSize int
@@ -41,12 +43,17 @@ type Options struct {
 	BlockDuration time.Duration
 	// MaxBlockDuration bounds the range of a compacted block.
 	MaxBlockDuration time.Duration
-	// Retention drops blocks whose newest sample is older than this, behind
-	// the newest sample of the DB; 0 keeps everything.
+	// Retention drops blocks whose newest sample is older than this before
+	// the time Compact is given; 0 keeps everything.
 	Retention time.Duration
 	// RetentionBytes drops the oldest blocks while the blocks take more
 	// bytes than this; 0 means no limit.
 	RetentionBytes int64
+	// CheckpointWALSize is how many bytes the WAL may grow past the last
+	// head checkpoint before a compaction writes a new one and deletes the
+	// WAL behind it: it bounds the replay after a crash. 0 checkpoints
+	// only when blocks are cut and at Close.
+	CheckpointWALSize int64
 	// Fsync makes every acknowledged append wait for an fsync of the WAL
 	// (shared by concurrent appends through group commit). Off, an
 	// acknowledged append survives a crash of the process, not of the
@@ -65,6 +72,12 @@ func DefaultOptions() Options {
 		BlockDuration:    2 * time.Hour,
 		MaxBlockDuration: 24 * time.Hour,
 		Retention:        15 * 24 * time.Hour,
+		// Replay applies about 75 MiB of WAL per CPU second
+		// (BenchmarkOpen in docs/BENCHMARKS.md): a crash costs at most
+		// about 2 s of replay, plus a compaction interval's worth of WAL.
+		// Each checkpoint rewrites the head, so much smaller would write
+		// a large head over and over.
+		CheckpointWALSize: 128 << 20,
 	}
 }
 
@@ -75,8 +88,8 @@ func (o Options) Validate() error {
 	if o.Dir == "" {
 		add("Dir must be set")
 	}
-	if o.ChunkSize < 1 || o.ChunkSize > 1<<20 {
-		add("ChunkSize %d outside [1, %d]", o.ChunkSize, 1<<20)
+	if o.ChunkSize < 1 || o.ChunkSize > chunkenc.MaxSamples {
+		add("ChunkSize %d outside [1, %d]", o.ChunkSize, chunkenc.MaxSamples)
 	}
 	if o.OutOfOrderWindow < 0 {
 		add("OutOfOrderWindow %s is negative", o.OutOfOrderWindow)
@@ -92,6 +105,9 @@ func (o Options) Validate() error {
 	}
 	if o.MaxBlockDuration < o.BlockDuration {
 		add("MaxBlockDuration %s is shorter than BlockDuration %s", o.MaxBlockDuration, o.BlockDuration)
+	}
+	if o.CheckpointWALSize < 0 {
+		add("CheckpointWALSize %d is negative", o.CheckpointWALSize)
 	}
 	if o.Retention < 0 || o.RetentionBytes < 0 {
 		add("Retention %s and RetentionBytes %d must not be negative", o.Retention, o.RetentionBytes)
@@ -117,7 +133,12 @@ type dbMetrics struct {
 	blocksWritten   prometheus.Counter
 	blocksCompacted prometheus.Counter
 	blocksDeleted   prometheus.Counter
+	blocksCorrupt   prometheus.Counter
 	checkpoints     prometheus.Counter
+	// compactionFailures counts block writes, merges, deletions and
+	// checkpoints that failed; each is retried at the next compaction, and
+	// none holds up the others.
+	compactionFailures prometheus.Counter
 }
 
 func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
@@ -140,7 +161,10 @@ func newDBMetrics(reg prometheus.Registerer) *dbMetrics {
 		blocksWritten:   c("hopwatch_raw_blocks_written_total", "Blocks cut from the head."),
 		blocksCompacted: c("hopwatch_raw_blocks_compacted_total", "Blocks merged into larger ones."),
 		blocksDeleted:   c("hopwatch_raw_blocks_deleted_total", "Blocks deleted by retention."),
+		blocksCorrupt:   c("hopwatch_raw_blocks_corrupt_total", "Blocks found corrupt at open and moved aside (renamed <ulid>.corrupt), so that the tenant opens without them."),
 		checkpoints:     c("hopwatch_raw_head_checkpoints_total", "Head checkpoints written (each lets older WAL segments go)."),
+
+		compactionFailures: c("hopwatch_raw_compaction_failures_total", "Raw compaction steps that failed (a block cut from the head, a merge of blocks, a deletion, a checkpoint); each is logged and retried at the next compaction without holding up the others."),
 	}
 }
 
@@ -157,6 +181,18 @@ type DB struct {
 	// and exclusively by a head checkpoint, so a checkpoint sees every
 	// logged sample applied and none half-way.
 	appendMtx sync.RWMutex
+
+	// wallNow is the wall-clock time of the last Compact (minTime before
+	// the first): the out-of-order window never counts from later than
+	// this, so a sample stamped in the future does not shut its series out.
+	wallNow atomic.Int64
+
+	// compactMtx serialises compaction, checkpoints and Close.
+	compactMtx sync.Mutex
+	// uninstalled are blocks cut from the head, named by the checkpoint,
+	// not yet renamed into place and opened (guarded by compactMtx).
+	uninstalled []ulid.ULID
+	closed      bool // guarded by compactMtx
 
 	blocksMtx sync.RWMutex
 	blocks    []*Block
@@ -240,27 +276,31 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 		nextRef: 1,
 	}
 	db.work.New = func() any { return &appendWork{} }
+	db.wallNow.Store(minTime)
 	w, err := wlog.NewSize(logger, prometheus.WrapRegistererWithPrefix("hopwatch_raw_", reg), opts.Dir+"/wal", opts.WALSegmentSize, compression.None)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/raw: open WAL: %w", err)
 	}
 	db.wal = w
-	pending, err := db.checkpointPending()
+	cp, err := db.readCheckpoint()
+	if err == nil && cp != nil {
+		err = db.checkCheckpoint(cp)
+	}
 	if err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
-	if err := db.loadBlocks(pending); err != nil {
-		_ = db.Close()
+	if err := db.loadBlocks(checkpointPending(cp)); err != nil {
+		_ = db.close()
 		return nil, err
 	}
-	first, err := db.loadCheckpoint()
+	first, err := db.loadCheckpoint(cp)
 	if err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	if err := db.replay(first); err != nil {
-		_ = db.Close()
+		_ = db.close()
 		return nil, err
 	}
 	db.commit = newGroupCommit(w, opts.Fsync, func(n int) {
@@ -270,9 +310,40 @@ func Open(opts Options, reg prometheus.Registerer, logger *slog.Logger) (*DB, er
 	return db, nil
 }
 
-// Close closes the WAL and the blocks. The head's data is in the WAL (and
-// checkpoint) and comes back on Open.
+// Close checkpoints the head, so that the next Open loads the checkpoint
+// instead of replaying the WAL, and closes the WAL and the blocks. Appends
+// must have returned. Were the checkpoint to fail, the WAL still holds
+// everything and Open replays it.
 func (db *DB) Close() error {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	if db.closed {
+		return nil
+	}
+	var errs []error
+	if err := db.checkpoint(); err != nil {
+		db.logger.Warn("raw head checkpoint at close failed; the next start replays the WAL", "err", err)
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, db.close())...)
+}
+
+// discard closes the DB without a checkpoint, once the appends that raced
+// with it are done: its data is about to be deleted.
+func (db *DB) discard() error {
+	db.compactMtx.Lock()
+	defer db.compactMtx.Unlock()
+	db.appendMtx.Lock()
+	defer db.appendMtx.Unlock()
+	return db.close()
+}
+
+// close closes the WAL and the blocks; the caller holds compactMtx.
+func (db *DB) close() error {
+	if db.closed {
+		return nil
+	}
+	db.closed = true
 	errs := []error{db.wal.Close()}
 	db.blocksMtx.Lock()
 	blocks := db.blocks
@@ -362,6 +433,7 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 		s.mtx.Unlock()
 	}
 	window := db.opts.OutOfOrderWindow.Nanoseconds()
+	wallNow := db.wallNow.Load()
 	threshold := samplingThreshold(level)
 	weight := uint32(1) << level
 	w.keep = w.keep[:0]
@@ -393,9 +465,15 @@ func (db *DB) AppendSampled(b *sample.Batch, level int) (tooOld, sampledOut int,
 			continue
 		}
 		// The window counts from the newest sample known so far, this
-		// batch's included.
+		// batch's included, but from no later than the wall clock of the
+		// last compaction: a sample stamped days ahead must not make every
+		// later one of its series too old.
 		maxT := w.maxT[smp.Series]
-		ok := maxT == minTime || smp.Start >= maxT-window
+		from := maxT
+		if wallNow != minTime {
+			from = min(from, wallNow)
+		}
+		ok := maxT == minTime || smp.Start >= satSub(from, window)
 		w.keep = append(w.keep, ok)
 		if !ok {
 			tooOld++

@@ -61,10 +61,15 @@ type point struct{ t, lat int64 }
 // readAll returns every sample of every series, per series label string,
 // sorted by time, decoding chunks and the open chunk.
 func readAll(t testing.TB, db *DB) map[string][]point {
+	return readRange(t, db, minTime, 1<<62)
+}
+
+// readRange is readAll over the series with samples in [mint, maxt].
+func readRange(t testing.TB, db *DB, mint, maxt int64) map[string][]point {
 	out := map[string][]point{}
 	var d chunkenc.Decoder
 	var s chunkenc.Samples
-	for _, sr := range db.Select(minTime, 1<<62) {
+	for _, sr := range db.Select(mint, maxt) {
 		var ps []point
 		for _, c := range sr.Chunks {
 			_, err := d.DecodeChunk(c, db.bounds, &s)
@@ -349,61 +354,99 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// childOptions are the child's options: with HOPWATCH_RAW_CHILD_COMPACT
+// set, small blocks and checkpoints, so that a kill can land in the middle
+// of a block write, a checkpoint or a WAL truncation.
+func childOptions(dir string, compact bool) Options {
+	o := testOptions(dir)
+	if compact {
+		o.BlockDuration = time.Second
+		o.MaxBlockDuration = 4 * time.Second
+		o.OutOfOrderWindow = 100 * time.Millisecond
+		o.Retention = 0
+		o.CheckpointWALSize = 256 << 10
+	}
+	return o
+}
+
 // childAppend appends batches forever, printing the number of samples
-// acknowledged after each append, until it is killed.
+// acknowledged after each append, until it is killed; with compaction on,
+// it compacts after every 10 appends.
 func childAppend(dir string) {
-	db, err := Open(testOptions(dir), nil, nil)
+	compact := os.Getenv("HOPWATCH_RAW_CHILD_COMPACT") != ""
+	db, err := Open(childOptions(dir, compact), nil, nil)
 	if err != nil {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
 	batches := testBatches(&testing.T{}, 4, 400_000, 200)
 	acked := 0
-	for _, b := range batches {
+	for i, b := range batches {
 		if _, err := db.Append(b); err != nil {
 			fmt.Println("error", err)
 			os.Exit(1)
 		}
 		acked += len(b.Samples)
 		fmt.Println(acked)
+		if compact && i%10 == 9 {
+			if err := db.Compact(dataNow(db)); err != nil {
+				fmt.Println("error", err)
+				os.Exit(1)
+			}
+		}
 	}
 	time.Sleep(time.Hour)
 }
 
 func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
-	dir := t.TempDir()
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HOPWATCH_RAW_CHILD_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	sc := bufio.NewScanner(out)
-	acked := 0
-	for sc.Scan() {
-		n, err := strconv.Atoi(sc.Text())
-		require.NoError(t, err, sc.Text())
-		acked = n
-		if acked >= 50_000 {
-			break
+	f := func(compact bool, killAt int) {
+		t.Helper()
+		dir := t.TempDir()
+		exe, err := os.Executable()
+		require.NoError(t, err)
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), "HOPWATCH_RAW_CHILD_DIR="+dir)
+		if compact {
+			cmd.Env = append(cmd.Env, "HOPWATCH_RAW_CHILD_COMPACT=1")
 		}
-	}
-	// Kill mid-append: the child is appending as fast as it can.
-	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		sc := bufio.NewScanner(out)
+		acked := 0
+		for sc.Scan() {
+			n, err := strconv.Atoi(sc.Text())
+			require.NoError(t, err, sc.Text())
+			acked = n
+			if acked >= killAt {
+				break
+			}
+		}
+		// Kill mid-append (or mid-compaction): the child is working as
+		// fast as it can.
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		_ = cmd.Wait()
 
-	db, err := Open(testOptions(dir), nil, nil)
-	require.NoError(t, err)
-	defer db.Close()
-	total := 0
-	for _, ps := range readAll(t, db) {
-		total += len(ps)
+		db, err := Open(childOptions(dir, compact), nil, nil)
+		require.NoError(t, err)
+		defer db.Close()
+		total := 0
+		for _, ps := range readAll(t, db) {
+			total += len(ps)
+		}
+		require.GreaterOrEqual(t, total, acked, "every acknowledged sample survives")
+		if compact {
+			require.NotEmpty(t, db.Blocks(), "the child cut blocks")
+		}
+		// And nothing is invented: the data is a prefix of what was sent.
+		want := expected(testBatches(t, 4, 400_000, 200)[:total/200])
+		require.Equal(t, want, readAll(t, db))
 	}
-	require.GreaterOrEqual(t, total, acked, "every acknowledged sample survives")
-	// And nothing is invented: the data is a prefix of what was sent.
-	want := expected(testBatches(t, 4, 400_000, 200)[:total/200])
-	require.Equal(t, want, readAll(t, db))
+	f(false, 50_000)
+	// With blocks cut, merged and checkpoints written as the child goes.
+	for _, killAt := range []int{30_000, 61_000, 92_000} {
+		f(true, killAt)
+	}
 }
 
 func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
@@ -414,7 +457,7 @@ func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
 		_, err := db.Append(b)
 		require.NoError(t, err)
 	}
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.NotEmpty(t, db.Blocks())
 	want := db.Select(math.MinInt64, math.MaxInt64)
 
@@ -423,7 +466,7 @@ func TestSelectPinnedHoldsBlocksUntilReleased(t *testing.T) {
 	// readable until release.
 	db.opts.Retention = time.Nanosecond
 	compacted := make(chan error, 1)
-	go func() { compacted <- db.Compact() }()
+	go func() { compacted <- db.Compact(dataNow(db)) }()
 	var d chunkenc.Decoder
 	var got chunkenc.Samples
 	for i := range sel {

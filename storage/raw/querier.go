@@ -44,6 +44,10 @@ func (db *DB) SelectPinned(mint, maxt int64, ms ...*labels.Matcher) (series []Se
 }
 
 func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([]Series, func()) {
+	// Held across head and blocks: compaction moves chunks from one to
+	// the other under the write lock, so a query sees each sample once.
+	db.blocksMtx.RLock()
+	defer db.blocksMtx.RUnlock()
 	db.mtx.RLock()
 	var matched []*memSeries
 	for _, s := range db.series {
@@ -54,6 +58,9 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 	db.mtx.RUnlock()
 
 	var out []Series
+	// By labels: head series sharing a label set under different keys
+	// answer as one, and so do their block series.
+	bySeries := map[string]int{}
 	for _, s := range matched {
 		var sr Series
 		s.mtx.Lock()
@@ -85,16 +92,18 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 			continue
 		}
 		sr.Labels = s.lset
+		k := s.lset.String()
+		if i, ok := bySeries[k]; ok {
+			out[i].Chunks = append(out[i].Chunks, sr.Chunks...)
+			out[i].Open = mergeOpen(out[i].Open, sr.Open)
+			continue
+		}
+		bySeries[k] = len(out)
 		out = append(out, sr)
 	}
 	// Blocks: their chunks are copied out, so that a block deleted by
 	// compaction or retention never pulls memory from under a reader.
-	bySeries := map[string]int{}
-	for i, sr := range out {
-		bySeries[sr.Labels.String()] = i
-	}
 	var pinned []*Block
-	db.blocksMtx.RLock()
 	for _, b := range db.blocks {
 		bsr, err := b.selectSeries(mint, maxt, ms...)
 		if err != nil {
@@ -121,7 +130,6 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 			pinned = append(pinned, b)
 		}
 	}
-	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, func(a, b Series) int { return labels.Compare(a.Labels, b.Labels) })
 	var once sync.Once
 	return out, func() {
@@ -138,6 +146,8 @@ func (db *DB) selectSeries(mint, maxt int64, pin bool, ms ...*labels.Matcher) ([
 // [mint, maxt]. No chunk is read.
 func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels {
 	var out []labels.Labels
+	db.blocksMtx.RLock()
+	defer db.blocksMtx.RUnlock()
 	db.mtx.RLock()
 	for _, s := range db.series {
 		if matchAll(s.lset, ms) {
@@ -146,12 +156,14 @@ func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels
 	}
 	db.mtx.RUnlock()
 	// Head series are keyed by sample.Series.Key, block series only by
-	// labels: compare by labels from here on.
+	// labels: compare by labels from here on (two keys may share labels).
 	byLabels := make(map[string]bool, len(out))
-	for _, l := range out {
-		byLabels[l.String()] = true
-	}
-	db.blocksMtx.RLock()
+	out = slices.DeleteFunc(out, func(l labels.Labels) bool {
+		k := l.String()
+		dup := byLabels[k]
+		byLabels[k] = true
+		return dup
+	})
 	for _, b := range db.blocks {
 		lsets, err := b.labelSets(mint, maxt, ms...)
 		if err != nil {
@@ -165,7 +177,6 @@ func (db *DB) LabelSets(mint, maxt int64, ms ...*labels.Matcher) []labels.Labels
 			}
 		}
 	}
-	db.blocksMtx.RUnlock()
 	slices.SortFunc(out, labels.Compare)
 	return out
 }
@@ -189,6 +200,34 @@ func (db *DB) Blocks() []BlockMeta {
 	out := make([]BlockMeta, len(db.blocks))
 	for i, b := range db.blocks {
 		out[i] = b.meta
+	}
+	return out
+}
+
+// mergeOpen merges two sets of open samples, each sorted by time.
+func mergeOpen(a, b chunkenc.Samples) chunkenc.Samples {
+	var out chunkenc.Samples
+	weighted := a.Weight != nil || b.Weight != nil
+	w := func(s *chunkenc.Samples, i int) uint64 {
+		if s.Weight == nil {
+			return 1
+		}
+		return s.Weight[i]
+	}
+	i, j := 0, 0
+	for i < len(a.T) || j < len(b.T) {
+		src, k := &a, i
+		if i == len(a.T) || j < len(b.T) && b.T[j] < a.T[i] {
+			src, k = &b, j
+			j++
+		} else {
+			i++
+		}
+		out.T = append(out.T, src.T[k])
+		out.Latency = append(out.Latency, src.Latency[k])
+		if weighted {
+			out.Weight = append(out.Weight, w(src, k))
+		}
 	}
 	return out
 }

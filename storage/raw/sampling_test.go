@@ -275,7 +275,7 @@ func TestWeightsSurviveReplayCheckpointAndCompaction(t *testing.T) {
 			_, _, err := db.AppendSampled(batches[i], levels[i])
 			require.NoError(t, err)
 			if compact && i%10 == 9 {
-				require.NoError(t, db.Compact())
+				require.NoError(t, db.Compact(dataNow(db)))
 			}
 		}
 	}
@@ -291,7 +291,7 @@ func TestWeightsSurviveReplayCheckpointAndCompaction(t *testing.T) {
 	require.NoError(t, err)
 	check(db, half, "after WAL replay")
 
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.NotEmpty(t, db.Blocks())
 	check(db, half, "blocks and head after the checkpoint")
 	require.NoError(t, db.Close())
@@ -300,7 +300,7 @@ func TestWeightsSurviveReplayCheckpointAndCompaction(t *testing.T) {
 	check(db, half, "after loading the checkpoint")
 
 	appendRange(db, half, len(batches), true)
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	merged := false
 	for _, m := range db.Blocks() {
 		merged = merged || m.Level > 1
@@ -316,7 +316,7 @@ func TestWeightsSurviveReplayCheckpointAndCompaction(t *testing.T) {
 	db, err = Open(opts, nil, nil)
 	require.NoError(t, err)
 	check(db, len(batches), "after checkpoint and WAL replay")
-	require.NoError(t, db.Compact())
+	require.NoError(t, db.Compact(dataNow(db)))
 	require.NoError(t, db.Close())
 	db, err = Open(opts, nil, nil)
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -143,11 +144,12 @@ func (s *Store) AppendSampled(id string, b *sample.Batch, level int) (tooOld, sa
 	return db.AppendSampled(b, level)
 }
 
-// Compact compacts every tenant's DB; see DB.Compact.
-func (s *Store) Compact() error {
+// Compact compacts every tenant's DB at wall-clock time now; see
+// DB.Compact. A tenant whose compaction fails does not hold up the others.
+func (s *Store) Compact(now time.Time) error {
 	var errs []error
 	for _, db := range s.snapshot() {
-		if err := db.Compact(); err != nil {
+		if err := db.Compact(now); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -183,11 +185,7 @@ func (s *Store) DeleteTenant(id string) error {
 		treg.UnregisterAll()
 	}
 	if db != nil {
-		// Appends that raced with the delete hold appendMtx; wait them out.
-		db.appendMtx.Lock()
-		err := db.Close()
-		db.appendMtx.Unlock()
-		if err != nil {
+		if err := db.discard(); err != nil {
 			return err
 		}
 	}

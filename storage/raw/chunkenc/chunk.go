@@ -13,6 +13,13 @@ import (
 // chunkVersion is the first byte of every chunk.
 const chunkVersion = 1
 
+// MaxSamples is the most samples a chunk may hold. Decoding allocates for
+// the count a chunk declares, and a column can take less than a byte a
+// sample (a run of equal timestamps and latencies takes no bit at all), so
+// the count is bounded by this constant, not by the chunk's size: a chunk
+// decodes into at most 24 MiB of columns.
+const MaxSamples = 1 << 20
+
 // Chunk flags.
 const (
 	flagWeights   = 1 << 0
@@ -67,6 +74,9 @@ func (e *Encoder) AppendChunk(dst []byte, s *Samples, bounds *nativehist.Bounds)
 	n := len(s.T)
 	if len(s.Latency) != n || s.Weight != nil && len(s.Weight) != n {
 		return dst, errColumnLengths(n, len(s.Latency), len(s.Weight))
+	}
+	if n > MaxSamples {
+		return dst, fmt.Errorf("hopwatch/chunkenc: %d samples in one chunk, at most %d", n, MaxSamples)
 	}
 	start := len(dst)
 	dst = append(dst, chunkVersion)
@@ -211,8 +221,11 @@ func readHead(b []byte, bounds *nativehist.Bounds, withHist bool) (Summary, int,
 	if h.err != nil {
 		return s, 0, nil, h.err
 	}
-	if n > uint64(len(b)) || nb > uint64(len(h.b)) {
-		return s, 0, nil, corrupt("counts %d/%d too large for %d bytes", n, nb, len(b))
+	if n > MaxSamples {
+		return s, 0, nil, corrupt("sample count %d above %d", n, MaxSamples)
+	}
+	if nb > uint64(len(h.b)) {
+		return s, 0, nil, corrupt("bucket count %d too large for %d bytes", nb, len(h.b))
 	}
 	if schema != int64(bounds.Schema()) {
 		return s, 0, nil, corrupt("summary schema %d, reader expects %d", schema, bounds.Schema())
@@ -271,8 +284,8 @@ func ReadTimeRange(b []byte) (minT, maxT int64, n int, err error) {
 	if h.err != nil {
 		return 0, 0, 0, h.err
 	}
-	if cnt > uint64(len(b)) {
-		return 0, 0, 0, corrupt("sample count %d too large for %d bytes", cnt, len(b))
+	if cnt > MaxSamples {
+		return 0, 0, 0, corrupt("sample count %d above %d", cnt, MaxSamples)
 	}
 	return minT, maxT, int(cnt), nil
 }

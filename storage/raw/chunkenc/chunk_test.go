@@ -134,3 +134,42 @@ func FuzzDecodeChunk(f *testing.F) {
 func appendCRC(body []byte) []byte {
 	return appendChecksum(append([]byte(nil), body...), 0)
 }
+
+// A run of equal timestamps and latencies (an SDK stamping in ms, a fixed
+// timeout) encodes in far less than a byte a sample; the chunk must still
+// decode, however small it is.
+func TestChunkOfIdenticalSamplesDecodes(t *testing.T) {
+	bounds, _ := nativehist.NewBounds(5)
+	var e Encoder
+	var d Decoder
+	for _, n := range []int{2, 8192, MaxSamples} {
+		s := &Samples{}
+		for i := range n {
+			s.T = append(s.T, 1_700_000_000_000_000_000)
+			s.Latency = append(s.Latency, 1_000_000)
+			if i == n/2 {
+				s.Exemplars = append(s.Exemplars, Exemplar{Index: uint32(i), TraceID: [16]byte{1}})
+			}
+		}
+		b, err := e.AppendChunk(nil, s, bounds)
+		require.NoError(t, err)
+		require.Less(t, len(b), n/8+200, "the run costs (almost) nothing")
+		sum, err := ReadSummary(b, bounds)
+		require.NoError(t, err)
+		require.Equal(t, uint64(n), sum.Count)
+		var out Samples
+		_, err = d.DecodeChunk(b, bounds, &out)
+		require.NoError(t, err)
+		require.Equal(t, s.T, out.T)
+		require.Equal(t, s.Latency, out.Latency)
+		require.Equal(t, s.Exemplars, out.Exemplars)
+		minT, maxT, cnt, err := ReadTimeRange(b)
+		require.NoError(t, err)
+		require.Equal(t, [3]int64{s.T[0], s.T[0], int64(n)}, [3]int64{minT, maxT, int64(cnt)})
+	}
+	// Above MaxSamples the encoder refuses, so no chunk it writes is one the
+	// decoder refuses.
+	big := &Samples{T: make([]int64, MaxSamples+1), Latency: make([]int64, MaxSamples+1)}
+	_, err := e.AppendChunk(nil, big, bounds)
+	require.ErrorContains(t, err, "at most")
+}
