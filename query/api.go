@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -45,6 +46,16 @@ type Options struct {
 	MaxSeries int
 	// MaxLength bounds end − start of a range query (0: no bound).
 	MaxLength time.Duration
+	// MaxExpressionBytes bounds the PromQL text of one request: its query
+	// plus every match[] (0: no bound). Parsing costs grow faster than the
+	// text, and parsing runs before a query's other limits can apply.
+	MaxExpressionBytes int
+	// MaxSubquerySteps bounds the evaluation steps of any one subquery of
+	// a query, and of a range query itself (0: no bound).
+	MaxSubquerySteps int
+	// NoStepSubqueryInterval is the step of a subquery written without
+	// one (x[5m:]), Prometheus's global evaluation interval.
+	NoStepSubqueryInterval time.Duration
 	// ExemplarLabel names the trace id label of raw-tier exemplars (as
 	// the aggregate tier's).
 	ExemplarLabel string
@@ -75,7 +86,13 @@ func DefaultOptions() Options {
 		MaxConcurrent: 20,
 		MaxSeries:     100_000,
 		MaxLength:     32 * 24 * time.Hour,
-		ExemplarLabel: "trace_id",
+		// 64 KiB holds any hand-written or generated dashboard query;
+		// 100,000 nested parentheses take seconds to parse.
+		MaxExpressionBytes: 64 << 10,
+		// A day at a 1s step is 86,400 steps.
+		MaxSubquerySteps:       1_000_000,
+		NoStepSubqueryInterval: time.Minute,
+		ExemplarLabel:          "trace_id",
 	}
 }
 
@@ -99,6 +116,15 @@ func (o Options) Validate() error {
 	}
 	if o.MaxLength < 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxLength %s: must be 0 (no limit) or positive", o.MaxLength))
+	}
+	if o.MaxExpressionBytes < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxExpressionBytes %d: must be 0 (no limit) or positive", o.MaxExpressionBytes))
+	}
+	if o.MaxSubquerySteps < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxSubquerySteps %d: must be 0 (no limit) or positive", o.MaxSubquerySteps))
+	}
+	if o.NoStepSubqueryInterval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("invalid NoStepSubqueryInterval %s: must be at least 1ms", o.NoStepSubqueryInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -138,10 +164,10 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_query_refused_total",
-			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout).",
+			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout, max_expression_size, max_nesting, max_subquery_steps), or failed by an internal error (panic).",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout} {
+	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout, reasonExpressionSize, reasonNesting, reasonSubquerySteps, reasonPanic} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -174,6 +200,8 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		EnableNegativeOffset: true,
 		EnablePerStepStats:   true,
 		Parser:               pp,
+		// Unset, a subquery without a step dereferences nil in the engine.
+		NoStepSubqueryIntervalFn: func(int64) int64 { return opts.NoStepSubqueryInterval.Milliseconds() },
 	})
 	metrics := newAPIMetrics(reg)
 	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples, refused: metrics.refused, exemplarLabel: opts.ExemplarLabel}
@@ -259,7 +287,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
 	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
 	mux.Handle("/api/v1/", router)
-	a.handler = a.withTenant(mux)
+	a.handler = a.withTenant(a.recoverPanics(a.guard(mux)))
 	return a, nil
 }
 
@@ -366,21 +394,40 @@ func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
 func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
 
 // QueryFunc evaluates instant queries of a tenant, for its rules: the
-// same engine, storage and exact path as /api/v1/query.
+// same engine, storage, limits and exact path as /api/v1/query. An
+// evaluation that panics is an error of that evaluation.
 func (a *API) QueryFunc(tenantID string) rules.QueryFunc {
 	engineFunc := rules.EngineQueryFunc(a.engine, a.queryable)
-	return func(ctx context.Context, qs string, t time.Time) (promql.Vector, error) {
+	return func(ctx context.Context, qs string, t time.Time) (v promql.Vector, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				a.metrics.refused.WithLabelValues(reasonPanic).Inc()
+				a.logger.Error("rule query panicked", "tenant", tenantID, "query", qs, "panic", p, "stack", string(debug.Stack()))
+				v, err = nil, fmt.Errorf("%w: %v", errPanic, p)
+			}
+		}()
 		ctx = tenant.With(ctx, tenantID)
 		lim := a.limits.forQuery()
 		ctx = withQueryLimits(ctx, lim)
-		if expr, err := a.parser.ParseExpr(qs); err == nil && !a.opts.DisableExactPath {
+		if err := a.limits.checkText(qs); err != nil {
+			return nil, err
+		}
+		expr, err := a.parser.ParseExpr(qs)
+		if err != nil {
+			return nil, err
+		}
+		ms := timestamp.FromTime(t)
+		g := evalGrid{start: ms, end: ms, step: 1}
+		if err := a.limits.checkSubqueries(expr, g, a.opts.NoStepSubqueryInterval); err != nil {
+			return nil, err
+		}
+		if !a.opts.DisableExactPath {
 			if expr, calls := rewrite(expr); len(calls) > 0 {
 				var db RawQueryable
 				if a.raw != nil {
 					db = a.raw.RawTenant(tenantID)
 				}
-				ms := timestamp.FromTime(t)
-				pre, err := a.preEvaluate(ctx, db, calls, evalGrid{start: ms, end: ms, step: 1}, lim)
+				pre, err := a.preEvaluate(ctx, db, calls, g, lim)
 				if err != nil {
 					return nil, err
 				}

@@ -262,16 +262,29 @@ func (a *API) fastPath(instant bool, next http.Handler) http.Handler {
 			}
 		}
 		ctx := r.Context()
-		lim := a.limits.forQuery()
-		ctx = withQueryLimits(ctx, lim)
-		expr, err := a.parser.ParseExpr(r.Form.Get("query"))
-		if err != nil || a.opts.DisableExactPath {
-			next.ServeHTTP(w, r.WithContext(ctx))
+		lim := queryLimitsFrom(ctx)
+		expr, err := a.parse(ctx, r.Form.Get("query"))
+		if err != nil {
+			var fe *errFastPath
+			if errors.As(err, &fe) {
+				a.writeLimitError(w, err)
+				return
+			}
+			// Let Prometheus's API answer the parse error.
+			next.ServeHTTP(w, r)
+			return
+		}
+		if err := a.limits.checkSubqueries(expr, g, a.opts.NoStepSubqueryInterval); err != nil {
+			a.writeLimitError(w, err)
+			return
+		}
+		if a.opts.DisableExactPath {
+			next.ServeHTTP(w, r)
 			return
 		}
 		expr, calls := rewrite(expr)
 		if len(calls) == 0 {
-			next.ServeHTTP(w, r.WithContext(ctx))
+			next.ServeHTTP(w, r)
 			return
 		}
 		id, _ := tenant.From(ctx)
@@ -279,9 +292,7 @@ func (a *API) fastPath(instant bool, next http.Handler) http.Handler {
 		if a.raw != nil {
 			db = a.raw.RawTenant(id)
 		}
-		ectx, cancel := context.WithTimeout(ctx, a.opts.Timeout)
-		pre, err := a.preEvaluate(ectx, db, calls, g, lim)
-		cancel()
+		pre, err := a.preEvaluate(ctx, db, calls, g, lim)
 		if err != nil {
 			a.writeLimitError(w, err)
 			return
