@@ -49,12 +49,17 @@ func withPrecomputed(ctx context.Context, p precomputed) context.Context {
 // precomputedSelect answers a selector of a rewritten query; ok is false
 // for any other selector.
 func precomputedSelect(ctx context.Context, ms []*labels.Matcher) (storage.SeriesSet, bool) {
+	p, _ := ctx.Value(precomputedKey{}).(precomputed)
+	if p == nil {
+		return nil, false
+	}
 	for _, m := range ms {
-		if m.Name != refLabel {
+		if m.Name != refLabel || m.Type != labels.MatchEqual {
 			continue
 		}
-		p, _ := ctx.Value(precomputedKey{}).(precomputed)
-		return &listSeriesSet{series: p[m.Value]}, true
+		if series, ok := p[m.Value]; ok {
+			return &listSeriesSet{series: series}, true
+		}
 	}
 	return nil, false
 }
@@ -76,6 +81,16 @@ type rawQuantileCall struct {
 // expr by a reference selector. It returns the calls by ref.
 func rewrite(expr parser.Expr) (parser.Expr, map[string]*rawQuantileCall) {
 	calls := map[string]*rawQuantileCall{}
+	refs := map[parser.Expr]bool{}
+	isRef := func(e parser.Expr) bool {
+		for {
+			p, ok := e.(*parser.ParenExpr)
+			if !ok {
+				return refs[e]
+			}
+			e = p.Expr
+		}
+	}
 	var walk func(e parser.Expr) parser.Expr
 	walk = func(e parser.Expr) parser.Expr {
 		switch n := e.(type) {
@@ -94,13 +109,23 @@ func rewrite(expr parser.Expr) (parser.Expr, map[string]*rawQuantileCall) {
 			if c := asRawQuantile(n); c != nil {
 				ref := strconv.Itoa(len(calls))
 				calls[ref] = c
-				return &parser.VectorSelector{
+				vs := &parser.VectorSelector{
 					LabelMatchers: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, refLabel, ref)},
 					PosRange:      n.PosRange,
 				}
+				refs[vs] = true
+				return vs
 			}
 			for i := range n.Args {
 				n.Args[i] = walk(n.Args[i])
+			}
+			if n.Func != nil && n.Func.Name == "absent" && len(n.Args) == 1 && isRef(n.Args[0]) {
+				// absent() labels its answer with the equality matchers
+				// of a selector argument, and with none for a call.
+				// abs() keeps the argument a call, empty when it is
+				// (absent reads nothing else), so the reference's
+				// matcher is never an answer's label.
+				n.Args[0] = &parser.Call{Func: parser.Functions["abs"], Args: parser.Expressions{n.Args[0]}, PosRange: n.Args[0].PositionRange()}
 			}
 		case *parser.SubqueryExpr:
 			// Evaluated at the subquery's own steps: left to the engine.

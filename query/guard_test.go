@@ -107,3 +107,44 @@ func TestTimeoutCoversParsing(t *testing.T) {
 	require.Contains(t, body, "parsing the query")
 	require.Equal(t, 1.0, refusedCount(t, reg, reasonTimeout))
 }
+
+// TestNoInternalLabelInAnswers: the exact path's reference label never
+// reaches an answer. absent() over a rewritten call answers as Prometheus's
+// engine does ({} for a call's argument; it used to answer with
+// {__hopwatch_ref__="0"}), and no endpoint lists the label.
+func TestNoInternalLabelInAnswers(t *testing.T) {
+	db, t0 := rawFixture(t, 8)
+	fast, engine, _ := apiPair(t, db)
+	at := fmt.Sprint(t0.Unix() + 300)
+	for _, q := range []string{
+		`absent(quantile_over_time(0.5, hopwatch_latency_raw_seconds{service="x"}[1m]))`,
+		`absent((quantile_over_time(0.5, hopwatch_latency_raw_seconds{service="x"}[1m])))`,
+		`absent(quantile_over_time(0.5, hopwatch_latency_raw_seconds{service="api"}[1m]))`,
+		`absent(quantile_over_time(0.5, hopwatch_latency_raw_seconds{service="x"}[1m])) + absent(quantile_over_time(0.9, hopwatch_latency_raw_seconds{service="y"}[1m]))`,
+		`count by (__hopwatch_ref__) (quantile_over_time(0.5, hopwatch_latency_raw_seconds[1m]))`,
+		`label_replace(quantile_over_time(0.5, hopwatch_latency_raw_seconds[1m]), "x", "$1", "__hopwatch_ref__", "(.*)")`,
+	} {
+		for _, tc := range []struct {
+			path   string
+			params url.Values
+		}{
+			{"/api/v1/query", url.Values{"query": {q}, "time": {at}}},
+			{"/api/v1/query_range", url.Values{"query": {q}, "start": {at}, "end": {fmt.Sprint(t0.Unix() + 600)}, "step": {"30"}}},
+		} {
+			want := getJSON(t, engine.URL, tc.path, tc.params)
+			got := getJSON(t, fast.URL, tc.path, tc.params)
+			require.Equal(t, want, got, q)
+		}
+	}
+	for _, path := range []string{
+		"/api/v1/query?" + url.Values{"query": {`absent(quantile_over_time(0.5, hopwatch_latency_raw_seconds{service="x"}[1m]))`}, "time": {at}}.Encode(),
+		"/api/v1/series?" + url.Values{"match[]": {`{__name__=~".+"}`, `{__hopwatch_ref__="0"}`}}.Encode(),
+		"/api/v1/labels",
+		"/api/v1/label/__name__/values",
+		"/api/v1/label/__hopwatch_ref__/values",
+		"/api/v1/query_exemplars?" + url.Values{"query": {`quantile_over_time(0.5, hopwatch_latency_raw_seconds[1m])`}, "start": {"0"}, "end": {at}}.Encode(),
+	} {
+		body := getStatus(t, fast.URL+path, http.StatusOK)
+		require.NotContains(t, body, refLabel, path)
+	}
+}
