@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/rules"
 	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/storage/remote"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/util/features"
 	v1 "github.com/prometheus/prometheus/web/api/v1"
@@ -128,6 +129,10 @@ func (o Options) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// remoteReadMaxBytesInFrame is Prometheus's default
+// --storage.remote.read-max-bytes-in-frame.
+const remoteReadMaxBytesInFrame = 1 << 20
 
 // MetricMetadata is one entry of /api/v1/metadata.
 type MetricMetadata struct {
@@ -245,7 +250,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		0,     // maxSearchLimit
 		logger.With("component", "api"),
 		rulesRetriever,
-		0, 0, 0, // remote read limits: remote read is not served
+		0, 0, 0, // remote read: served by hopwatch's own handler (see New)
 		false,                    // isAgent
 		regexp.MustCompile(".*"), // CORS origin: Grafana in the browser may call the API directly
 		func() (v1.RuntimeInfo, error) { return v1.RuntimeInfo{GoroutineCount: runtime.NumGoroutine()}, nil },
@@ -284,6 +289,12 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	mux.Handle("/api/v1/query", readyFunc(a.fastPath(true, router).ServeHTTP))
 	mux.Handle("/api/v1/query_range", readyFunc(a.fastPath(false, router).ServeHTTP))
 	mux.HandleFunc("/api/v1/latency", readyFunc(a.latency))
+	// Remote read serves the aggregate tier, the Prometheus data model;
+	// the raw tier's several samples per millisecond are not one.
+	aggOnly := tenantQueryable{src: src, maxSamples: opts.MaxSamples, refused: metrics.refused}
+	read := remote.NewReadHandler(logger.With("component", "remote_read"), reg, aggOnly,
+		func() config.Config { return config.Config{} }, opts.MaxSamples, opts.MaxConcurrent, remoteReadMaxBytesInFrame)
+	mux.HandleFunc("/api/v1/read", readyFunc(read.ServeHTTP))
 	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
 	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
 	mux.Handle("/api/v1/", router)
