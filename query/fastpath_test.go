@@ -23,7 +23,7 @@ import (
 // rawFixture is a raw tier on disk with random spans of three series over
 // ten minutes from t0, cut into small chunks so that queries read encoded
 // chunks, overlapping chunks and open samples.
-func rawFixture(t *testing.T, seed uint64) (*raw.DB, time.Time) {
+func rawFixture(t testing.TB, seed uint64) (*raw.DB, time.Time) {
 	t.Helper()
 	opts := raw.DefaultOptions()
 	opts.Dir = t.TempDir()
