@@ -433,12 +433,12 @@ func (a *API) QueryFunc(tenantID string) rules.QueryFunc {
 			return nil, err
 		}
 		if !a.opts.DisableExactPath {
-			if expr, calls := rewrite(expr); len(calls) > 0 {
+			if expr, calls := rewrite(expr, g, a.opts.NoStepSubqueryInterval.Milliseconds()); len(calls) > 0 {
 				var db RawQueryable
 				if a.raw != nil {
 					db = a.raw.RawTenant(tenantID)
 				}
-				pre, err := a.preEvaluate(ctx, db, calls, g, lim)
+				pre, err := a.preEvaluate(ctx, db, calls, lim)
 				if err != nil {
 					return nil, err
 				}
