@@ -148,3 +148,24 @@ func TestNoInternalLabelInAnswers(t *testing.T) {
 		require.NotContains(t, body, refLabel, path)
 	}
 }
+
+// TestLimitsCoverEveryEndpointAndSelect: --query.max-samples bounds the
+// raw samples a query loads over all its selectors (each used to have its
+// own budget), and --query.max-series bounds /api/v1/series and
+// exemplars as well as queries.
+func TestLimitsCoverEveryEndpointAndSelect(t *testing.T) {
+	db, t0 := rawFixture(t, 10)
+	at := fmt.Sprint(t0.Unix() + 300)
+	_, srv, reg := limitedAPI(t, db, func(o *Options) { o.MaxSamples = 1000 })
+	one := `count(hopwatch_latency_raw_seconds{service="api"})`
+	getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {one}, "time": {at}}.Encode(), http.StatusOK)
+	body := getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {one + ` + ` + strings.ReplaceAll(one, "api", "db")}, "time": {at}}.Encode(), http.StatusUnprocessableEntity)
+	require.Contains(t, body, "--query.max-samples=1000")
+	require.Equal(t, 1.0, refusedCount(t, reg, reasonSamples))
+
+	_, srv, reg = limitedAPI(t, db, func(o *Options) { o.MaxSeries = 2 })
+	body = getStatus(t, srv.URL+"/api/v1/series?"+url.Values{"match[]": {`{__name__=~".+"}`}}.Encode(), http.StatusUnprocessableEntity)
+	require.Contains(t, body, "--query.max-series")
+	require.Equal(t, 1.0, refusedCount(t, reg, reasonSeries))
+	getStatus(t, srv.URL+"/api/v1/series?"+url.Values{"match[]": {`{service="api"}`}}.Encode(), http.StatusOK)
+}
