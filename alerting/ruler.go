@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -58,6 +59,10 @@ type Options struct {
 	// Replica, when set, keeps the rule groups set through the API in the
 	// cluster's replicated metadata instead of Dir alone (see Replica).
 	Replica Replica
+	// CheckExpr tells whether a rule's expression can be evaluated (nil:
+	// parsing is the only check). The API refuses a group with a rule
+	// that fails it; loading skips such a rule.
+	CheckExpr func(expr string) error
 }
 
 // DefaultOptions mirrors Prometheus's defaults, with a 15s interval.
@@ -139,6 +144,8 @@ type Ruler struct {
 type rulerMetrics struct {
 	heldBack *prometheus.GaugeVec
 	syncErrs prometheus.Counter
+	skipped  prometheus.Counter
+	panics   prometheus.Counter
 }
 
 // New builds the ruler; Run starts it.
@@ -171,9 +178,18 @@ func New(opts Options, deps Tenant, reg prometheus.Registerer, logger *slog.Logg
 				Name: "hopwatch_ruler_sync_failures_total",
 				Help: "Rule reloads that failed (the previous rules stay in force; see the log).",
 			}),
+			skipped: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "hopwatch_ruler_skipped_total",
+				Help: "Rule files, groups and rules skipped at a load because they cannot be parsed or evaluated (the rest load; see the log).",
+			}),
+			panics: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "hopwatch_ruler_evaluation_panics_total",
+				Help: "Group evaluations that panicked (the group keeps running; see the log).",
+			}),
 		},
 	}
-	reg.MustRegister(r.own.heldBack, r.own.syncErrs)
+	reg.MustRegister(r.own.heldBack, r.own.syncErrs, r.own.skipped, r.own.panics)
+	r.store.check = r.checkExpr
 	r.notify = notifier.NewManager(&notifier.Options{
 		QueueCapacity:   opts.QueueCapacity,
 		DrainOnShutdown: true,
@@ -355,6 +371,7 @@ func (r *Ruler) newManager(tenant string) *rules.Manager {
 		ForGracePeriod:       10 * time.Minute,
 		ResendDelay:          time.Minute,
 		Parser:               r.parser,
+		GroupLoader:          checkedLoader{r},
 	})
 }
 
@@ -370,6 +387,12 @@ func (r *Ruler) evalFunc(tenant string) rules.GroupEvalIterationFunc {
 			ts = time.Unix(0, mark)
 		}
 		r.own.heldBack.WithLabelValues(tenant).Set(held.Seconds())
+		defer func() {
+			if p := recover(); p != nil {
+				r.own.panics.Inc()
+				r.logger.Error("rule group evaluation panicked", "tenant", tenant, "group", g.Name(), "file", g.File(), "panic", p, "stack", string(debug.Stack()))
+			}
+		}()
 		r.deps.Prepare(ctx, tenant, ts)
 		rules.DefaultEvalIterationFunc(ctx, g, ts)
 	}

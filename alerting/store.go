@@ -37,7 +37,10 @@ type store struct {
 	logger *slog.Logger
 	// replica, when set, holds the API's groups; dir is then its cache.
 	replica Replica
-	mtx     sync.Mutex
+	// check tells whether a rule's expression can be evaluated (nil: no
+	// check beyond parsing).
+	check func(expr string) error
+	mtx   sync.Mutex
 }
 
 func (s *store) path(tenant, namespace string) string {
@@ -69,6 +72,17 @@ func (s *store) parseGroup(body []byte) (rulefmt.RuleGroup, error) {
 	}
 	if len(rgs.Groups) != 1 {
 		return probe, fmt.Errorf("%w: want exactly one rule group, got %d", ErrInvalid, len(rgs.Groups))
+	}
+	if s.check != nil {
+		var msgs []string
+		for i, rule := range rgs.Groups[0].Rules {
+			if err := s.check(rule.Expr); err != nil {
+				msgs = append(msgs, fmt.Sprintf("line %d: %s %q cannot be evaluated: %v", ruleLine(body, i+1), ruleKind(rule), rule.Record+rule.Alert, err))
+			}
+		}
+		if len(msgs) > 0 {
+			return probe, fmt.Errorf("%w: %s", ErrInvalid, strings.Join(msgs, "; "))
+		}
 	}
 	return rgs.Groups[0], nil
 }
@@ -270,4 +284,11 @@ func (s *store) files() (map[string][]string, error) {
 		out[t] = append(out[t], f)
 	}
 	return out, nil
+}
+
+func ruleKind(r rulefmt.Rule) string {
+	if r.Alert != "" {
+		return "alert"
+	}
+	return "recording rule"
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/rules"
 	"github.com/prometheus/prometheus/scrape"
+	"github.com/prometheus/prometheus/storage/remote"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/util/features"
 	v1 "github.com/prometheus/prometheus/web/api/v1"
@@ -45,6 +47,16 @@ type Options struct {
 	MaxSeries int
 	// MaxLength bounds end − start of a range query (0: no bound).
 	MaxLength time.Duration
+	// MaxExpressionBytes bounds the PromQL text of one request: its query
+	// plus every match[] (0: no bound). Parsing costs grow faster than the
+	// text, and parsing runs before a query's other limits can apply.
+	MaxExpressionBytes int
+	// MaxSubquerySteps bounds the evaluation steps of any one subquery of
+	// a query, and of a range query itself (0: no bound).
+	MaxSubquerySteps int
+	// NoStepSubqueryInterval is the step of a subquery written without
+	// one (x[5m:]), Prometheus's global evaluation interval.
+	NoStepSubqueryInterval time.Duration
 	// ExemplarLabel names the trace id label of raw-tier exemplars (as
 	// the aggregate tier's).
 	ExemplarLabel string
@@ -75,7 +87,13 @@ func DefaultOptions() Options {
 		MaxConcurrent: 20,
 		MaxSeries:     100_000,
 		MaxLength:     32 * 24 * time.Hour,
-		ExemplarLabel: "trace_id",
+		// 64 KiB holds any hand-written or generated dashboard query;
+		// 100,000 nested parentheses take seconds to parse.
+		MaxExpressionBytes: 64 << 10,
+		// A day at a 1s step is 86,400 steps.
+		MaxSubquerySteps:       1_000_000,
+		NoStepSubqueryInterval: time.Minute,
+		ExemplarLabel:          "trace_id",
 	}
 }
 
@@ -100,8 +118,21 @@ func (o Options) Validate() error {
 	if o.MaxLength < 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxLength %s: must be 0 (no limit) or positive", o.MaxLength))
 	}
+	if o.MaxExpressionBytes < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxExpressionBytes %d: must be 0 (no limit) or positive", o.MaxExpressionBytes))
+	}
+	if o.MaxSubquerySteps < 0 {
+		errs = append(errs, fmt.Errorf("invalid MaxSubquerySteps %d: must be 0 (no limit) or positive", o.MaxSubquerySteps))
+	}
+	if o.NoStepSubqueryInterval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("invalid NoStepSubqueryInterval %s: must be at least 1ms", o.NoStepSubqueryInterval))
+	}
 	return errors.Join(errs...)
 }
+
+// remoteReadMaxBytesInFrame is Prometheus's default
+// --storage.remote.read-max-bytes-in-frame.
+const remoteReadMaxBytesInFrame = 1 << 20
 
 // MetricMetadata is one entry of /api/v1/metadata.
 type MetricMetadata struct {
@@ -138,10 +169,10 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_query_refused_total",
-			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout).",
+			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout, max_expression_size, max_nesting, max_subquery_steps), or failed by an internal error (panic).",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout} {
+	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout, reasonExpressionSize, reasonNesting, reasonSubquerySteps, reasonPanic} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -174,6 +205,8 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		EnableNegativeOffset: true,
 		EnablePerStepStats:   true,
 		Parser:               pp,
+		// Unset, a subquery without a step dereferences nil in the engine.
+		NoStepSubqueryIntervalFn: func(int64) int64 { return opts.NoStepSubqueryInterval.Milliseconds() },
 	})
 	metrics := newAPIMetrics(reg)
 	q := tenantQueryable{src: src, raw: rawSrc, maxSamples: opts.MaxSamples, refused: metrics.refused, exemplarLabel: opts.ExemplarLabel}
@@ -217,7 +250,7 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 		0,     // maxSearchLimit
 		logger.With("component", "api"),
 		rulesRetriever,
-		0, 0, 0, // remote read limits: remote read is not served
+		0, 0, 0, // remote read: served by hopwatch's own handler (see New)
 		false,                    // isAgent
 		regexp.MustCompile(".*"), // CORS origin: Grafana in the browser may call the API directly
 		func() (v1.RuntimeInfo, error) { return v1.RuntimeInfo{GoroutineCount: runtime.NumGoroutine()}, nil },
@@ -256,10 +289,16 @@ func New(opts Options, src Storage, rawSrc RawStorage, ready func() bool, reg pr
 	mux.Handle("/api/v1/query", readyFunc(a.fastPath(true, router).ServeHTTP))
 	mux.Handle("/api/v1/query_range", readyFunc(a.fastPath(false, router).ServeHTTP))
 	mux.HandleFunc("/api/v1/latency", readyFunc(a.latency))
+	// Remote read serves the aggregate tier, the Prometheus data model;
+	// the raw tier's several samples per millisecond are not one.
+	aggOnly := tenantQueryable{src: src, maxSamples: opts.MaxSamples, refused: metrics.refused}
+	read := remote.NewReadHandler(logger.With("component", "remote_read"), reg, aggOnly,
+		func() config.Config { return config.Config{} }, opts.MaxSamples, opts.MaxConcurrent, remoteReadMaxBytesInFrame)
+	mux.HandleFunc("/api/v1/read", readyFunc(read.ServeHTTP))
 	mux.HandleFunc("/api/v1/metadata", readyFunc(a.metadata))
 	mux.HandleFunc("/api/v1/status/config", a.statusConfig)
 	mux.Handle("/api/v1/", router)
-	a.handler = a.withTenant(mux)
+	a.handler = a.withTenant(a.recoverPanics(a.guard(mux)))
 	return a, nil
 }
 
@@ -366,21 +405,40 @@ func (noTSDBAdmin) WALReplayStatus() (tsdb.WALReplayStatus, error) {
 func (noTSDBAdmin) BlockMetas() ([]tsdb.BlockMeta, error) { return nil, nil }
 
 // QueryFunc evaluates instant queries of a tenant, for its rules: the
-// same engine, storage and exact path as /api/v1/query.
+// same engine, storage, limits and exact path as /api/v1/query. An
+// evaluation that panics is an error of that evaluation.
 func (a *API) QueryFunc(tenantID string) rules.QueryFunc {
 	engineFunc := rules.EngineQueryFunc(a.engine, a.queryable)
-	return func(ctx context.Context, qs string, t time.Time) (promql.Vector, error) {
+	return func(ctx context.Context, qs string, t time.Time) (v promql.Vector, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				a.metrics.refused.WithLabelValues(reasonPanic).Inc()
+				a.logger.Error("rule query panicked", "tenant", tenantID, "query", qs, "panic", p, "stack", string(debug.Stack()))
+				v, err = nil, fmt.Errorf("%w: %v", errPanic, p)
+			}
+		}()
 		ctx = tenant.With(ctx, tenantID)
 		lim := a.limits.forQuery()
 		ctx = withQueryLimits(ctx, lim)
-		if expr, err := a.parser.ParseExpr(qs); err == nil && !a.opts.DisableExactPath {
-			if expr, calls := rewrite(expr); len(calls) > 0 {
+		if err := a.limits.checkText(qs); err != nil {
+			return nil, err
+		}
+		expr, err := a.parser.ParseExpr(qs)
+		if err != nil {
+			return nil, err
+		}
+		ms := timestamp.FromTime(t)
+		g := evalGrid{start: ms, end: ms, step: 1}
+		if err := a.limits.checkSubqueries(expr, g, a.opts.NoStepSubqueryInterval); err != nil {
+			return nil, err
+		}
+		if !a.opts.DisableExactPath {
+			if expr, calls := rewrite(expr, g, a.opts.NoStepSubqueryInterval.Milliseconds()); len(calls) > 0 {
 				var db RawQueryable
 				if a.raw != nil {
 					db = a.raw.RawTenant(tenantID)
 				}
-				ms := timestamp.FromTime(t)
-				pre, err := a.preEvaluate(ctx, db, calls, evalGrid{start: ms, end: ms, step: 1}, lim)
+				pre, err := a.preEvaluate(ctx, db, calls, lim)
 				if err != nil {
 					return nil, err
 				}

@@ -18,6 +18,10 @@ import (
 type rawExemplars struct {
 	db    RawQueryable
 	label string // the trace id label, as on the aggregate tier's exemplars
+	// lim counts the exemplars held against --query.max-samples; ctx
+	// (the request's, with --query.timeout) ends the decoding.
+	lim *queryLimits
+	ctx context.Context
 }
 
 func (q rawExemplars) Select(start, end int64, matchers ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
@@ -41,8 +45,14 @@ func (q rawExemplars) Select(start, end int64, matchers ...[]*labels.Matcher) ([
 			seen[k] = true
 			res := exemplar.QueryResult{SeriesLabels: withRawName(sr.Labels)}
 			for _, c := range sr.Chunks {
+				if err := q.ctx.Err(); err != nil {
+					return nil, err
+				}
 				if _, err := d.DecodeChunk(c, q.db.Bounds(), &buf); err != nil {
 					return nil, fmt.Errorf("hopwatch/query: raw series %s: %w", sr.Labels, err)
+				}
+				if err := q.lim.addSamples(len(buf.Exemplars)); err != nil {
+					return nil, err
 				}
 				for _, e := range buf.Exemplars {
 					t := buf.T[e.Index]
@@ -93,7 +103,7 @@ func (q tenantQueryable) exemplarQuerier(ctx context.Context, id string) (storag
 	}
 	if q.raw != nil {
 		if rdb := q.raw.RawTenant(id); rdb != nil {
-			qs = append(qs, rawExemplars{db: rdb, label: q.exemplarLabel})
+			qs = append(qs, rawExemplars{db: rdb, label: q.exemplarLabel, lim: queryLimitsFrom(ctx), ctx: ctx})
 		}
 	}
 	return qs, nil

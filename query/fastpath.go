@@ -49,12 +49,17 @@ func withPrecomputed(ctx context.Context, p precomputed) context.Context {
 // precomputedSelect answers a selector of a rewritten query; ok is false
 // for any other selector.
 func precomputedSelect(ctx context.Context, ms []*labels.Matcher) (storage.SeriesSet, bool) {
+	p, _ := ctx.Value(precomputedKey{}).(precomputed)
+	if p == nil {
+		return nil, false
+	}
 	for _, m := range ms {
-		if m.Name != refLabel {
+		if m.Name != refLabel || m.Type != labels.MatchEqual {
 			continue
 		}
-		p, _ := ctx.Value(precomputedKey{}).(precomputed)
-		return &listSeriesSet{series: p[m.Value]}, true
+		if series, ok := p[m.Value]; ok {
+			return &listSeriesSet{series: series}, true
+		}
 	}
 	return nil, false
 }
@@ -64,55 +69,104 @@ type evalGrid struct {
 	start, end, step int64
 }
 
-// rawQuantileCall is one quantile_over_time over the raw tier.
+// rawQuantileCall is one quantile_over_time or count_over_time over the
+// raw tier.
 type rawQuantileCall struct {
 	call   *parser.Call
+	count  bool // count_over_time: the window's (weighted) sample count
 	q      float64
 	vs     *parser.VectorSelector
 	window time.Duration
+	// grid is where the engine evaluates the call: the query's steps,
+	// an enclosing subquery's, or the @ time.
+	grid evalGrid
 }
 
 // rewrite finds the calls the exact path can answer and replaces each in
-// expr by a reference selector. It returns the calls by ref.
-func rewrite(expr parser.Expr) (parser.Expr, map[string]*rawQuantileCall) {
+// expr by a reference selector. It returns the calls by ref. g is the
+// query's grid, noStep the step of a subquery without one (ms).
+//
+// The engine keeps one sample of a series per millisecond at the end of
+// a window (its iterators assume distinct timestamps), while the raw tier
+// can hold several spans in one millisecond: every call the exact path can
+// answer is taken, inside subqueries and with @ too, so that all of them
+// count.
+func rewrite(expr parser.Expr, g evalGrid, noStep int64) (parser.Expr, map[string]*rawQuantileCall) {
 	calls := map[string]*rawQuantileCall{}
-	var walk func(e parser.Expr) parser.Expr
-	walk = func(e parser.Expr) parser.Expr {
+	refs := map[parser.Expr]bool{}
+	isRef := func(e parser.Expr) bool {
+		for {
+			p, ok := e.(*parser.ParenExpr)
+			if !ok {
+				return refs[e]
+			}
+			e = p.Expr
+		}
+	}
+	var walk func(e parser.Expr, g evalGrid) parser.Expr
+	walk = func(e parser.Expr, g evalGrid) parser.Expr {
 		switch n := e.(type) {
 		case *parser.AggregateExpr:
-			n.Expr = walk(n.Expr)
+			n.Expr = walk(n.Expr, g)
 			if n.Param != nil {
-				n.Param = walk(n.Param)
+				n.Param = walk(n.Param, g)
 			}
 		case *parser.BinaryExpr:
-			n.LHS, n.RHS = walk(n.LHS), walk(n.RHS)
+			n.LHS, n.RHS = walk(n.LHS, g), walk(n.RHS, g)
 		case *parser.ParenExpr:
-			n.Expr = walk(n.Expr)
+			n.Expr = walk(n.Expr, g)
 		case *parser.UnaryExpr:
-			n.Expr = walk(n.Expr)
+			n.Expr = walk(n.Expr, g)
+		case *parser.SubqueryExpr:
+			n.Expr = walk(n.Expr, subqueryGrid(g, n, noStep))
 		case *parser.Call:
 			if c := asRawQuantile(n); c != nil {
 				ref := strconv.Itoa(len(calls))
-				calls[ref] = c
-				return &parser.VectorSelector{
+				c.grid = g
+				vs := &parser.VectorSelector{
 					LabelMatchers: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, refLabel, ref)},
 					PosRange:      n.PosRange,
 				}
+				if c.vs.Timestamp != nil {
+					// Evaluated at the @ time whatever the step; the
+					// reference reads its one point there.
+					at := *c.vs.Timestamp
+					c.grid = evalGrid{start: at, end: at, step: 1}
+					vs.Timestamp = &at
+				}
+				calls[ref] = c
+				refs[vs] = true
+				return vs
 			}
 			for i := range n.Args {
-				n.Args[i] = walk(n.Args[i])
+				n.Args[i] = walk(n.Args[i], g)
 			}
-		case *parser.SubqueryExpr:
-			// Evaluated at the subquery's own steps: left to the engine.
+			if n.Func != nil && n.Func.Name == "absent" && len(n.Args) == 1 && isRef(n.Args[0]) {
+				// absent() labels its answer with the equality matchers
+				// of a selector argument, and with none for a call.
+				// abs() keeps the argument a call, empty when it is
+				// (absent reads nothing else), so the reference's
+				// matcher is never an answer's label.
+				n.Args[0] = &parser.Call{Func: parser.Functions["abs"], Args: parser.Expressions{n.Args[0]}, PosRange: n.Args[0].PositionRange()}
+			}
 		}
 		return e
 	}
-	return walk(expr), calls
+	return walk(expr, g), calls
 }
 
 // asRawQuantile recognises quantile_over_time(<number>, MetricRaw{...}[r])
-// with a quantile in [0, 1] (the engine warns about others) and no @.
+// with a quantile in [0, 1] (the engine warns about others), and
+// count_over_time(MetricRaw{...}[r]); @ <time> is allowed, start() and
+// end() are not.
 func asRawQuantile(c *parser.Call) *rawQuantileCall {
+	if c.Func != nil && c.Func.Name == "count_over_time" && len(c.Args) == 1 {
+		rc := asRawMatrix(c.Args[0])
+		if rc != nil {
+			rc.call, rc.count = c, true
+		}
+		return rc
+	}
 	if c.Func == nil || c.Func.Name != "quantile_over_time" || len(c.Args) != 2 {
 		return nil
 	}
@@ -128,12 +182,21 @@ func asRawQuantile(c *parser.Call) *rawQuantileCall {
 	if !ok || math.IsNaN(num.Val) || num.Val < 0 || num.Val > 1 {
 		return nil
 	}
-	ms, ok := c.Args[1].(*parser.MatrixSelector)
+	rc := asRawMatrix(c.Args[1])
+	if rc != nil {
+		rc.call, rc.q = c, num.Val
+	}
+	return rc
+}
+
+// asRawMatrix recognises MetricRaw{...}[r], with no start() or end().
+func asRawMatrix(e parser.Expr) *rawQuantileCall {
+	ms, ok := e.(*parser.MatrixSelector)
 	if !ok {
 		return nil
 	}
 	vs, ok := ms.VectorSelector.(*parser.VectorSelector)
-	if !ok || vs.Timestamp != nil || vs.StartOrEnd != 0 || ms.Range <= 0 {
+	if !ok || vs.StartOrEnd != 0 || ms.Range <= 0 {
 		return nil
 	}
 	named := vs.Name == MetricRaw
@@ -145,7 +208,7 @@ func asRawQuantile(c *parser.Call) *rawQuantileCall {
 	if !named {
 		return nil
 	}
-	return &rawQuantileCall{call: c, q: num.Val, vs: vs, window: ms.Range}
+	return &rawQuantileCall{vs: vs, window: ms.Range}
 }
 
 // errFastPath wraps an error of the exact path with the Prometheus error
@@ -159,8 +222,9 @@ type errFastPath struct {
 func (e *errFastPath) Error() string { return e.err.Error() }
 func (e *errFastPath) Unwrap() error { return e.err }
 
-// preEvaluate computes the calls on the grid and returns the results by ref.
-func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string]*rawQuantileCall, g evalGrid, lim *queryLimits) (precomputed, error) {
+// preEvaluate computes the calls, each on its grid, and returns the
+// results by ref.
+func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string]*rawQuantileCall, lim *queryLimits) (precomputed, error) {
 	out := precomputed{}
 	var c window.Computer
 	c.MaxSamples = a.opts.MaxSamples
@@ -170,6 +234,7 @@ func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string
 			out[ref] = nil
 			continue
 		}
+		g := call.grid
 		offset := call.vs.OriginalOffset.Milliseconds()
 		wms := call.window.Milliseconds()
 		r := window.Range{
@@ -180,7 +245,7 @@ func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string
 		}
 		_, ms := rawMatchers(call.vs.LabelMatchers)
 		sel, release := db.SelectPinned(r.Start-r.Window+1, r.End, ms...)
-		series, err := a.evalCall(ctx, &c, &d, db, sel, r, call.q, g, lim)
+		series, err := a.evalCall(ctx, &c, &d, db, sel, r, call, lim)
 		release()
 		if err != nil {
 			return nil, err
@@ -190,13 +255,14 @@ func (a *API) preEvaluate(ctx context.Context, db RawQueryable, calls map[string
 	return out, nil
 }
 
-// evalCall computes one call's quantile for every selected series.
-func (a *API) evalCall(ctx context.Context, c *window.Computer, d *rawenc.Decoder, db RawQueryable, sel []raw.Series, r window.Range, q float64, g evalGrid, lim *queryLimits) ([]storage.Series, error) {
+// evalCall computes one call's quantile or count for every selected series.
+func (a *API) evalCall(ctx context.Context, c *window.Computer, d *rawenc.Decoder, db RawQueryable, sel []raw.Series, r window.Range, call *rawQuantileCall, lim *queryLimits) ([]storage.Series, error) {
 	if err := lim.addSeries(len(sel)); err != nil {
 		return nil, err
 	}
 	var out []storage.Series
-	qs := []float64{q}
+	g := call.grid
+	qs := []float64{call.q}
 	var runs []window.Run
 	var vals []float64
 	var counts []uint64
@@ -210,6 +276,9 @@ func (a *API) evalCall(ctx context.Context, c *window.Computer, d *rawenc.Decode
 		fs := &floatSeries{lset: sel[i].Labels, pts: make(fpoints, len(counts))}
 		for k, n := range counts {
 			f := vals[k]
+			if call.count {
+				f = float64(n)
+			}
 			if n == 0 {
 				f = math.Float64frombits(value.StaleNaN)
 			}
@@ -262,16 +331,29 @@ func (a *API) fastPath(instant bool, next http.Handler) http.Handler {
 			}
 		}
 		ctx := r.Context()
-		lim := a.limits.forQuery()
-		ctx = withQueryLimits(ctx, lim)
-		expr, err := a.parser.ParseExpr(r.Form.Get("query"))
-		if err != nil || a.opts.DisableExactPath {
-			next.ServeHTTP(w, r.WithContext(ctx))
+		lim := queryLimitsFrom(ctx)
+		expr, err := a.parse(ctx, r.Form.Get("query"))
+		if err != nil {
+			var fe *errFastPath
+			if errors.As(err, &fe) {
+				a.writeLimitError(w, err)
+				return
+			}
+			// Let Prometheus's API answer the parse error.
+			next.ServeHTTP(w, r)
 			return
 		}
-		expr, calls := rewrite(expr)
+		if err := a.limits.checkSubqueries(expr, g, a.opts.NoStepSubqueryInterval); err != nil {
+			a.writeLimitError(w, err)
+			return
+		}
+		if a.opts.DisableExactPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		expr, calls := rewrite(expr, g, a.opts.NoStepSubqueryInterval.Milliseconds())
 		if len(calls) == 0 {
-			next.ServeHTTP(w, r.WithContext(ctx))
+			next.ServeHTTP(w, r)
 			return
 		}
 		id, _ := tenant.From(ctx)
@@ -279,9 +361,7 @@ func (a *API) fastPath(instant bool, next http.Handler) http.Handler {
 		if a.raw != nil {
 			db = a.raw.RawTenant(id)
 		}
-		ectx, cancel := context.WithTimeout(ctx, a.opts.Timeout)
-		pre, err := a.preEvaluate(ectx, db, calls, g, lim)
-		cancel()
+		pre, err := a.preEvaluate(ctx, db, calls, lim)
 		if err != nil {
 			a.writeLimitError(w, err)
 			return

@@ -23,7 +23,7 @@ import (
 // rawFixture is a raw tier on disk with random spans of three series over
 // ten minutes from t0, cut into small chunks so that queries read encoded
 // chunks, overlapping chunks and open samples.
-func rawFixture(t *testing.T, seed uint64) (*raw.DB, time.Time) {
+func rawFixture(t testing.TB, seed uint64) (*raw.DB, time.Time) {
 	t.Helper()
 	opts := raw.DefaultOptions()
 	opts.Dir = t.TempDir()
@@ -128,7 +128,12 @@ func TestExactPathMatchesEngine(t *testing.T) {
 	require.Equal(t, float64(4*len(queries)), counterValue(t, reg, "hopwatch_query_exact_path_total"))
 }
 
-func TestExactPathLeavesOtherQueriesToTheEngine(t *testing.T) {
+// TestExactPathTakesCountsSubqueriesAndAt: count_over_time, calls inside
+// subqueries and calls with @ take the exact path too, and agree with the
+// engine (on data without several samples in the millisecond a window
+// ends on; TestEveryPathSeesEverySampleOfAMillisecond has those); a
+// quantile outside [0, 1] is left to the engine.
+func TestExactPathTakesCountsSubqueriesAndAt(t *testing.T) {
 	db, t0 := rawFixture(t, 2)
 	fast, engine, reg := apiPair(t, db)
 	start := float64(t0.Unix())
@@ -136,14 +141,17 @@ func TestExactPathLeavesOtherQueriesToTheEngine(t *testing.T) {
 		`count_over_time(hopwatch_latency_raw_seconds[1m])`,
 		`max_over_time(quantile_over_time(0.9, hopwatch_latency_raw_seconds[1m])[5m:1m])`, // subquery
 		`quantile_over_time(0.9, hopwatch_latency_raw_seconds[1m] @ ` + fmt.Sprint(start+120) + `)`,
+		`sum_over_time(count_over_time(hopwatch_latency_raw_seconds[45s] offset 10s)[3m:])`,
 		`quantile_over_time(2, hopwatch_latency_raw_seconds[1m])`, // the engine warns
 	} {
 		params := url.Values{"query": {q}, "start": {fmt.Sprint(start)}, "end": {fmt.Sprint(start + 600)}, "step": {"30"}}
 		want := getJSON(t, engine.URL, "/api/v1/query_range", params)
 		got := getJSON(t, fast.URL, "/api/v1/query_range", params)
 		require.Equal(t, want, got, q)
+		params = url.Values{"query": {q}, "time": {fmt.Sprint(start + 300)}}
+		require.Equal(t, getJSON(t, engine.URL, "/api/v1/query", params), getJSON(t, fast.URL, "/api/v1/query", params), q)
 	}
-	require.Zero(t, counterValue(t, reg, "hopwatch_query_exact_path_total"))
+	require.Equal(t, 8.0, counterValue(t, reg, "hopwatch_query_exact_path_total"))
 }
 
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {

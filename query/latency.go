@@ -23,6 +23,10 @@ import (
 // DefaultQuantiles are the latency endpoint's quantiles when none is given.
 var defaultQuantiles = []float64{0.5, 0.9, 0.99}
 
+// maxLatencyQuantiles bounds the quantiles of one latency request: the
+// answer holds one value per quantile, step and group.
+const maxLatencyQuantiles = 100
+
 // latencyResult is one series (or group) of /api/v1/latency.
 type latencyResult struct {
 	Metric map[string]string `json:"metric"`
@@ -122,6 +126,9 @@ func (a *API) parseLatency(r *http.Request) (*latencyRequest, error) {
 	}
 	if len(req.quantiles) == 0 {
 		req.quantiles = slices.Clone(defaultQuantiles)
+	}
+	if len(req.quantiles) > maxLatencyQuantiles {
+		return nil, fmt.Errorf("%d quantiles asked, over the limit of %d per request", len(req.quantiles), maxLatencyQuantiles)
 	}
 	if s := r.Form.Get("window"); s != "" {
 		d, err := parseDuration(s)

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -118,6 +119,7 @@ func TestLatencyBadRequests(t *testing.T) {
 		{url.Values{"match[]": {`{service="a"}`}, "by": {"a"}, "without": {"b"}}, "not both"},
 		{url.Values{"match[]": {`{service="a"}`}, "start": {"10"}, "end": {"5"}, "step": {"1"}}, "before start"},
 		{url.Values{"match[]": {`{service="a"}`}, "start": {"0"}, "end": {"100000"}, "step": {"1"}}, "11,000 points"},
+		{url.Values{"match[]": {`{service="a"}`}, "quantile": {strings.TrimSuffix(strings.Repeat("0.5,", 101), ",")}}, "101 quantiles asked, over the limit of 100"},
 	} {
 		body := getStatus(t, fast.URL+"/api/v1/latency?"+tc.params.Encode(), 400)
 		require.Contains(t, body, tc.msg)

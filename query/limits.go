@@ -37,16 +37,21 @@ type limiter struct {
 	maxLength  time.Duration
 	maxSeries  int
 	maxSamples int
-	refused    *prometheus.CounterVec
+	// maxExpressionBytes and maxSubquerySteps: see Options.
+	maxExpressionBytes int
+	maxSubquerySteps   int
+	refused            *prometheus.CounterVec
 }
 
 func newLimiter(opts Options, refused *prometheus.CounterVec) *limiter {
 	return &limiter{
-		slots:      make(chan struct{}, opts.MaxConcurrent),
-		maxLength:  opts.MaxLength,
-		maxSeries:  opts.MaxSeries,
-		maxSamples: opts.MaxSamples,
-		refused:    refused,
+		slots:              make(chan struct{}, opts.MaxConcurrent),
+		maxLength:          opts.MaxLength,
+		maxSeries:          opts.MaxSeries,
+		maxSamples:         opts.MaxSamples,
+		maxExpressionBytes: opts.MaxExpressionBytes,
+		maxSubquerySteps:   opts.MaxSubquerySteps,
+		refused:            refused,
 	}
 }
 

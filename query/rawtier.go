@@ -140,6 +140,10 @@ func (q *rawQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHi
 			q.refused.WithLabelValues(reasonSamples).Inc()
 			return storage.ErrSeriesSet(fmt.Errorf("%w (raw tier, limit --query.max-samples=%d)", window.ErrTooManySamples, q.maxSamples))
 		}
+		// Every Select of a query counts against the same budget.
+		if err := queryLimitsFrom(ctx).addSamples(len(pts)); err != nil {
+			return storage.ErrSeriesSet(err)
+		}
 		// Chunks of a series may overlap in time; PromQL wants time order.
 		// The order is by ns; the timestamps PromQL sees are the span
 		// start truncated to the millisecond, so several may be equal.

@@ -83,7 +83,8 @@ func (q tenantQueryable) Querier(mint, maxt int64) (storage.Querier, error) {
 	}}, nil
 }
 
-// ChunkQuerier serves the aggregate tier only (remote read is not served).
+// ChunkQuerier serves the aggregate tier only (remote read's streamed
+// chunks).
 func (q tenantQueryable) ChunkQuerier(mint, maxt int64) (storage.ChunkQuerier, error) {
 	return &tenantChunkQuerier{lazyQuerier[storage.ChunkQuerier]{
 		open: func(id string) (storage.ChunkQuerier, error) {

@@ -117,6 +117,8 @@ func registerFlags(fs *flag.FlagSet, cfg *server.Config, lo *logOptions, configF
 	fs.IntVar(&cfg.Query.MaxConcurrent, "query.max-concurrency", cfg.Query.MaxConcurrent, "Most queries evaluated at once; more wait for a slot.")
 	fs.IntVar(&cfg.Query.MaxSeries, "query.max-series", cfg.Query.MaxSeries, "Most series a single query may select (0: no limit).")
 	fs.Var(durationValue{&cfg.Query.MaxLength}, "query.max-length", "Longest end − start of a range query (0: no limit).")
+	fs.IntVar(&cfg.Query.MaxExpressionBytes, "query.max-expression-size-bytes", cfg.Query.MaxExpressionBytes, "Longest PromQL text of one request, its query and match[] selectors together, in bytes (0: no limit).")
+	fs.IntVar(&cfg.Query.MaxSubquerySteps, "query.max-subquery-steps", cfg.Query.MaxSubquerySteps, "Most evaluation steps of any one subquery of a query (0: no limit).")
 	fs.BoolVar(&cfg.Query.DisableExactPath, "query.disable-exact-path", cfg.Query.DisableExactPath, "Leave quantile_over_time over hopwatch_latency_raw_seconds to Prometheus's engine (weights ignored) instead of the exact window path.")
 	fs.StringVar(&lo.level, "log.level", lo.level, "Log level: debug, info, warn or error.")
 	fs.StringVar(&lo.format, "log.format", lo.format, "Log format: logfmt or json.")

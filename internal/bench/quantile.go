@@ -493,6 +493,8 @@ func quantileSpeed(ctx context.Context, o QuantileOptions, n int, dir string, lo
 		MaxSamples:    qopts.MaxSamples, // Prometheus's default, as hopwatch's
 		Timeout:       time.Hour,
 		LookbackDelta: qopts.LookbackDelta,
+		// Unset, a subquery without a step dereferences nil.
+		NoStepSubqueryIntervalFn: func(int64) int64 { return qopts.NoStepSubqueryInterval.Milliseconds() },
 	})
 
 	// The exact path's range for these ms steps: each t is the last ns of
@@ -1119,7 +1121,8 @@ func quantileSketch(ctx context.Context, o QuantileOptions, name string, ds []da
 		}
 	}
 
-	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 50_000_000, Timeout: time.Hour, LookbackDelta: 5 * time.Minute})
+	engine := promql.NewEngine(promql.EngineOpts{MaxSamples: 50_000_000, Timeout: time.Hour, LookbackDelta: 5 * time.Minute,
+		NoStepSubqueryIntervalFn: func(int64) int64 { return time.Minute.Milliseconds() }})
 	nq := len(o.Quantiles)
 	var rows []QuantileSketch
 	for _, schema := range o.Schemas {

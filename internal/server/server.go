@@ -184,6 +184,9 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	qopts.Flags = cfg.Flags
 	qopts.Metadata = metricMetadata
 	qopts.ExemplarLabel = cfg.Storage.ExemplarLabel
+	// As Prometheus's global evaluation interval, the step of a subquery
+	// without one.
+	qopts.NoStepSubqueryInterval = cfg.Alerting.EvaluationInterval
 	qopts.Rules = func(ctx context.Context) v1.RulesRetriever {
 		if s.ruler == nil {
 			return noRules{}
@@ -577,6 +580,7 @@ func (s *Server) newRuler() error {
 	aopts.Dir = s.cfg.RulesDir()
 	aopts.TenantLabel = s.cfg.multitenant()
 	aopts.Replica = ruleReplica{s.node}
+	aopts.CheckExpr = s.api.CheckRule
 	r, err := alerting.New(aopts, rulerDeps{s}, s.reg, s.logger.With("component", "ruler"))
 	if err != nil {
 		return err
