@@ -144,9 +144,7 @@ func (w *walker) wrongType() {
 // and skips the rest (events, links, scope) by length. It returns the
 // number of spans seen.
 func (d *Decoder) DecodeProto(body []byte, b *sample.Batch, ref *Refusals) (int, error) {
-	clear(d.index)
-	d.hops = d.hops[:0]
-	d.writers, d.resMaxEnd = d.writers[:0], 0
+	d.begin()
 	total := 0
 	req := walker{b: body}
 	for req.next() {
@@ -218,6 +216,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 		d.resNode = host
 	}
 
+	valid := validResource(service, instance, host)
 	total := 0
 	for rs.next() {
 		if !rs.is(fResourceSpansScopeSpans, protowire.BytesType) && !rs.is(fResourceSpansLibrarySpans, protowire.BytesType) {
@@ -231,6 +230,10 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 			total++
 			if len(service) == 0 {
 				ref[ReasonMissingServiceName]++
+				continue
+			}
+			if !valid {
+				ref[ReasonInvalidUTF8]++
 				continue
 			}
 			if err := d.wireSpan(ss.sub(), service, b, ref); err != nil {
@@ -329,14 +332,14 @@ func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refu
 // wireEvent records a span event if it marks a stage.
 func (d *Decoder) wireEvent(ev walker) error {
 	var (
-		t    int64
+		t    uint64
 		name string
 	)
 	for ev.next() {
 		switch ev.num {
 		case fEventTime:
 			if ev.typeIs(protowire.Fixed64Type) {
-				t = int64(ev.u)
+				t = ev.u
 			}
 		case fEventName:
 			if ev.typeIs(protowire.BytesType) && name == "" {
@@ -357,7 +360,7 @@ func (d *Decoder) wireEvent(ev walker) error {
 		return ev.err
 	}
 	if name != "" {
-		d.events = append(d.events, stageEvent{t: t, name: name})
+		d.stageEvent(t, name)
 	}
 	return nil
 }
@@ -413,3 +416,182 @@ func keyValue(kv walker, want func(key []byte) bool) (key, val []byte, err error
 }
 
 var boolText = [2][]byte{[]byte("false"), []byte("true")}
+
+// Nesting bounds. Attribute values nest (arrays and maps of values), and
+// the pdata decoders recurse once per level: a request of a few megabytes
+// nesting a million arrays overflows the goroutine stack and kills the
+// process. Real attributes nest a few levels.
+const (
+	// maxValueDepth bounds the nesting of an attribute value: a string is
+	// depth 1, an array of strings 2.
+	maxValueDepth = 64
+	// maxJSONDepth bounds the nesting of brackets in an OTLP/JSON request:
+	// the request's own structure (about 10 levels) and 3 per level of
+	// attribute value ({"arrayValue": {"values": [...]}}).
+	maxJSONDepth = 256
+)
+
+// Field numbers of the messages only the nesting check reads.
+const (
+	fScopeSpansScope = 1
+	fScopeAttributes = 3
+	fSpanLinks       = 13
+	fLinkAttributes  = 5
+	fAnyArray        = 5
+	fAnyKVList       = 6
+	fArrayValues     = 1
+	fKVListValues    = 1
+)
+
+// errTooDeep is an attribute value nested deeper than maxValueDepth.
+type errTooDeep struct{ off int }
+
+func (e *errTooDeep) Error() string {
+	return fmt.Sprintf("malformed OTLP protobuf ExportTraceServiceRequest: attribute value at byte %d nests arrays or maps more than %d levels deep", e.off, maxValueDepth)
+}
+
+// checkValueDepth walks every attribute value of a protobuf request
+// (resource, scope, span, event and link attributes) and fails on one
+// nested deeper than maxValueDepth or on malformed protobuf, without
+// recursing deeper than that itself. Run it before pdata decodes a request.
+func checkValueDepth(body []byte) error {
+	// Each step names the fields that lead on towards attributes.
+	var walk func(w walker, path string) error
+	walk = func(w walker, path string) error {
+		for w.next() {
+			if w.typ != protowire.BytesType {
+				continue
+			}
+			var err error
+			switch path {
+			case "request":
+				if w.num == fRequestResourceSpans {
+					err = walk(w.sub(), "resourceSpans")
+				}
+			case "resourceSpans":
+				switch w.num {
+				case fResourceSpansResource:
+					err = walk(w.sub(), "resource")
+				case fResourceSpansScopeSpans, fResourceSpansLibrarySpans:
+					err = walk(w.sub(), "scopeSpans")
+				}
+			case "resource":
+				if w.num == fResourceAttributes {
+					err = keyValueDepth(w.sub(), 1)
+				}
+			case "scopeSpans":
+				switch w.num {
+				case fScopeSpansScope:
+					err = walk(w.sub(), "scope")
+				case fScopeSpansSpans:
+					err = walk(w.sub(), "span")
+				}
+			case "scope":
+				if w.num == fScopeAttributes {
+					err = keyValueDepth(w.sub(), 1)
+				}
+			case "span":
+				switch w.num {
+				case fSpanAttributes:
+					err = keyValueDepth(w.sub(), 1)
+				case fSpanEvents:
+					err = walk(w.sub(), "event")
+				case fSpanLinks:
+					err = walk(w.sub(), "link")
+				}
+			case "event":
+				if w.num == fEventAttributes {
+					err = keyValueDepth(w.sub(), 1)
+				}
+			case "link":
+				if w.num == fLinkAttributes {
+					err = keyValueDepth(w.sub(), 1)
+				}
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return w.err
+	}
+	return walk(walker{b: body}, "request")
+}
+
+// keyValueDepth checks the value of a KeyValue at the given depth.
+func keyValueDepth(kv walker, depth int) error {
+	for kv.next() {
+		if kv.num == fKeyValueValue && kv.typ == protowire.BytesType {
+			if err := anyValueDepth(kv.sub(), depth); err != nil {
+				return err
+			}
+		}
+	}
+	return kv.err
+}
+
+// anyValueDepth checks an AnyValue at the given depth.
+func anyValueDepth(v walker, depth int) error {
+	if depth > maxValueDepth {
+		return &errTooDeep{off: v.base}
+	}
+	for v.next() {
+		if v.typ != protowire.BytesType {
+			continue
+		}
+		switch v.num {
+		case fAnyArray:
+			arr := v.sub()
+			for arr.next() {
+				if arr.num == fArrayValues && arr.typ == protowire.BytesType {
+					if err := anyValueDepth(arr.sub(), depth+1); err != nil {
+						return err
+					}
+				}
+			}
+			if arr.err != nil {
+				return arr.err
+			}
+		case fAnyKVList:
+			list := v.sub()
+			for list.next() {
+				if list.num == fKVListValues && list.typ == protowire.BytesType {
+					if err := keyValueDepth(list.sub(), depth+1); err != nil {
+						return err
+					}
+				}
+			}
+			if list.err != nil {
+				return list.err
+			}
+		}
+	}
+	return v.err
+}
+
+// checkJSONDepth fails on a JSON document whose brackets nest deeper than
+// maxJSONDepth; it does not otherwise validate the JSON.
+func checkJSONDepth(body []byte) error {
+	depth, inString, escaped := 0, false, false
+	for i, c := range body {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			if depth++; depth > maxJSONDepth {
+				return fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest: brackets at byte %d nest more than %d levels deep (attribute values nest at most %d levels)", i, maxJSONDepth, maxValueDepth)
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return nil
+}
