@@ -690,3 +690,43 @@ func compress(t *testing.T, enc string, b []byte) []byte {
 	require.NoError(t, w.Close())
 	return out.Bytes()
 }
+
+// FuzzDecodeJSON: no OTLP/JSON request panics the decoder, whatever its
+// nesting, strings or times; a request either decodes or is refused as
+// malformed with a message.
+func FuzzDecodeJSON(f *testing.F) {
+	now := uint64(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixNano())
+	td := traces("svc", now-10, now, 1, math.MaxUint64, now, now-5)
+	s := td.ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+	s.SetKind(ptrace.SpanKindClient)
+	s.Attributes().PutStr("peer.service", "db")
+	s.Attributes().PutEmptySlice("retry").AppendEmpty().SetEmptyMap().PutInt("n", 3)
+	ev := s.Events().AppendEmpty()
+	ev.SetName("enqueue")
+	ev.SetTimestamp(pcommon.Timestamp(now - 5))
+	valid, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalJSON()
+	require.NoError(f, err)
+	f.Add(valid)
+	f.Add([]byte(`{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"c\xffd"}}]},"scopeSpans":[{"spans":[{"traceId":"01010101010101010101010101010101","name":"x","startTimeUnixNano":"1","endTimeUnixNano":"18446744073709551615"}]}]}]}`))
+	f.Add([]byte(`{"resourceSpans":[{"resource":{"attributes":[{"key":"retry","value":` + strings.Repeat(`{"arrayValue":{"values":[`, 100) + `{}` + strings.Repeat(`]}}`, 100) + `}]}}]}`))
+	f.Add([]byte(`{"resourceSpans": [`))
+	f.Add([]byte(`[[[[[[[[`))
+	f.Add([]byte("\xff\xfe\x00{"))
+	f.Add([]byte(`{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"","startTimeUnixNano":-1}]}]}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d := NewDecoder(testDims).WithStages(DefaultStages())
+		d.SetTimeBounds(int64(now)+int64(10*time.Minute), int64(now)-int64(24*time.Hour))
+		var b sample.Batch
+		var ref Refusals
+		n, err := decodeJSON(body)(d, &b, &ref)
+		if err != nil {
+			require.NotEmpty(t, err.Error())
+			return
+		}
+		require.LessOrEqual(t, ref.Total(), n)
+		for _, smp := range b.Samples {
+			require.GreaterOrEqual(t, smp.Duration, int64(0))
+			require.Less(t, int(smp.Series), len(b.Series))
+		}
+	})
+}
