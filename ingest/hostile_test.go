@@ -730,3 +730,35 @@ func FuzzDecodeJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestManyElementsAreRefused: millions of empty spans (or attributes)
+// cost the wire walk nothing, but pdata builds an object for each, some
+// 240 bytes: 14 MiB of JSON took 1.2 GiB. Requests pdata decodes are
+// refused past maxElements, before pdata sees them.
+func TestManyElementsAreRefused(t *testing.T) {
+	tr := startReceiver(t, func(o *Options) { o.Dimensions = []string{"deep"} }, nil)
+	body := []byte(`{"resourceSpans":[{"scopeSpans":[{"spans":[`)
+	body = append(body, bytes.Repeat([]byte(`{},`), 5_000_000)...)
+	body = append(body, `{}]}]}]}`...)
+	resp, b := tr.post(t, contentJSON, "", body)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, string(b), "send smaller batches")
+
+	// Protobuf: one span whose dimension needs pdata, then 2 M empty spans.
+	pb := nestedArrayRequest("deep", 2)
+	ss := protowire.AppendTag(nil, fScopeSpansSpans, protowire.BytesType)
+	ss = append(ss, 0)
+	many := bytes.Repeat(ss, 2_000_000)
+	var rs []byte
+	rs = protowire.AppendTag(rs, fResourceSpansScopeSpans, protowire.BytesType)
+	rs = protowire.AppendBytes(rs, many)
+	pb = protowire.AppendTag(pb, fRequestResourceSpans, protowire.BytesType)
+	pb = protowire.AppendBytes(pb, rs)
+	resp, b = tr.post(t, contentProto, "", pb)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	var st spb.Status
+	require.NoError(t, proto.Unmarshal(b, &st))
+	require.Contains(t, st.GetMessage(), "send smaller batches")
+	require.Equal(t, 2.0, tr.refused(protoHTTP, refusedMalformed))
+	require.Zero(t, tr.app.count())
+}

@@ -417,10 +417,12 @@ func keyValue(kv walker, want func(key []byte) bool) (key, val []byte, err error
 
 var boolText = [2][]byte{[]byte("false"), []byte("true")}
 
-// Nesting bounds. Attribute values nest (arrays and maps of values), and
-// the pdata decoders recurse once per level: a request of a few megabytes
-// nesting a million arrays overflows the goroutine stack and kills the
-// process. Real attributes nest a few levels.
+// Nesting and element bounds. Attribute values nest (arrays and maps of
+// values), and the pdata decoders recurse once per level: a request of a
+// few megabytes nesting a million arrays overflows the goroutine stack and
+// kills the process. Real attributes nest a few levels. pdata also builds
+// an object of some 240 bytes per element: 14 MiB of empty JSON spans took
+// 1.2 GiB.
 const (
 	// maxValueDepth bounds the nesting of an attribute value: a string is
 	// depth 1, an array of strings 2.
@@ -429,6 +431,11 @@ const (
 	// the request's own structure (about 10 levels) and 3 per level of
 	// attribute value ({"arrayValue": {"values": [...]}}).
 	maxJSONDepth = 256
+	// maxElements bounds the messages (spans, events, links, attributes,
+	// values; JSON objects and arrays) of a request pdata decodes: some
+	// 250 MB at most. A batch of 8192 spans with 20 attributes each has
+	// about 350 000.
+	maxElements = 1 << 20
 )
 
 // Field numbers of the messages only the nesting check reads.
@@ -450,78 +457,100 @@ func (e *errTooDeep) Error() string {
 	return fmt.Sprintf("malformed OTLP protobuf ExportTraceServiceRequest: attribute value at byte %d nests arrays or maps more than %d levels deep", e.off, maxValueDepth)
 }
 
+// errTooManyElements is a request with more than maxElements messages.
+var errTooManyElements = fmt.Errorf("OTLP ExportTraceServiceRequest holds more than %d spans, events, links, attributes and values (JSON: objects and arrays): send smaller batches", maxElements)
+
 // checkValueDepth walks every attribute value of a protobuf request
 // (resource, scope, span, event and link attributes) and fails on one
-// nested deeper than maxValueDepth or on malformed protobuf, without
-// recursing deeper than that itself. Run it before pdata decodes a request.
+// nested deeper than maxValueDepth, on more than maxElements messages or on
+// malformed protobuf, without recursing deeper than that itself. Run it
+// before pdata decodes a request.
 func checkValueDepth(body []byte) error {
-	// Each step names the fields that lead on towards attributes.
-	var walk func(w walker, path string) error
-	walk = func(w walker, path string) error {
-		for w.next() {
-			if w.typ != protowire.BytesType {
-				continue
-			}
-			var err error
-			switch path {
-			case "request":
-				if w.num == fRequestResourceSpans {
-					err = walk(w.sub(), "resourceSpans")
-				}
-			case "resourceSpans":
-				switch w.num {
-				case fResourceSpansResource:
-					err = walk(w.sub(), "resource")
-				case fResourceSpansScopeSpans, fResourceSpansLibrarySpans:
-					err = walk(w.sub(), "scopeSpans")
-				}
-			case "resource":
-				if w.num == fResourceAttributes {
-					err = keyValueDepth(w.sub(), 1)
-				}
-			case "scopeSpans":
-				switch w.num {
-				case fScopeSpansScope:
-					err = walk(w.sub(), "scope")
-				case fScopeSpansSpans:
-					err = walk(w.sub(), "span")
-				}
-			case "scope":
-				if w.num == fScopeAttributes {
-					err = keyValueDepth(w.sub(), 1)
-				}
-			case "span":
-				switch w.num {
-				case fSpanAttributes:
-					err = keyValueDepth(w.sub(), 1)
-				case fSpanEvents:
-					err = walk(w.sub(), "event")
-				case fSpanLinks:
-					err = walk(w.sub(), "link")
-				}
-			case "event":
-				if w.num == fEventAttributes {
-					err = keyValueDepth(w.sub(), 1)
-				}
-			case "link":
-				if w.num == fLinkAttributes {
-					err = keyValueDepth(w.sub(), 1)
-				}
-			}
-			if err != nil {
-				return err
-			}
-		}
-		return w.err
-	}
-	return walk(walker{b: body}, "request")
+	c := &elementCheck{}
+	return c.walk(walker{b: body}, "request")
 }
 
-// keyValueDepth checks the value of a KeyValue at the given depth.
-func keyValueDepth(kv walker, depth int) error {
+// elementCheck counts the messages walked.
+type elementCheck struct{ n int }
+
+func (c *elementCheck) count() error {
+	if c.n++; c.n > maxElements {
+		return errTooManyElements
+	}
+	return nil
+}
+
+// walk goes through a message at path, following the fields that lead on
+// towards attributes.
+func (c *elementCheck) walk(w walker, path string) error {
+	if err := c.count(); err != nil {
+		return err
+	}
+	for w.next() {
+		if w.typ != protowire.BytesType {
+			continue
+		}
+		var err error
+		switch path {
+		case "request":
+			if w.num == fRequestResourceSpans {
+				err = c.walk(w.sub(), "resourceSpans")
+			}
+		case "resourceSpans":
+			switch w.num {
+			case fResourceSpansResource:
+				err = c.walk(w.sub(), "resource")
+			case fResourceSpansScopeSpans, fResourceSpansLibrarySpans:
+				err = c.walk(w.sub(), "scopeSpans")
+			}
+		case "resource":
+			if w.num == fResourceAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "scopeSpans":
+			switch w.num {
+			case fScopeSpansScope:
+				err = c.walk(w.sub(), "scope")
+			case fScopeSpansSpans:
+				err = c.walk(w.sub(), "span")
+			}
+		case "scope":
+			if w.num == fScopeAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "span":
+			switch w.num {
+			case fSpanAttributes:
+				err = c.keyValue(w.sub(), 1)
+			case fSpanEvents:
+				err = c.walk(w.sub(), "event")
+			case fSpanLinks:
+				err = c.walk(w.sub(), "link")
+			}
+		case "event":
+			if w.num == fEventAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "link":
+			if w.num == fLinkAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return w.err
+}
+
+// keyValue checks a KeyValue whose value is at the given depth.
+func (c *elementCheck) keyValue(kv walker, depth int) error {
+	if err := c.count(); err != nil {
+		return err
+	}
 	for kv.next() {
 		if kv.num == fKeyValueValue && kv.typ == protowire.BytesType {
-			if err := anyValueDepth(kv.sub(), depth); err != nil {
+			if err := c.anyValue(kv.sub(), depth); err != nil {
 				return err
 			}
 		}
@@ -529,10 +558,13 @@ func keyValueDepth(kv walker, depth int) error {
 	return kv.err
 }
 
-// anyValueDepth checks an AnyValue at the given depth.
-func anyValueDepth(v walker, depth int) error {
+// anyValue checks an AnyValue at the given depth.
+func (c *elementCheck) anyValue(v walker, depth int) error {
 	if depth > maxValueDepth {
 		return &errTooDeep{off: v.base}
+	}
+	if err := c.count(); err != nil {
+		return err
 	}
 	for v.next() {
 		if v.typ != protowire.BytesType {
@@ -543,7 +575,7 @@ func anyValueDepth(v walker, depth int) error {
 			arr := v.sub()
 			for arr.next() {
 				if arr.num == fArrayValues && arr.typ == protowire.BytesType {
-					if err := anyValueDepth(arr.sub(), depth+1); err != nil {
+					if err := c.anyValue(arr.sub(), depth+1); err != nil {
 						return err
 					}
 				}
@@ -555,7 +587,7 @@ func anyValueDepth(v walker, depth int) error {
 			list := v.sub()
 			for list.next() {
 				if list.num == fKVListValues && list.typ == protowire.BytesType {
-					if err := keyValueDepth(list.sub(), depth+1); err != nil {
+					if err := c.keyValue(list.sub(), depth+1); err != nil {
 						return err
 					}
 				}
@@ -569,9 +601,10 @@ func anyValueDepth(v walker, depth int) error {
 }
 
 // checkJSONDepth fails on a JSON document whose brackets nest deeper than
-// maxJSONDepth; it does not otherwise validate the JSON.
+// maxJSONDepth or that holds more than maxElements objects and arrays; it
+// does not otherwise validate the JSON.
 func checkJSONDepth(body []byte) error {
-	depth, inString, escaped := 0, false, false
+	depth, elements, inString, escaped := 0, 0, false, false
 	for i, c := range body {
 		switch {
 		case inString:
@@ -588,6 +621,9 @@ func checkJSONDepth(body []byte) error {
 		case c == '[' || c == '{':
 			if depth++; depth > maxJSONDepth {
 				return fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest: brackets at byte %d nest more than %d levels deep (attribute values nest at most %d levels)", i, maxJSONDepth, maxValueDepth)
+			}
+			if elements++; elements > maxElements {
+				return errTooManyElements
 			}
 		case c == ']' || c == '}':
 			depth--
