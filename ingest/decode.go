@@ -84,7 +84,7 @@ var reasonInfo = [numReasons]struct{ id, help string }{
 	ReasonMissingTimestamps:   {"missing_timestamps", "start_time_unix_nano and end_time_unix_nano must both be set"},
 	ReasonEndBeforeStart:      {"end_before_start", "end_time_unix_nano is before start_time_unix_nano"},
 	ReasonInvalidTraceID:      {"invalid_trace_id", "trace_id is empty or all zero"},
-	ReasonLabelValueTooLong:   {"label_value_too_long", "service.name, the span name or a dimension attribute is longer than --limits.max-label-value-length"},
+	ReasonLabelValueTooLong:   {"label_value_too_long", "service.name, service.instance.id, host.name, the span name, a dimension attribute or a peer attribute (peer.service, db.name, db.system) is longer than --limits.max-label-value-length"},
 	ReasonInvalidUTF8:         {"invalid_utf8", "service.name, service.instance.id, host.name, the span name, a label value or an attribute hopwatch uses as a label is not valid UTF-8, which OTLP requires of every string"},
 	ReasonTimestampOutOfRange: {"timestamp_out_of_range", "start_time_unix_nano or end_time_unix_nano is after 2262-04-11T23:47:16Z, the latest time int64 nanoseconds hold"},
 	ReasonTooFarInFuture:      {"too_far_in_future", "the span ends later than the server's clock plus --limits.creation-grace-period: check the sender's clock"},
@@ -365,10 +365,18 @@ func (d *Decoder) begin() {
 	d.badEvents = 0
 }
 
-// validResource tells whether the strings that name a resource's service,
-// node and writer are valid UTF-8.
-func validResource(service, instance, host []byte) bool {
-	return utf8.Valid(service) && utf8.Valid(instance) && utf8.Valid(host)
+// resourceReason says why the spans of a resource are refused for the
+// strings that name its service, node and writer (they become labels,
+// clock offset nodes and writer ids, and are kept while spans wait for
+// their peers), or reasonNone.
+func (d *Decoder) resourceReason(service, instance, host []byte) Reason {
+	switch {
+	case len(service) > d.maxValueLen || len(instance) > d.maxValueLen || len(host) > d.maxValueLen:
+		return ReasonLabelValueTooLong
+	case !utf8.Valid(service) || !utf8.Valid(instance) || !utf8.Valid(host):
+		return ReasonInvalidUTF8
+	}
+	return reasonNone
 }
 
 // Decode appends the samples of td to b and counts refused spans in ref.
@@ -409,8 +417,8 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 				ref[ReasonMissingServiceName] += spans.Len()
 				continue
 			}
-			if !validResource(service, instance, host) {
-				ref[ReasonInvalidUTF8] += spans.Len()
+			if reason := d.resourceReason(service, instance, host); reason != reasonNone {
+				ref[reason] += spans.Len()
 				continue
 			}
 			for k := range spans.Len() {
@@ -499,6 +507,10 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	case ptrace.SpanKindClient, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer:
 		// The peer attributes name service graph nodes.
 		isHop = true
+		if len(d.cur.peerService) > d.maxValueLen || len(d.cur.dbName) > d.maxValueLen || len(d.cur.dbSystem) > d.maxValueLen {
+			ref[ReasonLabelValueTooLong]++
+			return
+		}
 		if !utf8.Valid(d.cur.peerService) || !utf8.Valid(d.cur.dbName) || !utf8.Valid(d.cur.dbSystem) {
 			ref[ReasonInvalidUTF8]++
 			return

@@ -762,3 +762,37 @@ func TestManyElementsAreRefused(t *testing.T) {
 	require.Equal(t, 2.0, tr.refused(protoHTTP, refusedMalformed))
 	require.Zero(t, tr.app.count())
 }
+
+// TestLongNodeAndPeerNames: the strings that name a node, a writer or a
+// peer are kept (clock offsets, writer ids, spans waiting for their peer)
+// and become labels, so they are bounded like label values.
+func TestLongNodeAndPeerNames(t *testing.T) {
+	now := uint64(time.Now().UnixNano())
+	long := strings.Repeat("x", DefaultMaxLabelValueLength+1)
+	td := traces("svc", now-10, now)
+	td.ResourceSpans().At(0).Resource().Attributes().PutStr("service.instance.id", long)
+	host := traces("svc", now-10, now)
+	host.ResourceSpans().At(0).Resource().Attributes().PutStr("host.name", long)
+	host.ResourceSpans().MoveAndAppendTo(td.ResourceSpans())
+	peer := traces("svc", now-10, now)
+	ps := peer.ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+	ps.SetKind(ptrace.SpanKindClient)
+	ps.Attributes().PutStr("db.system", long)
+	peer.ResourceSpans().MoveAndAppendTo(td.ResourceSpans())
+	traces("svc", now-10, now).ResourceSpans().MoveAndAppendTo(td.ResourceSpans())
+	body := protoBody(t, td)
+
+	var b sample.Batch
+	var ref Refusals
+	_, err := NewDecoder(nil).DecodeProto(body, &b, &ref)
+	require.NoError(t, err)
+	require.Equal(t, 3, ref[ReasonLabelValueTooLong], "%v", ref)
+	require.Len(t, b.Samples, 1)
+
+	pdataTD, err := unmarshalProto(body)
+	require.NoError(t, err)
+	b, ref = sample.Batch{}, Refusals{}
+	NewDecoder(nil).Decode(pdataTD, &b, &ref)
+	require.Equal(t, 3, ref[ReasonLabelValueTooLong], "%v", ref)
+	require.Len(t, b.Samples, 1)
+}

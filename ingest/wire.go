@@ -216,7 +216,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 		d.resNode = host
 	}
 
-	valid := validResource(service, instance, host)
+	resReason := d.resourceReason(service, instance, host)
 	total := 0
 	for rs.next() {
 		if !rs.is(fResourceSpansScopeSpans, protowire.BytesType) && !rs.is(fResourceSpansLibrarySpans, protowire.BytesType) {
@@ -232,8 +232,8 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 				ref[ReasonMissingServiceName]++
 				continue
 			}
-			if !valid {
-				ref[ReasonInvalidUTF8]++
+			if resReason != reasonNone {
+				ref[resReason]++
 				continue
 			}
 			if err := d.wireSpan(ss.sub(), service, b, ref); err != nil {
