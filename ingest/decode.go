@@ -1,10 +1,13 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -56,6 +59,18 @@ const (
 	ReasonEndBeforeStart
 	ReasonInvalidTraceID
 	ReasonLabelValueTooLong
+	// ReasonInvalidUTF8: a string that becomes a label or names a node or
+	// writer is not valid UTF-8, which OTLP requires of every string.
+	ReasonInvalidUTF8
+	// ReasonTimestampOutOfRange: a time past what int64 nanoseconds hold,
+	// whose duration would be stored negative.
+	ReasonTimestampOutOfRange
+	// ReasonTooFarInFuture: the span ends later than the wall clock plus
+	// the creation grace period (Mimir's creation_grace_period).
+	ReasonTooFarInFuture
+	// ReasonTooFarInPast: the span ended before what the raw tier's
+	// retention keeps; its next retention pass would delete it.
+	ReasonTooFarInPast
 	// ReasonSeriesLimit: storage refused the span's series, which would
 	// have taken the tenant over its active series limit.
 	ReasonSeriesLimit
@@ -65,12 +80,16 @@ const (
 )
 
 var reasonInfo = [numReasons]struct{ id, help string }{
-	ReasonMissingServiceName: {"missing_service_name", "the resource has no service.name attribute; set it in the SDK (OTEL_SERVICE_NAME) or with a Collector resource processor"},
-	ReasonMissingTimestamps:  {"missing_timestamps", "start_time_unix_nano and end_time_unix_nano must both be set"},
-	ReasonEndBeforeStart:     {"end_before_start", "end_time_unix_nano is before start_time_unix_nano"},
-	ReasonInvalidTraceID:     {"invalid_trace_id", "trace_id is empty or all zero"},
-	ReasonLabelValueTooLong:  {"label_value_too_long", "service.name, the span name or a dimension attribute is longer than --limits.max-label-value-length"},
-	ReasonSeriesLimit:        {"per_user_series_limit", "the tenant has reached its limit of active series (--limits.max-series-per-tenant, or the tenant's override through the admin API): spans of new series are refused until idle series expire (--spanmetrics.series-idle-timeout) or the limit is raised; known series are still accepted"},
+	ReasonMissingServiceName:  {"missing_service_name", "the resource has no service.name attribute; set it in the SDK (OTEL_SERVICE_NAME) or with a Collector resource processor"},
+	ReasonMissingTimestamps:   {"missing_timestamps", "start_time_unix_nano and end_time_unix_nano must both be set"},
+	ReasonEndBeforeStart:      {"end_before_start", "end_time_unix_nano is before start_time_unix_nano"},
+	ReasonInvalidTraceID:      {"invalid_trace_id", "trace_id is empty or all zero"},
+	ReasonLabelValueTooLong:   {"label_value_too_long", "service.name, service.instance.id, host.name, the span name, a dimension attribute or a peer attribute (peer.service, db.name, db.system) is longer than --limits.max-label-value-length"},
+	ReasonInvalidUTF8:         {"invalid_utf8", "service.name, service.instance.id, host.name, the span name, a label value or an attribute hopwatch uses as a label is not valid UTF-8, which OTLP requires of every string"},
+	ReasonTimestampOutOfRange: {"timestamp_out_of_range", "start_time_unix_nano or end_time_unix_nano is after 2262-04-11T23:47:16Z, the latest time int64 nanoseconds hold"},
+	ReasonTooFarInFuture:      {"too_far_in_future", "the span ends later than the server's clock plus --limits.creation-grace-period: check the sender's clock"},
+	ReasonTooFarInPast:        {"too_far_in_past", "the span ended before the raw tier's retention (--storage.raw.retention.time) behind the server's clock, so it would be deleted at once"},
+	ReasonSeriesLimit:         {"per_user_series_limit", "the tenant has reached its limit of active series (--limits.max-series-per-tenant, or the tenant's override through the admin API): spans of new series are refused until idle series expire (--spanmetrics.series-idle-timeout) or the limit is raised; known series are still accepted"},
 }
 
 // String returns the reason's fixed id.
@@ -160,6 +179,27 @@ type Decoder struct {
 	resMaxEnd int64
 	// streamIdx maps the series of a stream batch to the sample batch's.
 	streamIdx []streamSeries
+	// notAfter and notBefore bound the times accepted (Unix ns; 0: no
+	// bound): see SetTimeBounds.
+	notAfter, notBefore int64
+	// badEvents counts the stage events of the last request ignored for
+	// their time.
+	badEvents int
+}
+
+// SetTimeBounds makes the decoder refuse spans (records) ending after
+// notAfter (ReasonTooFarInFuture) or before notBefore (ReasonTooFarInPast),
+// and ignore stage events outside the bounds; 0 leaves a side unbounded.
+// The caller derives them from the wall clock it read.
+func (d *Decoder) SetTimeBounds(notAfter, notBefore int64) {
+	d.notAfter, d.notBefore = notAfter, notBefore
+}
+
+// validTime tells whether t, a time read from a request, is set, fits int64
+// nanoseconds and lies within the decoder's bounds.
+func (d *Decoder) validTime(t uint64) bool {
+	return t > 0 && t <= math.MaxInt64 &&
+		(d.notAfter == 0 || int64(t) <= d.notAfter) && int64(t) >= d.notBefore
 }
 
 // writerProgress is what one resource of a request tells about its writer.
@@ -317,12 +357,32 @@ func (d *Decoder) WithMaxLabelValueLength(n int) *Decoder {
 // view returns the bytes of s without copying; the caller must not modify them.
 func view(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
-// Decode appends the samples of td to b and counts refused spans in ref.
-// It returns the number of spans seen.
-func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
+// begin resets the per-request state.
+func (d *Decoder) begin() {
 	clear(d.index)
 	d.hops = d.hops[:0]
 	d.writers, d.resMaxEnd = d.writers[:0], 0
+	d.badEvents = 0
+}
+
+// resourceReason says why the spans of a resource are refused for the
+// strings that name its service, node and writer (they become labels,
+// clock offset nodes and writer ids, and are kept while spans wait for
+// their peers), or reasonNone.
+func (d *Decoder) resourceReason(service, instance, host []byte) Reason {
+	switch {
+	case len(service) > d.maxValueLen || len(instance) > d.maxValueLen || len(host) > d.maxValueLen:
+		return ReasonLabelValueTooLong
+	case !utf8.Valid(service) || !utf8.Valid(instance) || !utf8.Valid(host):
+		return ReasonInvalidUTF8
+	}
+	return reasonNone
+}
+
+// Decode appends the samples of td to b and counts refused spans in ref.
+// It returns the number of spans seen.
+func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
+	d.begin()
 	total := 0
 	rss := td.ResourceSpans()
 	for i := range rss.Len() {
@@ -357,6 +417,10 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 				ref[ReasonMissingServiceName] += spans.Len()
 				continue
 			}
+			if reason := d.resourceReason(service, instance, host); reason != reasonNone {
+				ref[reason] += spans.Len()
+				continue
+			}
 			for k := range spans.Len() {
 				span := spans.At(k)
 				d.beginSpan()
@@ -377,7 +441,7 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 							}
 						}
 						if name != "" {
-							d.events = append(d.events, stageEvent{t: int64(ev.Timestamp()), name: name})
+							d.stageEvent(uint64(ev.Timestamp()), name)
 						}
 					}
 				}
@@ -407,6 +471,16 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	case end < start:
 		ref[ReasonEndBeforeStart]++
 		return
+	case end > math.MaxInt64:
+		// start 1 and end 2^64-1 would make a negative duration.
+		ref[ReasonTimestampOutOfRange]++
+		return
+	case d.notAfter != 0 && int64(end) > d.notAfter:
+		ref[ReasonTooFarInFuture]++
+		return
+	case int64(end) < d.notBefore:
+		ref[ReasonTooFarInPast]++
+		return
 	case len(tid) != 16 || [16]byte(tid) == [16]byte{}:
 		ref[ReasonInvalidTraceID]++
 		return
@@ -428,7 +502,25 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 		code = int32(ptrace.StatusCodeUnset)
 	}
 
-	idx := d.spanSeries(b, service, name, kind, code)
+	isHop := false
+	switch ptrace.SpanKind(kind) {
+	case ptrace.SpanKindClient, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer:
+		// The peer attributes name service graph nodes.
+		isHop = true
+		if len(d.cur.peerService) > d.maxValueLen || len(d.cur.dbName) > d.maxValueLen || len(d.cur.dbSystem) > d.maxValueLen {
+			ref[ReasonLabelValueTooLong]++
+			return
+		}
+		if !utf8.Valid(d.cur.peerService) || !utf8.Valid(d.cur.dbName) || !utf8.Valid(d.cur.dbSystem) {
+			ref[ReasonInvalidUTF8]++
+			return
+		}
+	}
+	idx, ok := d.spanSeries(b, service, name, kind, code)
+	if !ok {
+		ref[ReasonInvalidUTF8]++
+		return
+	}
 	b.Samples = append(b.Samples, sample.Sample{
 		Series:   idx,
 		Start:    int64(start),
@@ -439,11 +531,10 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	if len(d.events) > 1 {
 		d.stageSamples(b, service, name, [16]byte(tid))
 	}
-	switch k := ptrace.SpanKind(kind); k {
-	case ptrace.SpanKindClient, ptrace.SpanKindServer, ptrace.SpanKindProducer, ptrace.SpanKindConsumer:
+	if isHop {
 		h := d.cur
 		h.traceID = [16]byte(tid)
-		h.kind = k
+		h.kind = ptrace.SpanKind(kind)
 		h.service = service
 		h.node = d.resNode
 		h.start, h.end = int64(start), int64(end)
@@ -452,20 +543,47 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	}
 }
 
+// appendKeyValue appends v to a series key, then the 0xff that ends it.
+// Bytes 0xfe and 0xff, which valid UTF-8 never holds, are escaped as 0xfe
+// followed by 0 or 1, so that any values, valid or not, make distinct keys
+// ("c\xffd","e" and "c","d\xffe" included), and keys of valid UTF-8 values
+// are the values themselves, 0xff-separated.
+func appendKeyValue(k, v []byte) []byte {
+	if bytes.IndexByte(v, 0xff) < 0 && bytes.IndexByte(v, 0xfe) < 0 {
+		return append(append(k, v...), 0xff)
+	}
+	for _, c := range v {
+		if c >= 0xfe {
+			k = append(k, 0xfe, c-0xfe)
+		} else {
+			k = append(k, c)
+		}
+	}
+	return append(k, 0xff)
+}
+
 // spanSeries returns the index in b of the span series with the given
-// values and the dimension values in d.dimValues.
-func (d *Decoder) spanSeries(b *sample.Batch, service, name []byte, kind, code int32) uint32 {
-	// The key: kind, code, then each value followed by 0xff, which cannot
-	// occur in valid UTF-8, so distinct label sets cannot share a key.
+// values and the dimension values in d.dimValues; false if a value is not
+// valid UTF-8.
+func (d *Decoder) spanSeries(b *sample.Batch, service, name []byte, kind, code int32) (uint32, bool) {
+	// The key: kind, code, then each value (appendKeyValue).
 	k := append(d.key[:0], byte(kind), byte(code))
-	k = append(append(k, service...), 0xff)
-	k = append(append(k, name...), 0xff)
+	k = appendKeyValue(k, service)
+	k = appendKeyValue(k, name)
 	for _, v := range d.dimValues {
-		k = append(append(k, v...), 0xff)
+		k = appendKeyValue(k, v)
 	}
 	d.key = k
-	return d.seriesIndex(b, k, func(key string) sample.Series {
-		return sample.Series{Key: key, Labels: d.labels(service, name, kind, code)}
+	return d.seriesIndex(b, k, func(key string) (sample.Series, bool) {
+		if !utf8.Valid(service) || !utf8.Valid(name) {
+			return sample.Series{}, false
+		}
+		for _, v := range d.dimValues {
+			if !utf8.Valid(v) {
+				return sample.Series{}, false
+			}
+		}
+		return sample.Series{Key: key, Labels: d.labels(service, name, kind, code)}, true
 	})
 }
 
@@ -486,49 +604,71 @@ func (d *Decoder) labels(service, name []byte, kind, code int32) labels.Labels {
 	return d.lb.Labels()
 }
 
+// stageEvent records a stage event of the current span at t, unless t is
+// unset, out of int64 nanoseconds or out of the decoder's time bounds: such
+// an event is ignored and counted in badEvents.
+func (d *Decoder) stageEvent(t uint64, name string) {
+	if !d.validTime(t) {
+		d.badEvents++
+		return
+	}
+	d.events = append(d.events, stageEvent{t: int64(t), name: name})
+}
+
 // stageSamples appends, for consecutive stage events of the current span in
 // time order, the time from one stage to the next.
 func (d *Decoder) stageSamples(b *sample.Batch, service, name []byte, tid [16]byte) {
 	slices.SortStableFunc(d.events, func(x, y stageEvent) int { return cmp.Compare(x.t, y.t) })
 	for i := 1; i < len(d.events); i++ {
 		from, to := d.events[i-1], d.events[i]
-		idx := d.stageSeries(b, service, name, view(from.name), view(to.name))
+		idx, ok := d.stageSeries(b, service, name, view(from.name), view(to.name))
+		if !ok {
+			continue
+		}
 		b.Samples = append(b.Samples, sample.Sample{Series: idx, Start: from.t, Duration: to.t - from.t, TraceID: tid})
 	}
 }
 
-// stageSeries returns the index in b of a stage duration series.
-func (d *Decoder) stageSeries(b *sample.Batch, service, name, from, to []byte) uint32 {
+// stageSeries returns the index in b of a stage duration series; false if
+// a value is not valid UTF-8.
+func (d *Decoder) stageSeries(b *sample.Batch, service, name, from, to []byte) (uint32, bool) {
 	// The key: a marker byte no span kind uses, then the values.
 	k := append(d.key[:0], 0xfe)
-	k = append(append(k, service...), 0xff)
-	k = append(append(k, name...), 0xff)
-	k = append(append(k, from...), 0xff)
-	k = append(append(k, to...), 0xff)
+	k = appendKeyValue(k, service)
+	k = appendKeyValue(k, name)
+	k = appendKeyValue(k, from)
+	k = appendKeyValue(k, to)
 	d.key = k
-	return d.seriesIndex(b, k, func(key string) sample.Series {
+	return d.seriesIndex(b, k, func(key string) (sample.Series, bool) {
+		if !utf8.Valid(service) || !utf8.Valid(name) || !utf8.Valid(from) || !utf8.Valid(to) {
+			return sample.Series{}, false
+		}
 		return sample.Series{Family: sample.FamilyStage, Key: key, Labels: labels.FromStrings(
-			LabelService, string(service), LabelSpanName, string(name), LabelFromStage, string(from), LabelToStage, string(to))}
+			LabelService, string(service), LabelSpanName, string(name), LabelFromStage, string(from), LabelToStage, string(to))}, true
 	})
 }
 
 // seriesIndex returns the position in b.Series of the series with key k,
-// adding it from the decoder's cache, or from build on a miss. A known
-// series costs map lookups, no allocation.
-func (d *Decoder) seriesIndex(b *sample.Batch, k []byte, build func(key string) sample.Series) uint32 {
+// adding it from the decoder's cache, or from build on a miss; false if
+// build refuses the values. A known series costs map lookups, no
+// allocation; as keys are injective (appendKeyValue), a known key has
+// values build accepted.
+func (d *Decoder) seriesIndex(b *sample.Batch, k []byte, build func(key string) (sample.Series, bool)) (uint32, bool) {
 	if idx, ok := d.index[string(k)]; ok {
-		return idx
+		return idx, true
 	}
 	s, ok := d.known[string(k)]
 	if !ok {
+		if s, ok = build(string(k)); !ok {
+			return 0, false
+		}
 		if len(d.known) >= maxKnownSeries {
 			clear(d.known)
 		}
-		s = build(string(k))
 		d.known[s.Key] = s
 	}
 	idx := uint32(len(b.Series))
 	d.index[s.Key] = idx
 	b.Series = append(b.Series, s)
-	return idx
+	return idx, true
 }

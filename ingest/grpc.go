@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/gzip" // OTLP exporters may compress with gzip
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
@@ -45,6 +47,9 @@ func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 func (rawCodec) Name() string { return "proto" }
 
+// maxHeaderListSize bounds a gRPC call's headers (metadata), uncompressed.
+const maxHeaderListSize = 1 << 20
+
 // GRPCServerOptions returns the options the gRPC server hosting the
 // receiver must be created with. Interceptors added after them (with
 // grpc.ChainUnaryInterceptor and grpc.ChainStreamInterceptor, which
@@ -54,6 +59,18 @@ func (r *Receiver) GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(rawCodec{proto: encoding.GetCodecV2("proto")}),
 		grpc.MaxRecvMsgSize(r.opts.MaxRequestBytes),
+		grpc.MaxConcurrentStreams(uint32(r.opts.GRPC.MaxConcurrentStreams)),
+		grpc.ConnectionTimeout(r.opts.GRPC.ConnectionTimeout),
+		// Headers are small; gRPC's default allows 16 MiB of them.
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		// Clients may ping every 10 s, even between calls (exporters and
+		// streaming clients keep connections warm); more often, the
+		// connection is closed with too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Connections idle for long are closed, and the server pings a
+		// silent client after a minute and drops it if no answer comes in
+		// 20 s, so dead peers do not hold streams open.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: r.opts.GRPC.MaxConnectionIdle, Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.StatsHandler(refusalCounter{r}),
 		// Live per-message counters of every method, streams included.
 		grpc.ChainUnaryInterceptor(r.grpcMetrics.UnaryServerInterceptor()),

@@ -1,16 +1,20 @@
 package ingest
 
 import (
+	"bufio"
 	"bytes"
-	"compress/flate"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -129,7 +133,9 @@ func (r *Receiver) serveTraces(w http.ResponseWriter, req *http.Request) {
 }
 
 // readBody reads the (decompressed) body, refusing more than MaxRequestBytes
-// before or after decompression.
+// before or after decompression. The buffer grows as bytes arrive, never
+// from what Content-Length announces: a client announcing 16 MiB and
+// sending one byte costs one small buffer.
 func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason string, err error) {
 	limit := int64(r.opts.MaxRequestBytes)
 	if req.ContentLength > limit {
@@ -137,9 +143,9 @@ func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason 
 			fmt.Errorf("request body is %d bytes, more than the limit of %d (--otlp.max-request-bytes)", req.ContentLength, limit)
 	}
 	var src io.Reader = http.MaxBytesReader(nil, req.Body, limit)
-	switch enc := req.Header.Get("Content-Encoding"); enc {
+	switch enc := strings.ToLower(strings.TrimSpace(req.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
-	case "gzip":
+	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(src)
 		if err != nil {
 			return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("bad gzip body: %w", err)
@@ -147,7 +153,20 @@ func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason 
 		defer zr.Close()
 		src = zr
 	case "deflate":
-		zr := flate.NewReader(src)
+		// RFC 9110's deflate is zlib-wrapped (RFC 1950), which the
+		// Collector sends; some clients send raw RFC 1951 deflate. A zlib
+		// header is two bytes whose big-endian value is a multiple of 31
+		// with compression method 8; raw deflate rarely starts so, and a
+		// wrong guess fails the zlib checksum.
+		br := bufio.NewReader(src)
+		var zr io.ReadCloser
+		if h, _ := br.Peek(2); len(h) == 2 && h[0]&0x0f == 8 && h[0]>>4 <= 7 && (uint16(h[0])<<8|uint16(h[1]))%31 == 0 {
+			if zr, err = zlib.NewReader(br); err != nil {
+				return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("bad deflate (zlib) body: %w", err)
+			}
+		} else {
+			zr = flate.NewReader(br)
+		}
 		defer zr.Close()
 		src = zr
 	case "zstd":
@@ -163,20 +182,38 @@ func (r *Receiver) readBody(req *http.Request) (body []byte, status int, reason 
 	}
 	var buf bytes.Buffer
 	if req.ContentLength > 0 {
-		buf.Grow(int(req.ContentLength))
+		// What has certainly arrived with the headers, at most.
+		buf.Grow(int(min(req.ContentLength, initialBodyBuffer)))
 	}
 	// Read one byte past the limit to tell "exactly the limit" from "more".
 	n, err := buf.ReadFrom(io.LimitReader(src, limit+1))
 	var maxErr *http.MaxBytesError
 	switch {
-	case errors.As(err, &maxErr) || n > limit:
+	case errors.As(err, &maxErr):
 		return nil, http.StatusRequestEntityTooLarge, refusedTooLarge,
 			fmt.Errorf("request body is more than the limit of %d bytes (--otlp.max-request-bytes)", limit)
+	case n > limit || errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrFrameSizeExceeded):
+		return nil, http.StatusRequestEntityTooLarge, refusedTooLarge,
+			fmt.Errorf("request body decompresses to more than the limit of %d bytes (--otlp.max-request-bytes)", limit)
+	case isTimeout(err):
+		return nil, http.StatusRequestTimeout, refusedTimeout,
+			fmt.Errorf("request body not received in time (--otlp.http.read-timeout): %w", err)
 	case err != nil:
 		return nil, http.StatusBadRequest, refusedMalformed, fmt.Errorf("read body: %w", err)
 	}
 	return buf.Bytes(), 0, "", nil
 }
+
+// isTimeout tells whether err is a network timeout: the listener's read
+// deadline passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// initialBodyBuffer is the most a request body's buffer starts with; it
+// doubles as the body arrives.
+const initialBodyBuffer = 64 << 10
 
 // writeStatus writes an OTLP error response: a google.rpc.Status in the
 // request's encoding, as the OTLP/HTTP specification asks.
@@ -186,11 +223,17 @@ func writeStatus(w http.ResponseWriter, contentType string, httpStatus int, msg 
 
 // writeRPCStatus writes st, details included, as an OTLP error response.
 func writeRPCStatus(w http.ResponseWriter, contentType string, httpStatus int, st *spb.Status) {
-	var out []byte
+	marshal := proto.Marshal
 	if contentType == contentJSON {
-		out, _ = protojson.Marshal(st)
-	} else {
-		out, _ = proto.Marshal(st)
+		marshal = protojson.Marshal
+	}
+	// A message quoting the request may hold invalid UTF-8, which neither
+	// encoding of a protobuf string takes: the body would be empty.
+	st.Message = strings.ToValidUTF8(st.GetMessage(), "\uFFFD")
+	out, err := marshal(st)
+	if err != nil || len(out) == 0 {
+		// Never an empty body: the code and the HTTP status at least.
+		out, _ = marshal(&spb.Status{Code: st.GetCode(), Message: "hopwatch/ingest: " + http.StatusText(httpStatus)})
 	}
 	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
@@ -208,6 +251,8 @@ func grpcCode(httpStatus int) codes.Code {
 		return codes.ResourceExhausted
 	case http.StatusServiceUnavailable:
 		return codes.Unavailable
+	case http.StatusRequestTimeout:
+		return codes.DeadlineExceeded
 	default:
 		return codes.Internal
 	}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,12 +51,39 @@ type Options struct {
 	// StreamWindow is the credit of a streaming ingest client: the batches
 	// it may have sent and not yet had acknowledged.
 	StreamWindow int
+	// GRPC bounds the connections of the gRPC server hosting the receiver.
+	GRPC GRPCLimits
+	// CreationGracePeriod refuses spans (records) that end later than the
+	// wall clock plus it (Mimir's creation_grace_period): a sender whose
+	// clock runs ahead would otherwise date data into the future. 0: no
+	// bound.
+	CreationGracePeriod time.Duration
+	// PastGracePeriod refuses spans (records) that ended longer ago than
+	// it: the raw tier's retention, which would delete them at once. 0: no
+	// bound.
+	PastGracePeriod time.Duration
 }
 
 // DefaultOptions returns the options hopwatch runs with when none are given.
 func DefaultOptions() Options {
 	return Options{MaxRequestBytes: 16 << 20, Graph: DefaultGraphOptions(), Stages: DefaultStages(),
-		MaxLabelValueLength: DefaultMaxLabelValueLength, MaxDimensions: 10, Watermark: watermark.DefaultOptions(), StreamWindow: 16}
+		MaxLabelValueLength: DefaultMaxLabelValueLength, MaxDimensions: 10, Watermark: watermark.DefaultOptions(), StreamWindow: 16,
+		CreationGracePeriod: 10 * time.Minute,
+		GRPC:                GRPCLimits{ConnectionTimeout: 10 * time.Second, MaxConnectionIdle: 10 * time.Minute, MaxConcurrentStreams: 1000}}
+}
+
+// GRPCLimits bound what one client can hold of the gRPC server: its
+// messages are bounded by MaxRequestBytes.
+type GRPCLimits struct {
+	// ConnectionTimeout bounds a new connection's TLS and HTTP/2
+	// handshakes.
+	ConnectionTimeout time.Duration
+	// MaxConnectionIdle closes a connection without an open call for this
+	// long.
+	MaxConnectionIdle time.Duration
+	// MaxConcurrentStreams bounds the calls (streams) one connection may
+	// have open.
+	MaxConcurrentStreams int
 }
 
 // Validate reports every problem with the options.
@@ -77,6 +106,18 @@ func (o Options) Validate() error {
 	}
 	if err := o.Watermark.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if o.GRPC.ConnectionTimeout <= 0 || o.GRPC.MaxConnectionIdle <= 0 {
+		errs = append(errs, fmt.Errorf("invalid GRPC.ConnectionTimeout %s or GRPC.MaxConnectionIdle %s: must be positive", o.GRPC.ConnectionTimeout, o.GRPC.MaxConnectionIdle))
+	}
+	if o.GRPC.MaxConcurrentStreams <= 0 || o.GRPC.MaxConcurrentStreams > math.MaxUint32 {
+		errs = append(errs, fmt.Errorf("invalid GRPC.MaxConcurrentStreams %d: must be positive", o.GRPC.MaxConcurrentStreams))
+	}
+	if o.CreationGracePeriod < 0 {
+		errs = append(errs, fmt.Errorf("invalid CreationGracePeriod %s: must not be negative", o.CreationGracePeriod))
+	}
+	if o.PastGracePeriod < 0 {
+		errs = append(errs, fmt.Errorf("invalid PastGracePeriod %s: must not be negative", o.PastGracePeriod))
 	}
 	if o.MaxLabelValueLength <= 0 {
 		errs = append(errs, fmt.Errorf("invalid MaxLabelValueLength %d: must be positive", o.MaxLabelValueLength))
@@ -123,6 +164,7 @@ const (
 	refusedUnavailable = "unavailable"
 	refusedWriter      = "invalid_writer"
 	refusedCredit      = "credit_exceeded"
+	refusedTimeout     = "timeout"
 )
 
 // WriterHeader names the writer of a request, for the watermark: an HTTP
@@ -141,7 +183,34 @@ func writerFromHeader(id string) error {
 	if len(id) > maxWriterLength {
 		return fmt.Errorf("%s is %d bytes, longer than the limit of %d", WriterHeader, len(id), maxWriterLength)
 	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("%s is not valid UTF-8", WriterHeader)
+	}
 	return nil
+}
+
+// setTimeBounds bounds the span times d accepts by the wall clock now.
+func (r *Receiver) setTimeBounds(d *Decoder, now time.Time) {
+	var notAfter, notBefore int64
+	if g := r.opts.CreationGracePeriod; g > 0 {
+		notAfter = now.Add(g).UnixNano()
+	}
+	if g := r.opts.PastGracePeriod; g > 0 {
+		notBefore = now.Add(-g).UnixNano()
+	}
+	d.SetTimeBounds(notAfter, notBefore)
+}
+
+// reasonBadEventTime counts, in hopwatch_discarded_samples_total, the stage
+// events ignored for a time that is unset, out of int64 nanoseconds or out
+// of the creation and past grace periods.
+const reasonBadEventTime = "invalid_event_time"
+
+// countBadEvents counts the stage events d ignored in its last request.
+func (r *Receiver) countBadEvents(tenantID string, d *Decoder) {
+	if d.badEvents > 0 {
+		r.metrics.discarded.WithLabelValues(tenantID, reasonBadEventTime).Add(float64(d.badEvents))
+	}
 }
 
 type receiverMetrics struct {
@@ -313,6 +382,9 @@ func decodeProtobuf(body []byte) decodeFunc {
 		}
 		b.Reset()
 		*ref = Refusals{}
+		if err := checkValueDepth(body); err != nil {
+			return 0, err
+		}
 		td, err := unmarshalProto(body)
 		if err != nil {
 			return 0, err
@@ -324,6 +396,9 @@ func decodeProtobuf(body []byte) decodeFunc {
 // decodeJSON decodes an OTLP/JSON request through pdata.
 func decodeJSON(body []byte) decodeFunc {
 	return func(d *Decoder, b *sample.Batch, ref *Refusals) (int, error) {
+		if err := checkJSONDepth(body); err != nil {
+			return 0, err
+		}
 		req := ptraceotlp.NewExportRequest()
 		if err := req.UnmarshalJSON(body); err != nil {
 			return 0, fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest (%d bytes): %w", len(body), err)
@@ -359,11 +434,13 @@ func (r *Receiver) export(ctx context.Context, protocol, tenantID, writer string
 	w.batch.Reset()
 
 	var ref Refusals
+	r.setTimeBounds(w.dec, start)
 	total, err := decode(w.dec, &w.batch, &ref)
 	if err != nil {
 		r.metrics.requestsRefused.WithLabelValues(protocol, refusedMalformed).Inc()
 		return exportResult{}, errMalformed{err}
 	}
+	r.countBadEvents(tenantID, w.dec)
 	r.metrics.spansReceived.WithLabelValues(protocol).Add(float64(total))
 	if e := r.allow(tenantID, int64(total), int64(size)); e != nil {
 		r.countRateLimited(protocol, tenantID, total, e)

@@ -199,11 +199,11 @@ type graphOut struct {
 }
 
 // appendGraphKey appends the series key of a service graph family: the
-// family, then the label pairs, 0xff-separated.
+// family, then the label pairs, each as appendKeyValue writes it.
 func appendGraphKey(k []byte, family sample.Family, lset []string) []byte {
 	k = append(k, byte(family), 0xff)
 	for _, l := range lset {
-		k = append(append(k, l...), 0xff)
+		k = appendKeyValue(k, view(l))
 	}
 	return k
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -121,11 +122,20 @@ func (s streamService) Stream(stream grpc.BidiStreamingServer[hopwatchv1.StreamR
 	go func() {
 		defer close(batches)
 		for received := uint64(1); ; received++ {
-			req := new(hopwatchv1.StreamRequest)
-			if err := stream.RecvMsg(req); err != nil {
+			// Received raw and unmarshalled here, so that a malformed
+			// message (invalid UTF-8 in a label among them) is refused
+			// with InvalidArgument and counted, not gRPC's Internal.
+			raw := new(rawMessage)
+			if err := stream.RecvMsg(raw); err != nil {
 				if !errors.Is(err, io.EOF) {
 					readErr <- err
 				}
+				return
+			}
+			req := new(hopwatchv1.StreamRequest)
+			if err := proto.Unmarshal(raw.b, req); err != nil {
+				r.metrics.requestsRefused.WithLabelValues(protoStream, refusedMalformed).Inc()
+				readErr <- status.Errorf(codes.InvalidArgument, "malformed StreamRequest (message %d of the stream, %d bytes): %v", received, len(raw.b), err)
 				return
 			}
 			if granted := window + acked.Load(); received > granted {
@@ -252,6 +262,7 @@ func (r *Receiver) applyBatch(ctx context.Context, tenantID, writer string, dedu
 
 	w.batch.Reset()
 	var ref Refusals
+	r.setTimeBounds(w.dec, start)
 	n, end, err := w.dec.decodeHopBatch(hb, &w.batch, &ref)
 	if err != nil {
 		return reject(refusedMalformed, fmt.Sprintf("malformed batch %d: %v", seq, err)), 0
@@ -348,11 +359,24 @@ func (d *Decoder) decodeHopBatch(hb *hopwatchv1.HopBatch, b *sample.Batch, ref *
 		if int(si) >= len(d.streamIdx) {
 			return 0, 0, fmt.Errorf("record %d refers to series %d of %d", i, si, len(d.streamIdx))
 		}
+		// Each start is a delta on the one before, so one out of range
+		// puts every later record out of place: the batch is malformed.
+		if starts[i] > 0 && t > math.MaxInt64-starts[i] || starts[i] < 0 && t < math.MinInt64-starts[i] {
+			return 0, 0, fmt.Errorf("record %d: start time delta %d ns overflows int64 nanoseconds", i, starts[i])
+		}
 		t += starts[i]
-		if t <= 0 || durs[i] > math.MaxInt64-uint64(t) {
-			return 0, 0, fmt.Errorf("record %d: start %d ns and duration %d ns are out of range", i, t, durs[i])
+		if t <= 0 {
+			return 0, 0, fmt.Errorf("record %d: start %d ns is not after the Unix epoch", i, t)
 		}
 		s := d.streamIdx[si]
+		switch {
+		case durs[i] > math.MaxInt64-uint64(t):
+			s.reason = ReasonTimestampOutOfRange
+		case d.notAfter != 0 && t+int64(durs[i]) > d.notAfter:
+			s.reason = ReasonTooFarInFuture
+		case t+int64(durs[i]) < d.notBefore:
+			s.reason = ReasonTooFarInPast
+		}
 		if s.reason != reasonNone {
 			ref[s.reason]++
 			continue
@@ -441,9 +465,9 @@ func (d *Decoder) hopSeries(b *sample.Batch, hs *hopwatchv1.HopSeries) (uint32, 
 				return 0, reasonNone, fmt.Errorf("status_code %q is not one of %s", vals[3], strings.Join(statusCodes[:], ", "))
 			}
 		}
-		return d.spanSeries(b, vals[0], vals[1], kind, code), reasonNone, nil
+		return seriesOrReason(d.spanSeries(b, vals[0], vals[1], kind, code))
 	case hopwatchv1.HopKind_HOP_KIND_STAGE:
-		return d.stageSeries(b, vals[0], vals[1], vals[2], vals[3]), reasonNone, nil
+		return seriesOrReason(d.stageSeries(b, vals[0], vals[1], vals[2], vals[3]))
 	}
 	family := sample.FamilyQueue
 	if hs.GetKind() == hopwatchv1.HopKind_HOP_KIND_NETWORK {
@@ -452,13 +476,25 @@ func (d *Decoder) hopSeries(b *sample.Batch, hs *hopwatchv1.HopSeries) (uint32, 
 	// The key as the service graph writes it (appendGraphKey).
 	k := append(d.key[:0], byte(family), 0xff)
 	for i := range 2 {
-		k = append(append(k, names[i]...), 0xff)
-		k = append(append(k, vals[i]...), 0xff)
+		k = appendKeyValue(k, view(names[i]))
+		k = appendKeyValue(k, vals[i])
 	}
 	d.key = k
-	return d.seriesIndex(b, k, func(key string) sample.Series {
-		return sample.Series{Family: family, Key: key, Labels: labels.FromStrings(names[0], string(vals[0]), names[1], string(vals[1]))}
-	}), reasonNone, nil
+	return seriesOrReason(d.seriesIndex(b, k, func(key string) (sample.Series, bool) {
+		if !utf8.Valid(vals[0]) || !utf8.Valid(vals[1]) {
+			return sample.Series{}, false
+		}
+		return sample.Series{Family: family, Key: key, Labels: labels.FromStrings(names[0], string(vals[0]), names[1], string(vals[1]))}, true
+	}))
+}
+
+// seriesOrReason turns a series lookup into hopSeries' answer: a series
+// refused for its values is not valid UTF-8.
+func seriesOrReason(idx uint32, ok bool) (uint32, Reason, error) {
+	if !ok {
+		return 0, ReasonInvalidUTF8, nil
+	}
+	return idx, reasonNone, nil
 }
 
 // dimension returns the index of the dimension with label name, or -1.

@@ -144,9 +144,7 @@ func (w *walker) wrongType() {
 // and skips the rest (events, links, scope) by length. It returns the
 // number of spans seen.
 func (d *Decoder) DecodeProto(body []byte, b *sample.Batch, ref *Refusals) (int, error) {
-	clear(d.index)
-	d.hops = d.hops[:0]
-	d.writers, d.resMaxEnd = d.writers[:0], 0
+	d.begin()
 	total := 0
 	req := walker{b: body}
 	for req.next() {
@@ -218,6 +216,7 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 		d.resNode = host
 	}
 
+	resReason := d.resourceReason(service, instance, host)
 	total := 0
 	for rs.next() {
 		if !rs.is(fResourceSpansScopeSpans, protowire.BytesType) && !rs.is(fResourceSpansLibrarySpans, protowire.BytesType) {
@@ -231,6 +230,10 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 			total++
 			if len(service) == 0 {
 				ref[ReasonMissingServiceName]++
+				continue
+			}
+			if resReason != reasonNone {
+				ref[resReason]++
 				continue
 			}
 			if err := d.wireSpan(ss.sub(), service, b, ref); err != nil {
@@ -329,14 +332,14 @@ func (d *Decoder) wireSpan(sp walker, service []byte, b *sample.Batch, ref *Refu
 // wireEvent records a span event if it marks a stage.
 func (d *Decoder) wireEvent(ev walker) error {
 	var (
-		t    int64
+		t    uint64
 		name string
 	)
 	for ev.next() {
 		switch ev.num {
 		case fEventTime:
 			if ev.typeIs(protowire.Fixed64Type) {
-				t = int64(ev.u)
+				t = ev.u
 			}
 		case fEventName:
 			if ev.typeIs(protowire.BytesType) && name == "" {
@@ -357,7 +360,7 @@ func (d *Decoder) wireEvent(ev walker) error {
 		return ev.err
 	}
 	if name != "" {
-		d.events = append(d.events, stageEvent{t: t, name: name})
+		d.stageEvent(t, name)
 	}
 	return nil
 }
@@ -413,3 +416,218 @@ func keyValue(kv walker, want func(key []byte) bool) (key, val []byte, err error
 }
 
 var boolText = [2][]byte{[]byte("false"), []byte("true")}
+
+// Nesting and element bounds. Attribute values nest (arrays and maps of
+// values), and the pdata decoders recurse once per level: a request of a
+// few megabytes nesting a million arrays overflows the goroutine stack and
+// kills the process. Real attributes nest a few levels. pdata also builds
+// an object of some 240 bytes per element: 14 MiB of empty JSON spans took
+// 1.2 GiB.
+const (
+	// maxValueDepth bounds the nesting of an attribute value: a string is
+	// depth 1, an array of strings 2.
+	maxValueDepth = 64
+	// maxJSONDepth bounds the nesting of brackets in an OTLP/JSON request:
+	// the request's own structure (about 10 levels) and 3 per level of
+	// attribute value ({"arrayValue": {"values": [...]}}).
+	maxJSONDepth = 256
+	// maxElements bounds the messages (spans, events, links, attributes,
+	// values; JSON objects and arrays) of a request pdata decodes: some
+	// 250 MB at most. A batch of 8192 spans with 20 attributes each has
+	// about 350 000.
+	maxElements = 1 << 20
+)
+
+// Field numbers of the messages only the nesting check reads.
+const (
+	fScopeSpansScope = 1
+	fScopeAttributes = 3
+	fSpanLinks       = 13
+	fLinkAttributes  = 5
+	fAnyArray        = 5
+	fAnyKVList       = 6
+	fArrayValues     = 1
+	fKVListValues    = 1
+)
+
+// errTooDeep is an attribute value nested deeper than maxValueDepth.
+type errTooDeep struct{ off int }
+
+func (e *errTooDeep) Error() string {
+	return fmt.Sprintf("malformed OTLP protobuf ExportTraceServiceRequest: attribute value at byte %d nests arrays or maps more than %d levels deep", e.off, maxValueDepth)
+}
+
+// errTooManyElements is a request with more than maxElements messages.
+var errTooManyElements = fmt.Errorf("OTLP ExportTraceServiceRequest holds more than %d spans, events, links, attributes and values (JSON: objects and arrays): send smaller batches", maxElements)
+
+// checkValueDepth walks every attribute value of a protobuf request
+// (resource, scope, span, event and link attributes) and fails on one
+// nested deeper than maxValueDepth, on more than maxElements messages or on
+// malformed protobuf, without recursing deeper than that itself. Run it
+// before pdata decodes a request.
+func checkValueDepth(body []byte) error {
+	c := &elementCheck{}
+	return c.walk(walker{b: body}, "request")
+}
+
+// elementCheck counts the messages walked.
+type elementCheck struct{ n int }
+
+func (c *elementCheck) count() error {
+	if c.n++; c.n > maxElements {
+		return errTooManyElements
+	}
+	return nil
+}
+
+// walk goes through a message at path, following the fields that lead on
+// towards attributes.
+func (c *elementCheck) walk(w walker, path string) error {
+	if err := c.count(); err != nil {
+		return err
+	}
+	for w.next() {
+		if w.typ != protowire.BytesType {
+			continue
+		}
+		var err error
+		switch path {
+		case "request":
+			if w.num == fRequestResourceSpans {
+				err = c.walk(w.sub(), "resourceSpans")
+			}
+		case "resourceSpans":
+			switch w.num {
+			case fResourceSpansResource:
+				err = c.walk(w.sub(), "resource")
+			case fResourceSpansScopeSpans, fResourceSpansLibrarySpans:
+				err = c.walk(w.sub(), "scopeSpans")
+			}
+		case "resource":
+			if w.num == fResourceAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "scopeSpans":
+			switch w.num {
+			case fScopeSpansScope:
+				err = c.walk(w.sub(), "scope")
+			case fScopeSpansSpans:
+				err = c.walk(w.sub(), "span")
+			}
+		case "scope":
+			if w.num == fScopeAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "span":
+			switch w.num {
+			case fSpanAttributes:
+				err = c.keyValue(w.sub(), 1)
+			case fSpanEvents:
+				err = c.walk(w.sub(), "event")
+			case fSpanLinks:
+				err = c.walk(w.sub(), "link")
+			}
+		case "event":
+			if w.num == fEventAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		case "link":
+			if w.num == fLinkAttributes {
+				err = c.keyValue(w.sub(), 1)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return w.err
+}
+
+// keyValue checks a KeyValue whose value is at the given depth.
+func (c *elementCheck) keyValue(kv walker, depth int) error {
+	if err := c.count(); err != nil {
+		return err
+	}
+	for kv.next() {
+		if kv.num == fKeyValueValue && kv.typ == protowire.BytesType {
+			if err := c.anyValue(kv.sub(), depth); err != nil {
+				return err
+			}
+		}
+	}
+	return kv.err
+}
+
+// anyValue checks an AnyValue at the given depth.
+func (c *elementCheck) anyValue(v walker, depth int) error {
+	if depth > maxValueDepth {
+		return &errTooDeep{off: v.base}
+	}
+	if err := c.count(); err != nil {
+		return err
+	}
+	for v.next() {
+		if v.typ != protowire.BytesType {
+			continue
+		}
+		switch v.num {
+		case fAnyArray:
+			arr := v.sub()
+			for arr.next() {
+				if arr.num == fArrayValues && arr.typ == protowire.BytesType {
+					if err := c.anyValue(arr.sub(), depth+1); err != nil {
+						return err
+					}
+				}
+			}
+			if arr.err != nil {
+				return arr.err
+			}
+		case fAnyKVList:
+			list := v.sub()
+			for list.next() {
+				if list.num == fKVListValues && list.typ == protowire.BytesType {
+					if err := c.keyValue(list.sub(), depth+1); err != nil {
+						return err
+					}
+				}
+			}
+			if list.err != nil {
+				return list.err
+			}
+		}
+	}
+	return v.err
+}
+
+// checkJSONDepth fails on a JSON document whose brackets nest deeper than
+// maxJSONDepth or that holds more than maxElements objects and arrays; it
+// does not otherwise validate the JSON.
+func checkJSONDepth(body []byte) error {
+	depth, elements, inString, escaped := 0, 0, false, false
+	for i, c := range body {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			if depth++; depth > maxJSONDepth {
+				return fmt.Errorf("malformed OTLP JSON ExportTraceServiceRequest: brackets at byte %d nest more than %d levels deep (attribute values nest at most %d levels)", i, maxJSONDepth, maxValueDepth)
+			}
+			if elements++; elements > maxElements {
+				return errTooManyElements
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return nil
+}

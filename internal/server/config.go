@@ -46,6 +46,11 @@ type Config struct {
 	// members). A single node is a cluster of one.
 	Cluster ClusterConfig
 
+	// WebHTTP and OTLPHTTP bound the reads of the web and OTLP/HTTP
+	// listeners, so that slow or silent clients cannot hold connections.
+	WebHTTP  HTTPTimeouts
+	OTLPHTTP HTTPTimeouts
+
 	Ingest  ingest.Options
 	Storage agg.Options
 	// RawEnabled keeps every sample losslessly in the raw tier as well.
@@ -78,6 +83,25 @@ type Config struct {
 	ConfigYAML string
 	// Flags are the command-line flags as served by /api/v1/status/flags.
 	Flags map[string]string
+}
+
+// HTTPTimeouts bound how long an HTTP listener waits on a client.
+type HTTPTimeouts struct {
+	// ReadHeader bounds reading a request's headers (slowloris).
+	ReadHeader time.Duration
+	// Read bounds reading a whole request, body included, from its first
+	// byte; it also ends the request's context, so it must exceed the
+	// longest handler (a query's --query.timeout, a 30 s profile).
+	Read time.Duration
+	// Idle closes a keep-alive connection without a request for this long.
+	Idle time.Duration
+}
+
+func (t HTTPTimeouts) validate(flag string) error {
+	if t.ReadHeader <= 0 || t.Read <= 0 || t.Idle <= 0 {
+		return fmt.Errorf("%s.read-header-timeout, %s.read-timeout and %s.idle-timeout must be positive, got %s, %s and %s", flag, flag, flag, t.ReadHeader, t.Read, t.Idle)
+	}
+	return nil
 }
 
 // AuthConfig configures authentication.
@@ -252,6 +276,8 @@ func DefaultConfig() Config {
 		WebListenAddress:       ":9800",
 		OTLPGRPCListenAddress:  ":4317",
 		OTLPHTTPListenAddress:  ":4318",
+		WebHTTP:                HTTPTimeouts{ReadHeader: 10 * time.Second, Read: 5 * time.Minute, Idle: 5 * time.Minute},
+		OTLPHTTP:               HTTPTimeouts{ReadHeader: 10 * time.Second, Read: time.Minute, Idle: 2 * time.Minute},
 		FlushInterval:          5 * time.Second,
 		ShutdownTimeout:        30 * time.Second,
 		Ingest:                 ingest.DefaultOptions(),
@@ -295,6 +321,11 @@ func (c Config) Validate() error {
 	addr("web.listen-address", c.WebListenAddress)
 	addr("otlp.grpc.listen-address", c.OTLPGRPCListenAddress)
 	addr("otlp.http.listen-address", c.OTLPHTTPListenAddress)
+	add(c.WebHTTP.validate("web"))
+	add(c.OTLPHTTP.validate("otlp.http"))
+	if c.WebHTTP.Read <= c.Query.Timeout {
+		add(fmt.Errorf("web.read-timeout: %s must exceed query.timeout (%s): it ends the request's context", c.WebHTTP.Read, c.Query.Timeout))
+	}
 	if c.FlushInterval < MinFlushInterval {
 		add(fmt.Errorf("flush.interval: %s is shorter than the minimum of %s", c.FlushInterval, MinFlushInterval))
 	}

@@ -170,6 +170,11 @@ func New(cfg Config, reg *prometheus.Registry, logger *slog.Logger) (*Server, er
 	// X-Scope-OrgID from the token: every component reads its tenant there.
 	cfg.Ingest.MultitenancyEnabled = cfg.multitenant()
 	cfg.Query.MultitenancyEnabled = cfg.multitenant()
+	if cfg.RawEnabled {
+		// A span older than the raw tier's retention would be deleted by
+		// its next pass: refuse it rather than acknowledge it.
+		cfg.Ingest.PastGracePeriod = cfg.Raw.Retention
+	}
 	s.recv, err = ingest.New(cfg.Ingest, appenderFunc(s.append), reg, logger.With("component", "ingest"))
 	if err != nil {
 		return nil, err
@@ -502,8 +507,10 @@ func (s *Server) Start() error {
 	// Each server gets its own copy of the TLS configuration: net/http adds
 	// its protocols to it when serving. The copies share one certificate
 	// reloader.
-	s.web = &http.Server{Handler: s.webHandler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("web")}
-	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("otlp-http")}
+	s.web = &http.Server{Handler: s.webHandler(), TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("web"),
+		ReadHeaderTimeout: s.cfg.WebHTTP.ReadHeader, ReadTimeout: s.cfg.WebHTTP.Read, IdleTimeout: s.cfg.WebHTTP.Idle}
+	s.otlpHTTP = &http.Server{Handler: s.tenantOnly(s.recv.HTTPHandler()), TLSConfig: s.tls.Clone(), ErrorLog: httpErrorLog("otlp-http"),
+		ReadHeaderTimeout: s.cfg.OTLPHTTP.ReadHeader, ReadTimeout: s.cfg.OTLPHTTP.Read, IdleTimeout: s.cfg.OTLPHTTP.Idle}
 	s.grpc = grpc.NewServer(s.grpcServerOptions()...)
 	s.recv.RegisterGRPC(s.grpc)
 
