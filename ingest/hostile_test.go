@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -41,21 +42,37 @@ import (
 	"github.com/hopwatch/hopwatch/sample"
 )
 
-// recordingAppender keeps the samples it is given.
+// recordingAppender keeps the samples it is given (and counts them by
+// family), and fails while fail is set.
 type recordingAppender struct {
-	mtx     sync.Mutex
-	samples []sample.Sample
-	series  []sample.Series
+	mtx      sync.Mutex
+	fail     bool
+	samples  []sample.Sample
+	series   []sample.Series
+	families map[sample.Family]int
 }
 
 func (a *recordingAppender) Append(_ context.Context, _ string, b *sample.Batch) error {
 	a.mtx.Lock()
 	defer a.mtx.Unlock()
+	if a.fail {
+		return errors.New("disk full")
+	}
+	if a.families == nil {
+		a.families = map[sample.Family]int{}
+	}
 	for _, s := range b.Samples {
 		a.samples = append(a.samples, s)
 		a.series = append(a.series, b.Series[s.Series])
+		a.families[b.Series[s.Series].Family]++
 	}
 	return nil
+}
+
+func (a *recordingAppender) setFail(fail bool) {
+	a.mtx.Lock()
+	a.fail = fail
+	a.mtx.Unlock()
 }
 
 func (a *recordingAppender) count() int {

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -20,32 +19,6 @@ import (
 	"github.com/hopwatch/hopwatch/ratelimit"
 	"github.com/hopwatch/hopwatch/sample"
 )
-
-// recordingAppender keeps the samples it is given, by family, and fails
-// while fail is set.
-type recordingAppender struct {
-	mtx      sync.Mutex
-	fail     bool
-	families map[sample.Family]int
-}
-
-func (a *recordingAppender) Append(_ context.Context, _ string, b *sample.Batch) error {
-	a.mtx.Lock()
-	defer a.mtx.Unlock()
-	if a.fail {
-		return errors.New("disk full")
-	}
-	for _, smp := range b.Samples {
-		a.families[b.Series[smp.Series].Family]++
-	}
-	return nil
-}
-
-func (a *recordingAppender) setFail(fail bool) {
-	a.mtx.Lock()
-	a.fail = fail
-	a.mtx.Unlock()
-}
 
 // takenLimiter admits everything and keeps the units taken and not given
 // back.
