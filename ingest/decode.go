@@ -172,7 +172,7 @@ type Decoder struct {
 	events []stageEvent // stage events of the current span
 	// maxValueLen bounds label values (service, span name, dimensions).
 	maxValueLen int
-	resNode     []byte // the current resource's node: instance id, else host
+	resNode     []byte // the current resource's node (its clock): host, else instance id
 	// writers lists, per resource with accepted spans, who wrote them and
 	// the latest span end among them: the watermark's input.
 	writers   []writerProgress
@@ -224,7 +224,7 @@ type hopSpan struct {
 	spanID, parentID []byte
 	kind             ptrace.SpanKind
 	service          []byte
-	node             []byte // service.instance.id, else host.name
+	node             []byte // host.name, else service.instance.id
 	start, end       int64
 	failed           bool
 	// Where a client span goes when no server span answers it.
@@ -399,9 +399,11 @@ func (d *Decoder) Decode(td ptrace.Traces, b *sample.Batch, ref *Refusals) int {
 		if v, ok := rattrs.Get(attrHost); ok {
 			host = view(v.AsString())
 		}
-		d.resNode = instance
+		// A span's clock is its host's: processes on one host share it, so
+		// a queue hop between them needs no offset.
+		d.resNode = host
 		if len(d.resNode) == 0 {
-			d.resNode = host
+			d.resNode = instance
 		}
 		for j, dim := range d.dims {
 			d.resValues[j] = nil

@@ -287,3 +287,51 @@ func TestStageDurations(t *testing.T) {
 		require.Equal(t, []string{"enqueue→dequeue 2000", "dequeue→arrive 2000", "arrive→done 3000"}, got, path)
 	}
 }
+
+// TestHopNodeIsTheHost: a span's node, the clock its times are read on, is
+// its host when the resource names one (processes on one host share its
+// clock, so a queue hop between them needs no offset), else its instance;
+// both decode paths agree.
+func TestHopNodeIsTheHost(t *testing.T) {
+	td := ptrace.NewTraces()
+	add := func(service, instance, host string, kind ptrace.SpanKind) {
+		rs := td.ResourceSpans().AppendEmpty()
+		rs.Resource().Attributes().PutStr("service.name", service)
+		if instance != "" {
+			rs.Resource().Attributes().PutStr("service.instance.id", instance)
+		}
+		if host != "" {
+			rs.Resource().Attributes().PutStr("host.name", host)
+		}
+		s := rs.ScopeSpans().AppendEmpty().Spans().AppendEmpty()
+		s.SetName("op")
+		s.SetKind(kind)
+		s.SetTraceID(pcommon.TraceID{1})
+		s.SetSpanID(pcommon.SpanID{byte(td.ResourceSpans().Len())})
+		s.SetStartTimestamp(1e9)
+		s.SetEndTimestamp(2e9)
+	}
+	add("publisher", "publisher-1", "node-a", ptrace.SpanKindProducer)
+	add("indexer", "indexer-7", "node-a", ptrace.SpanKindConsumer)
+	add("api", "api-3", "", ptrace.SpanKindServer)
+	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
+	require.NoError(t, err)
+
+	nodes := func(hs []hopSpan) []string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, string(h.node))
+		}
+		return out
+	}
+	want := []string{"node-a", "node-a", "api-3"}
+	pd := NewDecoder(nil)
+	var b sample.Batch
+	var ref Refusals
+	pd.Decode(td, &b, &ref)
+	require.Equal(t, want, nodes(pd.hops))
+	wd := NewDecoder(nil)
+	_, err = wd.DecodeProto(body, &b, &ref)
+	require.NoError(t, err)
+	require.Equal(t, want, nodes(wd.hops))
+}

@@ -211,9 +211,11 @@ func (d *Decoder) resourceSpans(rs walker, b *sample.Batch, ref *Refusals) (int,
 	if scan.err != nil {
 		return 0, scan.err
 	}
-	d.resNode = instance
+	// A span's clock is its host's: processes on one host share it, so
+	// a queue hop between them needs no offset.
+	d.resNode = host
 	if len(d.resNode) == 0 {
-		d.resNode = host
+		d.resNode = instance
 	}
 
 	resReason := d.resourceReason(service, instance, host)

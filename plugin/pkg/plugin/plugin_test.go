@@ -124,12 +124,15 @@ func sendWorkload(t *testing.T, grpcAddr, tenant string, base time.Time, n int) 
 		otlptracegrpc.WithHeaders(map[string]string{"x-scope-orgid": tenant}))
 	require.NoError(t, err)
 	ids := &seqIDs{rng: mrand.New(mrand.NewPCG(7, 7))}
-	provider := func(service, instance string) *sdktrace.TracerProvider {
+	provider := func(service, instance, host string) *sdktrace.TracerProvider {
 		return sdktrace.NewTracerProvider(
-			sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", service), attribute.String("service.instance.id", instance))),
+			sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", service),
+				attribute.String("service.instance.id", instance), attribute.String("host.name", host))),
 			sdktrace.WithSyncer(exp), sdktrace.WithIDGenerator(ids))
 	}
-	web, gw, proc := provider("web-frontend", "web-1"), provider("api-gateway", "gw-1"), provider("log-processor", "proc-1")
+	// The gateway and the processor share a host, hence a clock: their
+	// queue hop is recorded without a clock offset between them.
+	web, gw, proc := provider("web-frontend", "web-1", "host-1"), provider("api-gateway", "gw-1", "host-2"), provider("log-processor", "proc-1", "host-2")
 	rng := mrand.New(mrand.NewPCG(42, 42))
 	lognormal := func(median time.Duration, sigma float64) time.Duration {
 		return time.Duration(float64(median) * math.Exp(rng.NormFloat64()*sigma)).Round(time.Microsecond)
@@ -300,7 +303,8 @@ func TestPluginAgainstHopwatch(t *testing.T) {
 			dr = run(query("A", map[string]any{"mode": "graph", "window": "5m"}, aggFrom, aggTo, time.Minute))
 			return dr.Frames[2].Rows() > 0
 		})
-		require.Contains(t, fieldStrings(dr.Frames[2].Fields[0]), "web-1")
+		require.Equal(t, []string{"host-1"}, fieldStrings(dr.Frames[2].Fields[0]), "clocks are per host")
+		require.Equal(t, []string{"host-2"}, fieldStrings(dr.Frames[2].Fields[1]))
 	})
 
 	t.Run("writer watermarks", func(t *testing.T) {
