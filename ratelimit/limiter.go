@@ -338,6 +338,13 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 	defer l.mu.Unlock()
 	old := l.conf.Load()
 	c := &limitsConf{def: old.def, overrides: valid, nodes: old.nodes}
+	l.install(c)
+	return errors.Join(errs...)
+}
+
+// install makes c the limits in force and reconfigures every tenant whose
+// limit it changes. The caller holds l.mu.
+func (l *Limiter) install(c *limitsConf) {
 	l.conf.Store(c)
 	now := l.clock.Now()
 	l.tenants.each(func(t *tenant) {
@@ -347,7 +354,6 @@ func (l *Limiter) SetTenantLimits(overrides map[string]Limit) error {
 		}
 		t.mu.Unlock()
 	})
-	return errors.Join(errs...)
 }
 
 // SetDefault replaces the default limit, that of every tenant without an
@@ -365,15 +371,7 @@ func (l *Limiter) SetDefault(def Limit) error {
 		return nil
 	}
 	c := &limitsConf{def: def, overrides: old.overrides, nodes: old.nodes}
-	l.conf.Store(c)
-	now := l.clock.Now()
-	l.tenants.each(func(t *tenant) {
-		t.mu.Lock()
-		if g := c.limit(t.id); g != t.b.Load().lim.global {
-			t.reconfigure(now, g)
-		}
-		t.mu.Unlock()
-	})
+	l.install(c)
 	return nil
 }
 
