@@ -169,7 +169,7 @@ func newAPIMetrics(reg prometheus.Registerer) *apiMetrics {
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_query_refused_total",
-			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout, max_expression_size, max_nesting, max_subquery_steps), or failed by an internal error (panic).",
+			Help: "Queries refused by a query limit, by reason (max_concurrency, max_length, max_series, max_samples, timeout, max_expression_size, max_nesting, max_operators, max_subquery_steps), or failed by an internal error (panic).",
 		}, []string{"reason"}),
 	}
 	for _, r := range []string{reasonConcurrency, reasonLength, reasonSeries, reasonSamples, reasonTimeout, reasonExpressionSize, reasonNesting, reasonSubquerySteps, reasonPanic} {

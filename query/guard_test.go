@@ -92,6 +92,21 @@ func TestExpressionBounds(t *testing.T) {
 	// Within the bounds, brackets inside strings do not count.
 	getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {`count({service="` + strings.Repeat("(", 5000) + `"})`}}.Encode(), http.StatusOK)
 	getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {strings.Repeat("(", 500) + "1" + strings.Repeat(")", 500)}}.Encode(), http.StatusOK)
+
+	// A chain of binary operators is as deep as it is long: 32,000 terms
+	// took seconds to parse.
+	for _, op := range []string{"+", " or ", " == ", "^", " unless ", " AND "} {
+		chain := "1" + strings.Repeat(op+"1", 2*maxOperators)
+		body := getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {chain}}.Encode(), http.StatusBadRequest)
+		require.Contains(t, body, fmt.Sprintf("has %d binary operators, over the limit of %d", 2*maxOperators, maxOperators), op)
+	}
+	require.Equal(t, 6.0, refusedCount(t, reg, reasonOperators))
+	// Matchers, strings, names and numbers are not operators.
+	d, ops := shape(`sum by (le) (rate(x_bucket{a!="b",c=~"d+e",f!~"-"}[5m] offset 1m)) > 0.5 or vector(1e-3 * 2) # a + comment`)
+	require.Equal(t, 3, d)
+	require.Equal(t, 4, ops, "> or * and the exponent's minus")
+	_, ops = shape(`up{job="a+b-c"} unless on(instance) sort_desc(order_total)`)
+	require.Equal(t, 1, ops)
 }
 
 // TestTimeoutCoversParsing: a text within the bounds that takes longer to
@@ -100,8 +115,9 @@ func TestExpressionBounds(t *testing.T) {
 func TestTimeoutCoversParsing(t *testing.T) {
 	db, _ := rawFixture(t, 5)
 	_, srv, reg := limitedAPI(t, db, func(o *Options) { o.Timeout = time.Millisecond })
-	// 20,000 chained additions: about half a second of parsing.
-	long := strings.Repeat("1+", 20_000) + "1"
+	// Within the bounds and still slow to parse: 999 chained additions
+	// inside 999 parentheses, about 10 ms.
+	long := strings.Repeat("(", maxNesting-1) + strings.Repeat("1+", maxOperators-1) + "1" + strings.Repeat(")", maxNesting-1)
 	body := getStatus(t, srv.URL+"/api/v1/query?"+url.Values{"query": {long}}.Encode(), http.StatusServiceUnavailable)
 	require.Contains(t, body, `"errorType":"timeout"`)
 	require.Contains(t, body, "parsing the query")
