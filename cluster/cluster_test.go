@@ -174,10 +174,17 @@ func TestConcurrentWriters(t *testing.T) {
 				}
 				for c := range changes {
 					name := fmt.Sprintf("g%02d", c)
-					if _, r.err = n.PutRuleGroup(ctx, "shared", r.writer, name, "name: "+name+"\n"); r.err != nil {
+					var index uint64
+					if index, r.err = n.PutRuleGroup(ctx, "shared", r.writer, name, "name: "+name+"\n"); r.err != nil {
 						return
 					}
 					r.groups = append(r.groups, name)
+					// A write through a follower is acknowledged once the
+					// leader commits it: read this node's state once it
+					// has applied that far.
+					if r.err = n.WaitApplied(ctx, index); r.err != nil {
+						return
+					}
 					// Compare-and-set: read, increment, write at the version read.
 					cur, _ := n.State().Tenant(r.writer)
 					for {
