@@ -69,8 +69,8 @@ type evalGrid struct {
 	start, end, step int64
 }
 
-// rawQuantileCall is one quantile_over_time or count_over_time over the
-// raw tier.
+// rawQuantileCall is one quantile_over_time, count_over_time,
+// min_over_time or max_over_time over the raw tier.
 type rawQuantileCall struct {
 	call   *parser.Call
 	count  bool // count_over_time: the window's (weighted) sample count
@@ -157,13 +157,23 @@ func rewrite(expr parser.Expr, g evalGrid, noStep int64) (parser.Expr, map[strin
 
 // asRawQuantile recognises quantile_over_time(<number>, MetricRaw{...}[r])
 // with a quantile in [0, 1] (the engine warns about others), and
-// count_over_time(MetricRaw{...}[r]); @ <time> is allowed, start() and
-// end() are not.
+// count_over_time, min_over_time and max_over_time of MetricRaw{...}[r];
+// @ <time> is allowed, start() and end() are not.
 func asRawQuantile(c *parser.Call) *rawQuantileCall {
-	if c.Func != nil && c.Func.Name == "count_over_time" && len(c.Args) == 1 {
+	if c.Func != nil && len(c.Args) == 1 {
+		// min_over_time and max_over_time are the quantiles 0 and 1: the
+		// lowest and highest rank, no interpolation.
+		var q float64
+		switch c.Func.Name {
+		case "count_over_time", "min_over_time":
+		case "max_over_time":
+			q = 1
+		default:
+			return nil
+		}
 		rc := asRawMatrix(c.Args[0])
 		if rc != nil {
-			rc.call, rc.count = c, true
+			rc.call, rc.count, rc.q = c, c.Func.Name == "count_over_time", q
 		}
 		return rc
 	}
