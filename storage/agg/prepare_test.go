@@ -73,3 +73,54 @@ func TestPrepareAbortCommitApply(t *testing.T) {
 	require.NoError(t, s2.Flush(ctx, now))
 	requireAggregates(t, s2, testTenant, now.UnixMilli(), append(first, held...))
 }
+
+// TestSeriesOfAFailedApplyAreLoggedLater: the new series of a batch
+// applied without its WAL record are logged with the next record, so the
+// batches after it on those series survive a crash before any checkpoint
+// (the applied batch itself is durable from the next flush's checkpoint);
+// and logged again after a checkpoint, they keep what it holds.
+func TestSeriesOfAFailedApplyAreLoggedLater(t *testing.T) {
+	opts := testOptions(t.TempDir())
+	s, _ := openStore(t, opts)
+	ctx := context.Background()
+	first := genObs(1, 30, seriesA)
+	appendObs(t, s, first)
+	ts, err := s.tenant(testTenant)
+	require.NoError(t, err)
+	good := ts.wal
+
+	ts.wal = brokenWAL(t)
+	held := genObs(3, 25, seriesB)
+	p, err := s.Prepare(ctx, testTenant, batchOf(held))
+	require.NoError(t, err)
+	require.Error(t, p.Apply())
+	ts.wal = good
+	after := genObs(4, 20, seriesB)
+	appendObs(t, s, after)
+
+	crash(t, s)
+	s2, _ := openStore(t, opts)
+	now := base.Add(time.Minute)
+	require.NoError(t, s2.Flush(ctx, now))
+	requireAggregates(t, s2, testTenant, now.UnixMilli(), append(first, after...))
+
+	// Again, with a checkpoint between the failed write and the next.
+	ts2, err := s2.tenant(testTenant)
+	require.NoError(t, err)
+	good = ts2.wal
+	ts2.wal = brokenWAL(t)
+	held2 := genObs(5, 15, seriesC)
+	p, err = s2.Prepare(ctx, testTenant, batchOf(held2))
+	require.NoError(t, err)
+	require.Error(t, p.Apply())
+	ts2.wal = good
+	now = now.Add(time.Second)
+	require.NoError(t, s2.Flush(ctx, now), "the flush checkpoints the tenant")
+	more := genObs(6, 10, seriesC)
+	appendObs(t, s2, more)
+	crash(t, s2)
+	s3, _ := openStore(t, opts)
+	now = now.Add(time.Minute)
+	require.NoError(t, s3.Flush(ctx, now))
+	requireAggregates(t, s3, testTenant, now.UnixMilli(), append(append(append(first, after...), held2...), more...))
+}

@@ -85,6 +85,13 @@ func (t *tenantStore) replay(first int) error {
 		case recSeries:
 			entries, err = decodeSeriesRecord(rec, &sb, entries[:0])
 			for _, e := range entries {
+				if old := t.series[e.key]; old != nil && old.ref == e.ref {
+					// Logged again after a batch applied without its
+					// record (Prepared.Apply): the series is the one the
+					// checkpoint or an earlier record holds.
+					byRef[e.ref] = old
+					continue
+				}
 				s := lay.newSeries(e.ref, e.key, e.lset, e.family)
 				t.series[e.key] = s
 				byRef[e.ref] = s

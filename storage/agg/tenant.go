@@ -56,6 +56,12 @@ type tenantStore struct {
 	// needCheckpoint is set when a batch was applied without its WAL
 	// record (Prepared.Apply): the next Flush checkpoints the tenant.
 	needCheckpoint bool
+	// unlogged are series a batch applied without its WAL record added:
+	// their series record goes before the next record that is logged, so
+	// that later batches' samples on them replay. (Replay keeps a series
+	// it already holds under the same ref, so a checkpoint taken in
+	// between does no harm.)
+	unlogged []*series
 
 	// seqs holds, per streaming writer, the last seq applied: restored from
 	// the checkpoint and the WAL, so a resend after a restart is still
@@ -233,8 +239,8 @@ func (p *Prepared) finish(always bool) error {
 
 	recs := t.recs[:0]
 	defer func() { clear(recs); t.recs = recs[:0] }()
-	if len(fresh) > 0 {
-		t.enc2 = appendSeriesRecord(t.enc2[:0], fresh)
+	if len(fresh) > 0 || len(t.unlogged) > 0 {
+		t.enc2 = appendSeriesRecord(t.enc2[:0], append(t.unlogged, fresh...))
 		recs = append(recs, t.enc2)
 	}
 	typ := recSamples
@@ -285,8 +291,11 @@ func (p *Prepared) finish(always bool) error {
 		}
 		// Applied without its record: only a checkpoint makes it durable.
 		t.needCheckpoint = true
+		t.unlogged = append(t.unlogged, fresh...)
 	} else {
 		t.store.metrics.walWriteDuration.Observe(time.Since(start).Seconds())
+		clear(t.unlogged)
+		t.unlogged = t.unlogged[:0]
 	}
 
 	// Logged: now the batch is ours. New series become visible only now, so
