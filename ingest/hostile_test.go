@@ -275,6 +275,17 @@ func TestStageEventTimesAreBounded(t *testing.T) {
 // attribute key holding depth nested arrays around a string, built from
 // the inside out without quadratic copying.
 func nestedArrayRequest(key string, depth int) []byte {
+	return nestedRequest(key, depth, false)
+}
+
+// nestedLinkRequest is nestedArrayRequest with the deep value on the
+// span's link, and a shallow array under key on the span itself (which
+// sends the request to the pdata decoder when key is a dimension).
+func nestedLinkRequest(key string, depth int) []byte {
+	return nestedRequest(key, depth, true)
+}
+
+func nestedRequest(key string, depth int, onLink bool) []byte {
 	// Sizes from the inside out: value[i] is the AnyValue at nesting i
 	// from the innermost.
 	sizes := make([]int, depth+1)
@@ -309,6 +320,24 @@ func nestedArrayRequest(key string, depth int) []byte {
 	span = protowire.AppendFixed64(span, now-1000)
 	span = protowire.AppendTag(span, fSpanEnd, protowire.Fixed64Type)
 	span = protowire.AppendFixed64(span, now)
+	if onLink {
+		// Link: trace_id 1, span_id 2, attributes 4.
+		var link []byte
+		link = protowire.AppendTag(link, 1, protowire.BytesType)
+		link = protowire.AppendBytes(link, bytes.Repeat([]byte{2}, 16))
+		link = protowire.AppendTag(link, 2, protowire.BytesType)
+		link = protowire.AppendBytes(link, bytes.Repeat([]byte{3}, 8))
+		link = protowire.AppendTag(link, 4, protowire.BytesType)
+		link = protowire.AppendBytes(link, kv)
+		span = protowire.AppendTag(span, fSpanLinks, protowire.BytesType)
+		span = protowire.AppendBytes(span, link)
+		kv = nil
+		kv = protowire.AppendTag(kv, fKeyValueKey, protowire.BytesType)
+		kv = protowire.AppendString(kv, key)
+		kv = protowire.AppendTag(kv, fKeyValueValue, protowire.BytesType)
+		arr := protowire.AppendBytes(protowire.AppendTag(nil, fArrayValues, protowire.BytesType), protowire.AppendString(protowire.AppendTag(nil, fAnyString, protowire.BytesType), "x"))
+		kv = protowire.AppendBytes(kv, protowire.AppendBytes(protowire.AppendTag(nil, fAnyArray, protowire.BytesType), arr))
+	}
 	span = protowire.AppendTag(span, fSpanAttributes, protowire.BytesType)
 	span = protowire.AppendBytes(span, kv)
 	var svc []byte
@@ -370,6 +399,12 @@ func TestNestedAttributeValues(t *testing.T) {
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
 	require.Contains(t, status.Convert(err).Message(), "more than 64 levels deep")
 	require.Equal(t, 1.0, tr.refused(protoGRPC, refusedMalformed))
+
+	// On a span's link, where a link's attributes are (field 4).
+	in = nestedLinkRequest("deep", 1_500_000)
+	err = conn.Invoke(context.Background(), method, &in, &out, grpc.ForceCodecV2(bytesCodec{}), grpc.MaxCallSendMsgSize(64<<20))
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	require.Equal(t, 2.0, tr.refused(protoGRPC, refusedMalformed))
 
 	in = nestedArrayRequest("deep", 3)
 	require.NoError(t, conn.Invoke(context.Background(), method, &in, &out, grpc.ForceCodecV2(bytesCodec{})))

@@ -445,7 +445,7 @@ const (
 	fScopeSpansScope = 1
 	fScopeAttributes = 3
 	fSpanLinks       = 13
-	fLinkAttributes  = 5
+	fLinkAttributes  = 4
 	fAnyArray        = 5
 	fAnyKVList       = 6
 	fArrayValues     = 1
