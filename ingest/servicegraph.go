@@ -38,8 +38,9 @@ type GraphOptions struct {
 	// dropped and counted.
 	MaxItems int
 	// MaxHeldQueueHops bounds, per tenant, the queue hops held until the
-	// clock offset between their producer's and consumer's nodes is known;
-	// beyond it they are counted as discarded (queue_hops_held_limit).
+	// clock offset between their producer's and consumer's nodes is known
+	// (MaxItems bounds them for all tenants together); beyond it they are
+	// counted as discarded (queue_hops_held_limit).
 	MaxHeldQueueHops int
 }
 
@@ -97,6 +98,7 @@ type pairer struct {
 	// uncorrected, a queue time would carry the whole clock difference.
 	held      map[nodePair][]heldHop
 	heldCount map[string]int // per tenant
+	heldAll   int            // all tenants': at most MaxItems
 	heldSeq   uint64         // ids of held hops, for taking one back
 }
 
@@ -424,6 +426,7 @@ func (p *pairer) setHeld(pair nodePair, hs, kept []heldHop) {
 	}
 	clear(hs[len(kept):])
 	p.heldCount[pair.tenant] -= len(hs) - len(kept)
+	p.heldAll -= len(hs) - len(kept)
 	if p.heldCount[pair.tenant] <= 0 {
 		delete(p.heldCount, pair.tenant)
 	}
@@ -465,6 +468,7 @@ func (p *pairer) rollback(undo *pairUndo) {
 		case opRelease:
 			p.held[op.pair] = append(p.held[op.pair], op.hop)
 			p.heldCount[op.pair.tenant]++
+			p.heldAll++
 		}
 	}
 	undo.reset()
@@ -474,11 +478,7 @@ func (p *pairer) rollback(undo *pairUndo) {
 func (p *pairer) heldTotal() int {
 	p.mtx.Lock()
 	defer p.mtx.Unlock()
-	n := 0
-	for _, c := range p.heldCount {
-		n += c
-	}
-	return n
+	return p.heldAll
 }
 
 // heldCountOf returns how many queue hops of tenant wait for a clock offset.
@@ -578,7 +578,9 @@ func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, tr
 		stats.noClockOffset++
 		return
 	}
-	if p.heldCount[tenant] >= p.opts.MaxHeldQueueHops {
+	// Per tenant, and for all tenants together as the spans waiting for
+	// their peers (tenants are as many as X-Scope-OrgID values).
+	if p.heldCount[tenant] >= p.opts.MaxHeldQueueHops || p.heldAll >= p.opts.MaxItems {
 		stats.heldOverflow++
 		return
 	}
@@ -588,6 +590,7 @@ func (p *pairer) queueHop(out *graphOut, tenant string, prod, cons *halfEdge, tr
 		expires: now + p.opts.Wait.Nanoseconds()}
 	p.held[pair] = append(p.held[pair], h)
 	p.heldCount[tenant]++
+	p.heldAll++
 	undo.add(pairOp{kind: opHold, pair: pair, hop: h})
 }
 

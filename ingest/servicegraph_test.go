@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -305,6 +306,22 @@ func TestQueueHopsWaitForAClockOffset(t *testing.T) {
 		require.Empty(t, queueRows(b))
 		require.Equal(t, 1, stats.noClockOffset, "no request can give an offset to a node without a name")
 		require.Zero(t, p.heldCountOf("t"))
+	})
+
+	t.Run("many tenants", func(t *testing.T) {
+		// Tenants are as many as X-Scope-OrgID values: together they hold
+		// at most MaxItems.
+		p := newPairer(GraphOptions{Wait: opts.Wait, MaxItems: 5, MaxHeldQueueHops: 3})
+		var stats graphStats
+		b := &sample.Batch{}
+		for i := range byte(8) {
+			pr, co := messageHop(i, 1e9, truth+skew)
+			p.process(fmt.Sprint("tenant-", i), []hopSpan{pr, co}, b, 0, &stats, nil)
+		}
+		require.Equal(t, 5, p.heldTotal())
+		require.Equal(t, 3, stats.heldOverflow)
+		p.expire(int64(opts.Wait), func(string, *sample.Batch, *graphStats) error { return nil })
+		require.Zero(t, p.heldTotal())
 	})
 }
 
