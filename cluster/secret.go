@@ -55,11 +55,23 @@ func NewSecret(b []byte) (*Secret, error) {
 	return s, nil
 }
 
+// MaxSecretBytes bounds the secret file: a path given by mistake (a
+// large file, /dev/zero) is refused, not read into memory.
+const MaxSecretBytes = 4096
+
 // LoadSecret reads the secret from a file.
 func LoadSecret(path string) (*Secret, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("hopwatch/cluster: reading the cluster secret: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSecretBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("hopwatch/cluster: reading the cluster secret: %w", err)
+	}
+	if len(b) > MaxSecretBytes {
+		return nil, fmt.Errorf("hopwatch/cluster: the cluster secret file %s has more than %d bytes; make one with: openssl rand -hex 32", path, MaxSecretBytes)
 	}
 	s, err := NewSecret(b)
 	if err != nil {

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -147,4 +149,15 @@ func TestSecretWithTLS(t *testing.T) {
 	require.NoError(t, err)
 	_, ok := waitSameState(t, idx, nodes...).Tenant("both")
 	require.True(t, ok)
+}
+
+// TestLoadSecretBounded: a secret file path given by mistake is refused
+// after reading at most MaxSecretBytes+1 bytes.
+func TestLoadSecretBounded(t *testing.T) {
+	_, err := LoadSecret("/dev/zero")
+	require.ErrorContains(t, err, "more than 4096 bytes")
+	path := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(path, []byte("0123456789abcdef0123456789abcdef\n"), 0o600))
+	_, err = LoadSecret(path)
+	require.NoError(t, err)
 }
