@@ -198,8 +198,22 @@ func (d *Decoder) SetTimeBounds(notAfter, notBefore int64) {
 // validTime tells whether t, a time read from a request, is set, fits int64
 // nanoseconds and lies within the decoder's bounds.
 func (d *Decoder) validTime(t uint64) bool {
-	return t > 0 && t <= math.MaxInt64 &&
-		(d.notAfter == 0 || int64(t) <= d.notAfter) && int64(t) >= d.notBefore
+	return t > 0 && d.endReason(t) == reasonNone
+}
+
+// endReason says why a span (or an event) ending at end is refused: a
+// time past int64 nanoseconds, later than the creation grace period
+// allows, or older than the raw tier keeps; reasonNone when none.
+func (d *Decoder) endReason(end uint64) Reason {
+	switch {
+	case end > math.MaxInt64:
+		return ReasonTimestampOutOfRange
+	case d.notAfter != 0 && int64(end) > d.notAfter:
+		return ReasonTooFarInFuture
+	case int64(end) < d.notBefore:
+		return ReasonTooFarInPast
+	}
+	return reasonNone
 }
 
 // writerProgress is what one resource of a request tells about its writer.
@@ -473,15 +487,9 @@ func (d *Decoder) span(b *sample.Batch, ref *Refusals, service, name []byte, kin
 	case end < start:
 		ref[ReasonEndBeforeStart]++
 		return
-	case end > math.MaxInt64:
+	case d.endReason(end) != reasonNone:
 		// start 1 and end 2^64-1 would make a negative duration.
-		ref[ReasonTimestampOutOfRange]++
-		return
-	case d.notAfter != 0 && int64(end) > d.notAfter:
-		ref[ReasonTooFarInFuture]++
-		return
-	case int64(end) < d.notBefore:
-		ref[ReasonTooFarInPast]++
+		ref[d.endReason(end)]++
 		return
 	case len(tid) != 16 || [16]byte(tid) == [16]byte{}:
 		ref[ReasonInvalidTraceID]++

@@ -534,6 +534,10 @@ func (p *pairer) requestHop(out *graphOut, tenant string, c, s *halfEdge, trace 
 // release records the queue hops held for pair (producer node as client,
 // consumer node as server), corrected by the pair's clock offset.
 func (p *pairer) release(out *graphOut, pair nodePair, stats *graphStats, undo *pairUndo) {
+	if p.heldAll == 0 {
+		// Nothing held (the usual case): no lookup per paired request.
+		return
+	}
 	hs := p.held[pair]
 	if len(hs) == 0 {
 		return

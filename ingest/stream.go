@@ -369,13 +369,11 @@ func (d *Decoder) decodeHopBatch(hb *hopwatchv1.HopBatch, b *sample.Batch, ref *
 			return 0, 0, fmt.Errorf("record %d: start %d ns is not after the Unix epoch", i, t)
 		}
 		s := d.streamIdx[si]
-		switch {
-		case durs[i] > math.MaxInt64-uint64(t):
+		// A record's time refuses it before its series' labels do.
+		if durs[i] > math.MaxInt64-uint64(t) {
 			s.reason = ReasonTimestampOutOfRange
-		case d.notAfter != 0 && t+int64(durs[i]) > d.notAfter:
-			s.reason = ReasonTooFarInFuture
-		case t+int64(durs[i]) < d.notBefore:
-			s.reason = ReasonTooFarInPast
+		} else if r := d.endReason(uint64(t) + durs[i]); r != reasonNone {
+			s.reason = r
 		}
 		if s.reason != reasonNone {
 			ref[s.reason]++

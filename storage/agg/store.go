@@ -261,9 +261,7 @@ func (s *Store) SetTenantLimits(limits map[string]TenantLimits) error {
 	s.mtx.Lock()
 	defer s.mtx.Unlock()
 	s.overrides = next
-	for _, t := range s.tenants {
-		s.applyLimits(t)
-	}
+	s.applyAllLimits()
 	return errors.Join(errs...)
 }
 
@@ -278,9 +276,7 @@ func (s *Store) SetDefaultMaxSeries(n int) error {
 	s.mtx.Lock()
 	defer s.mtx.Unlock()
 	s.opts.MaxSeriesPerTenant = n
-	for _, t := range s.tenants {
-		s.applyLimits(t)
-	}
+	s.applyAllLimits()
 	return nil
 }
 
@@ -298,6 +294,13 @@ func (s *Store) maxSeries(tenantID string) int {
 		return l
 	}
 	return s.opts.MaxSeriesPerTenant
+}
+
+// applyAllLimits sets every open tenant's limits; the caller holds s.mtx.
+func (s *Store) applyAllLimits() {
+	for _, t := range s.tenants {
+		s.applyLimits(t)
+	}
 }
 
 // applyLimits sets a tenant's limits from the options and overrides. The

@@ -106,11 +106,7 @@ func writeBlock(parent string, series []blockSeries, level int, sources []ulid.U
 		cs := slices.Clone(s.chunks)
 		slices.SortStableFunc(cs, func(a, b headChunk) int { return cmp.Compare(a.minT, b.minT) })
 		for j := 0; j < len(cs); {
-			k, end := j+1, cs[j].maxT
-			for k < len(cs) && cs[k].minT <= end {
-				end = max(end, cs[k].maxT)
-				k++
-			}
+			k, end := overlapRun(cs, j)
 			metas[i] = append(metas[i], chunks.Meta{Ref: chunks.ChunkRef(len(buf)), MinTime: cs[j].minT, MaxTime: end})
 			buf = binary.AppendUvarint(buf, uint64(k-j))
 			for _, c := range cs[j:k] {

@@ -74,6 +74,18 @@ func (h *cursorHeap) Pop() any {
 	return c
 }
 
+// overlapRun returns the end (exclusive) of the run of chunks starting at
+// cs[i] that overlap one another, and the run's last time; cs is sorted
+// by start.
+func overlapRun(cs []headChunk, i int) (j int, end int64) {
+	j, end = i+1, cs[i].maxT
+	for j < len(cs) && cs[j].minT <= end {
+		end = max(end, cs[j].maxT)
+		j++
+	}
+	return j, end
+}
+
 // recut returns chunks (of one series) sorted by start and re-cut where
 // they overlap. The input is not modified; chunks that overlap nothing
 // are returned as they are.
@@ -87,11 +99,7 @@ func (r *recutter) recut(chunks []headChunk) ([]headChunk, error) {
 	})
 	out := make([]headChunk, 0, len(sorted))
 	for i := 0; i < len(sorted); {
-		j, end := i+1, sorted[i].maxT
-		for j < len(sorted) && sorted[j].minT <= end {
-			end = max(end, sorted[j].maxT)
-			j++
-		}
+		j, _ := overlapRun(sorted, i)
 		if j == i+1 {
 			out = append(out, sorted[i])
 			i = j
